@@ -1,0 +1,33 @@
+# The C++ libraries llmtune uses, from Debian packages. On a machine without them (a GPU box
+# with its own PyTorch), scripts/bundle-debs.sh unpacks the same packages into LLMTUNE_DEPS_DIR.
+set(LLMTUNE_DEPS_RPATH "")
+if(EXISTS "${LLMTUNE_DEPS_DIR}/root/usr")
+  set(_deps "${LLMTUNE_DEPS_DIR}/root/usr")
+  message(STATUS "llmtune: using the unpacked Debian bundle in ${_deps}")
+  list(PREPEND CMAKE_PREFIX_PATH "${_deps}" "${_deps}/lib/x86_64-linux-gnu/cmake" "${_deps}/share/cmake")
+  list(APPEND LLMTUNE_DEPS_RPATH "${_deps}/lib/x86_64-linux-gnu")
+endif()
+
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(CLI11 2.1 REQUIRED)
+find_package(fmt REQUIRED)
+# torch/include carries its own, newer fmt, which Debian's spdlog does not compile with. A shim
+# directory holding only the packaged fmt goes ahead of torch's headers on the include path.
+get_target_property(_fmt_include fmt::fmt INTERFACE_INCLUDE_DIRECTORIES)
+set(LLMTUNE_FMT_SHIM "${CMAKE_BINARY_DIR}/generated/fmt-shim")
+file(MAKE_DIRECTORY "${LLMTUNE_FMT_SHIM}")
+file(CREATE_LINK "${_fmt_include}/fmt" "${LLMTUNE_FMT_SHIM}/fmt" SYMBOLIC)
+find_package(spdlog REQUIRED)
+find_package(yaml-cpp REQUIRED)
+
+# SentencePiece ships only a pkg-config file with an absolute prefix; find it by hand so the
+# unpacked bundle works too.
+find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h REQUIRED)
+find_library(SENTENCEPIECE_LIBRARY sentencepiece REQUIRED)
+add_library(llmtune_sentencepiece INTERFACE)
+target_include_directories(llmtune_sentencepiece SYSTEM INTERFACE "${SENTENCEPIECE_INCLUDE_DIR}")
+target_link_libraries(llmtune_sentencepiece INTERFACE "${SENTENCEPIECE_LIBRARY}")
+
+if(LLMTUNE_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()

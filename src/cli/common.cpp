@@ -1,0 +1,63 @@
+// Shared options and config resolution for every command.
+#include "common.h"
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "llmtune/util/device.h"
+#include "llmtune/util/error.h"
+#include "llmtune/util/log.h"
+
+namespace llmtune::cli {
+
+void add_common_options(CLI::App* command, CommonOptions& o) {
+  command->add_option("args", o.positionals, "CONFIG.yaml and/or key=value overrides");
+  command->add_option("--device", o.device, "auto|cuda|cuda:N|mps|cpu (default auto: CUDA, then MPS, then CPU)");
+  command->add_option("--dtype", o.dtype, "auto|fp32|bf16|fp16 (default auto: bf16 on CUDA, fp32 elsewhere)");
+  command->add_option("--seed", o.seed, "random seed");
+  command->add_option("--log-level", o.log_level, "trace|debug|info|warn|error|off");
+  command->add_flag("--json", o.json, "print machine-readable JSON on stdout");
+  command->add_flag("--print-config", o.print_config, "print the resolved config as YAML and exit");
+}
+
+void add_common_keys(config::Schema& schema) {
+  schema.add({.name = "device", .type = config::Type::String, .default_value = std::string("auto"),
+              .help = "auto|cuda|cuda:N|mps|cpu",
+              .check = [](const config::Value& v) -> std::string {
+                return is_valid_device_request(std::get<std::string>(v))
+                           ? "" : "'" + std::get<std::string>(v) + "' is not a device: use auto, cuda, cuda:N, mps or cpu";
+              }});
+  schema.add({.name = "dtype", .type = config::Type::String, .default_value = std::string("auto"),
+              .help = "compute dtype: auto|fp32|bf16|fp16", .choices = dtype_choices()});
+  schema.add({.name = "seed", .type = config::Type::Int, .default_value = int64_t{42},
+              .help = "random seed", .min = 0});
+  schema.add({.name = "log_level", .type = config::Type::String, .default_value = std::string("info"),
+              .help = "trace|debug|info|warn|error|off",
+              .choices = {"trace", "debug", "info", "warn", "error", "off"}});
+}
+
+config::Config resolve_config(const config::Schema& schema, const CommonOptions& o,
+                              std::vector<std::pair<std::string, std::string>> extra_flags) {
+  config::Sources sources;
+  for (const auto& arg : o.positionals) {
+    bool is_yaml = (arg.ends_with(".yaml") || arg.ends_with(".yml")) && arg.find('=') == std::string::npos;
+    if (is_yaml) {
+      if (sources.file) throw UsageError("two config files given ('" + sources.file->string() + "' and '" + arg + "'); pass one and use key=value for the rest");
+      sources.file = arg;
+    } else if (arg.find('=') != std::string::npos) {
+      sources.overrides.push_back(arg);
+    } else {
+      throw UsageError("unexpected argument '" + arg + "': expected a CONFIG.yaml file or key=value");
+    }
+  }
+  if (o.device) sources.flags.emplace_back("device", *o.device);
+  if (o.dtype) sources.flags.emplace_back("dtype", *o.dtype);
+  if (o.seed) sources.flags.emplace_back("seed", std::to_string(*o.seed));
+  if (o.log_level) sources.flags.emplace_back("log_level", *o.log_level);
+  for (auto& f : extra_flags) sources.flags.push_back(std::move(f));
+  config::Config cfg = config::Config::resolve(schema, sources);
+  log::set_level(cfg.get_string("log_level"));
+  return cfg;
+}
+
+}  // namespace llmtune::cli

@@ -1,0 +1,43 @@
+// The option table every command shares (--device, --dtype, --seed, --log-level, --json,
+// --print-config, [CONFIG.yaml] [key=value ...]) and the glue from those options to a Config.
+#pragma once
+
+#include <CLI/App.hpp>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "llmtune/util/config.h"
+
+namespace llmtune::cli {
+
+struct CommonOptions {
+  std::vector<std::string> positionals;  // CONFIG.yaml and key=value overrides, in any order
+  std::optional<std::string> device, dtype, log_level;
+  std::optional<int64_t> seed;
+  bool json = false;
+  bool print_config = false;
+};
+
+// Adds the shared options to a command.
+void add_common_options(CLI::App* command, CommonOptions& options);
+
+// Adds the keys behind the shared flags (device, dtype, seed, log_level) to a command's schema.
+void add_common_keys(config::Schema& schema);
+
+// Resolves the command's config from its YAML file, overrides and flags, applies log_level, and
+// returns it. `extra_flags` are (key, value) pairs from command-specific flags.
+config::Config resolve_config(const config::Schema& schema, const CommonOptions& options,
+                              std::vector<std::pair<std::string, std::string>> extra_flags = {});
+
+// A registered subcommand: its CLI11 app and what runs when it was chosen.
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+Command register_env(CLI::App& root);
+
+}  // namespace llmtune::cli

@@ -1,0 +1,105 @@
+// Collects and formats the `llmtune env` report.
+#include "llmtune/pipelines/env.h"
+
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <torch/headeronly/version.h>
+
+#include <nlohmann/json.hpp>
+
+#include "../../kernels/cuda_runtime_info.h"
+#include "llmtune/build_info.h"
+#include "llmtune/util/device.h"
+
+namespace llmtune::pipelines {
+namespace {
+
+std::optional<std::string> libtorch_cuda_version() {
+  if (!at::hasCUDA() && !at::detail::getCUDAHooks().hasCUDART()) return std::nullopt;
+  try {
+    long v = at::detail::getCUDAHooks().versionCUDART();  // e.g. 13020
+    return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+  } catch (const std::exception&) {
+    return std::nullopt;  // libtorch without its CUDA library
+  }
+}
+
+std::string gib(int64_t bytes) { return fmt::format("{:.1f} GiB", static_cast<double>(bytes) / (1 << 30)); }
+
+}  // namespace
+
+EnvReport collect_env(const EnvParams& params) {
+  EnvReport r;
+  r.llmtune_version = build_info::version;
+  r.git_rev = build_info::git_rev;
+  r.libtorch_version = fmt::format("{}.{}.{}", TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
+  r.libtorch_cuda_version = libtorch_cuda_version();
+  r.cuda_kernels_compiled = kernels::cuda_kernels_compiled();
+  r.cuda_kernel_archs = r.cuda_kernels_compiled ? build_info::cuda_archs : "";
+  r.cuda_available = at::hasCUDA();
+  if (r.cuda_available) {
+    for (const auto& d : kernels::cuda_devices()) {
+      std::string cc = d.compute_major > 0 ? fmt::format("{}.{}", d.compute_major, d.compute_minor) : "";
+      r.cuda_devices.push_back({d.index, d.name, cc, d.total_memory_bytes, d.free_memory_bytes});
+    }
+  }
+  r.mps_available = at::hasMPS();
+  r.cpu_threads = at::get_num_threads();
+  r.cpu_interop_threads = at::get_num_interop_threads();
+  DeviceChoice device = choose_device(params.device);
+  DtypeChoice dtype = choose_dtype(params.dtype, device.device);
+  r.device = device.device.str();
+  r.device_reason = device.reason;
+  r.dtype = dtype_name(dtype.dtype);
+  r.dtype_reason = dtype.reason;
+  return r;
+}
+
+std::string env_report_json(const EnvReport& r) {
+  nlohmann::ordered_json j;
+  j["llmtune_version"] = r.llmtune_version;
+  j["git_rev"] = r.git_rev;
+  j["libtorch_version"] = r.libtorch_version;
+  j["libtorch_cuda_version"] = r.libtorch_cuda_version ? nlohmann::ordered_json(*r.libtorch_cuda_version) : nullptr;
+  j["cuda_kernels_compiled"] = r.cuda_kernels_compiled;
+  j["cuda_kernel_archs"] = r.cuda_kernel_archs;
+  j["cuda_available"] = r.cuda_available;
+  j["cuda_devices"] = nlohmann::ordered_json::array();
+  for (const auto& d : r.cuda_devices) {
+    nlohmann::ordered_json dj;
+    dj["index"] = d.index;
+    dj["name"] = d.name;
+    dj["compute_capability"] = d.compute_capability;
+    dj["total_memory_bytes"] = d.total_memory_bytes;
+    dj["free_memory_bytes"] = d.free_memory_bytes >= 0 ? nlohmann::ordered_json(d.free_memory_bytes) : nullptr;
+    j["cuda_devices"].push_back(dj);
+  }
+  j["mps_available"] = r.mps_available;
+  j["cpu_threads"] = r.cpu_threads;
+  j["cpu_interop_threads"] = r.cpu_interop_threads;
+  j["default_device"] = r.device;
+  j["default_device_reason"] = r.device_reason;
+  j["default_dtype"] = r.dtype;
+  j["default_dtype_reason"] = r.dtype_reason;
+  return j.dump(2);
+}
+
+std::string env_report_text(const EnvReport& r) {
+  std::string out = fmt::format("llmtune {} (git {})\n", r.llmtune_version, r.git_rev);
+  auto line = [&](std::string_view k, const std::string& v) { out += fmt::format("  {:<16} {}\n", k, v); };
+  line("libtorch", r.libtorch_version + (r.libtorch_cuda_version ? " (built with CUDA " + *r.libtorch_cuda_version + ")" : " (no CUDA)"));
+  line("CUDA kernels", r.cuda_kernels_compiled ? "compiled in (archs " + r.cuda_kernel_archs + ")" : "not compiled in");
+  line("CUDA available", r.cuda_available ? fmt::format("yes, {} device(s)", r.cuda_devices.size()) : "no");
+  for (const auto& d : r.cuda_devices) {
+    std::string mem = gib(d.total_memory_bytes) + (d.free_memory_bytes >= 0 ? ", " + gib(d.free_memory_bytes) + " free" : "");
+    line(fmt::format("  cuda:{}", d.index), fmt::format("{} (sm {}), {}", d.name, d.compute_capability, mem));
+  }
+  line("MPS available", r.mps_available ? "yes" : "no");
+  line("CPU threads", fmt::format("{} intra-op, {} inter-op", r.cpu_threads, r.cpu_interop_threads));
+  line("device", r.device + "  (" + r.device_reason + ")");
+  line("dtype", r.dtype + "  (" + r.dtype_reason + ")");
+  return out;
+}
+
+}  // namespace llmtune::pipelines
