@@ -100,16 +100,22 @@ std::variant<Value, std::string> convert_node(const Key& key, const YAML::Node& 
   return "expects " + std::string(type_name(key.type)) + ", got " + got;
 }
 
+// A bound as users write it: "0", "1000000", "0.5".
+std::string format_bound(double v) {
+  if (std::abs(v) < 1e15 && v == std::floor(v)) return std::to_string(static_cast<int64_t>(v));
+  return format_double(v);
+}
+
 // Range, choice and custom checks; returns an error text or "".
 std::string validate(const Key& key, const Value& value) {
   if (key.type == Type::Int || key.type == Type::Float) {
     double v = key.type == Type::Int ? static_cast<double>(std::get<int64_t>(value)) : std::get<double>(value);
     if (key.min && (key.min_exclusive ? v <= *key.min : v < *key.min)) {
-      return "must be " + std::string(key.min_exclusive ? "> " : ">= ") + format_double(*key.min) +
+      return "must be " + std::string(key.min_exclusive ? "> " : ">= ") + format_bound(*key.min) +
              ", got " + format_value(value);
     }
     if (key.max && v > *key.max) {
-      return "must be <= " + format_double(*key.max) + ", got " + format_value(value);
+      return "must be <= " + format_bound(*key.max) + ", got " + format_value(value);
     }
   }
   if (!key.choices.empty()) {

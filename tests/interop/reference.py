@@ -1,0 +1,65 @@
+"""Reference computations for the C++ interop tests (tests/support/interop.h).
+
+Usage: reference.py DIR, where DIR/manifest.json names a function, its params and its input
+tensors (raw little-endian files). Outputs are written to DIR as out<i>.bin + outputs.json.
+Every function here calls the reference implementation itself (transformers, peft, ...),
+never a re-implementation of ours.
+"""
+import json
+import os
+import sys
+
+import torch
+
+DTYPES = {
+    "float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+    "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
+    "bool": torch.bool, "uint8": torch.uint8,
+}
+NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def _rms_norm(module_cls, x, weight, eps):
+    norm = module_cls(weight.shape[0], eps=eps).to(weight.dtype)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        return norm(x)
+
+
+def rms_norm_llama(x, weight, eps):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+    return [_rms_norm(LlamaRMSNorm, x, weight, eps)]
+
+
+def rms_norm_gemma(x, weight, eps):
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    return [_rms_norm(GemmaRMSNorm, x, weight, eps)]
+
+
+FUNCTIONS = {f.__name__: f for f in (rms_norm_llama, rms_norm_gemma)}
+
+
+def main(directory):
+    with open(os.path.join(directory, "manifest.json")) as f:
+        manifest = json.load(f)
+    inputs = []
+    for spec in manifest["inputs"]:
+        with open(os.path.join(directory, spec["file"]), "rb") as f:
+            data = bytearray(f.read())
+        dtype = DTYPES[spec["dtype"]]
+        t = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+        inputs.append(t.reshape(spec["shape"]))
+    outputs = FUNCTIONS[manifest["function"]](*inputs, **manifest["params"])
+    listing = []
+    for i, t in enumerate(outputs):
+        t = t.detach().contiguous().cpu()
+        name = f"out{i}.bin"
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        listing.append({"file": name, "dtype": NAMES[t.dtype], "shape": list(t.shape)})
+    with open(os.path.join(directory, "outputs.json"), "w") as f:
+        json.dump(listing, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

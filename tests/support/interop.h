@@ -1,0 +1,22 @@
+// The interop harness: calls a reference function in tests/interop/reference.py with the venv's
+// Python (transformers, peft, ...) on tensors from a C++ test, and returns its outputs.
+// Tensors travel as raw little-endian files plus a JSON manifest in a temporary directory.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace llmtune::testing {
+
+// Runs reference.py's `function(*inputs, **params)`; throws std::runtime_error with Python's
+// stderr when it fails.
+std::vector<at::Tensor> call_python(const std::string& function, const std::vector<at::Tensor>& inputs,
+                                    const nlohmann::json& params = nlohmann::json::object());
+
+// max |a - b| over all elements, in float64.
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+
+}  // namespace llmtune::testing
