@@ -47,13 +47,8 @@ if(NOT TORCH_CUDA_ARCH_LIST)
   endif()
 endif()
 set(TORCH_CUDA_ARCH_LIST "${TORCH_CUDA_ARCH_LIST}" CACHE STRING "GPU architectures for the CUDA kernels")
-if(LLMTUNE_CUDA STREQUAL "OFF")
-  # Torch's config enables CUDA whenever it finds nvcc; keep it from doing so.
-  set(CMAKE_DISABLE_FIND_PACKAGE_CUDA ON)
-endif()
-
-# Torch's config looks for a CUDA toolkit when the wheel was built with CUDA; it is found the same
-# way our kernels find it (CUDAToolkit_ROOT / PATH).
+# Torch's config requires a CUDA toolkit (nvcc on PATH, or CUDA_HOME) when the wheel was built with
+# CUDA, even with LLMTUNE_CUDA=OFF; it then enables the CUDA language for our kernels too.
 set(_saved_flags "${CMAKE_CXX_FLAGS}")
 find_package(Torch REQUIRED)
 set(CMAKE_CXX_FLAGS "${_saved_flags}")  # keep TORCH_CXX_FLAGS on our targets, not globally
