@@ -54,5 +54,15 @@ class IoError : public Error {
  public:
   using Error::Error;
 };
+// tokenizer.json / tokenizer.model / tokenizer_config.json problems, and encode/decode failures.
+class TokenizerError : public Error {
+ public:
+  using Error::Error;
+};
+// Chat templates: Jinja syntax the engine does not support, or raise_exception() from a template.
+class TemplateError : public Error {
+ public:
+  using Error::Error;
+};
 
 }  // namespace llmtune

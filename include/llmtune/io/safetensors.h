@@ -1,0 +1,83 @@
+// safetensors (FORMATS.md §1): a memory-mapped, strictly validated reader for single files and
+// sharded checkpoints, and a writer that produces what transformers writes.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace llmtune::io {
+
+struct TensorInfo {
+  std::string dtype;            // the file's dtype string: "F32", "BF16", ...
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;  // data_offsets, relative to the data buffer
+};
+
+// One .safetensors file, memory-mapped. Every malformed file is rejected at open() with an
+// IoError naming the file and the problem. Tensors returned by tensor() are zero-copy CPU views
+// of the mapping (read-only; they keep the mapping alive), or copies where a view cannot be made.
+class SafetensorsFile {
+ public:
+  static std::shared_ptr<SafetensorsFile> open(const std::filesystem::path& path);
+  ~SafetensorsFile();
+
+  const std::filesystem::path& path() const { return path_; }
+  std::vector<std::string> names() const;  // sorted
+  bool contains(const std::string& name) const { return infos_.count(name) > 0; }
+  const TensorInfo& info(const std::string& name) const;  // throws IoError for an unknown name
+  at::Tensor tensor(const std::string& name) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+ private:
+  SafetensorsFile() = default;
+  std::filesystem::path path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  size_t data_start_ = 0;
+  std::map<std::string, TensorInfo> infos_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// A checkpoint: model.safetensors, or shards listed by model.safetensors.index.json (or any
+// single *.safetensors file given directly).
+class Checkpoint {
+ public:
+  // `path` is a directory (model.safetensors or model.safetensors.index.json inside) or a file
+  // (a .safetensors file, or an .index.json).
+  static Checkpoint open(const std::filesystem::path& path);
+
+  std::vector<std::string> names() const;  // sorted
+  bool contains(const std::string& name) const;
+  const TensorInfo& info(const std::string& name) const;
+  at::Tensor tensor(const std::string& name) const;  // throws IoError naming the missing tensor
+
+ private:
+  std::map<std::string, std::shared_ptr<SafetensorsFile>> where_;  // tensor name -> its file
+};
+
+// at::ScalarType <-> safetensors dtype string ("F32", ...); throws IoError for unsupported ones.
+std::string dtype_to_safetensors(at::ScalarType dtype);
+at::ScalarType dtype_from_safetensors(const std::string& dtype);
+
+// Writes one file as the reference writer does: tensors ordered by dtype alignment then name,
+// __metadata__ first (with "format": "pt" unless given), header padded with spaces to a multiple
+// of 8. Written to a temporary name and renamed into place.
+void save_safetensors(const std::filesystem::path& path,
+                      const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+// Writes `tensors` (in the given order) into `dir` as transformers does: one model.safetensors
+// when everything fits in `max_shard_bytes`, else model-0000i-of-0000n.safetensors plus
+// model.safetensors.index.json. Returns the files written.
+std::vector<std::filesystem::path> save_sharded(const std::filesystem::path& dir,
+                                                const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                                uint64_t max_shard_bytes, const std::string& prefix = "model");
+
+}  // namespace llmtune::io
