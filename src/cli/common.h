@@ -39,5 +39,8 @@ struct Command {
 };
 
 Command register_env(CLI::App& root);
+Command register_eval(CLI::App& root);
+Command register_infer(CLI::App& root);
+Command register_tokenize(CLI::App& root);
 
 }  // namespace llmtune::cli

@@ -29,7 +29,8 @@ int main(int argc, char** argv) {
   root.require_subcommand(1);
   root.fallthrough(false);
 
-  std::vector<cli::Command> commands{cli::register_env(root)};
+  std::vector<cli::Command> commands{cli::register_env(root), cli::register_eval(root), cli::register_infer(root),
+                                     cli::register_tokenize(root)};
 
   // An unknown command gets its own message rather than CLI11's "arguments were not expected".
   if (argc > 1 && argv[1][0] != '-') {

@@ -36,7 +36,43 @@ def rms_norm_gemma(x, weight, eps):
     return [_rms_norm(GemmaRMSNorm, x, weight, eps)]
 
 
-FUNCTIONS = {f.__name__: f for f in (rms_norm_llama, rms_norm_gemma)}
+_MODELS = {}
+
+
+def _model(model_dir, dtype):
+    key = (model_dir, dtype)
+    if key not in _MODELS:
+        from transformers import AutoModelForCausalLM
+        _MODELS[key] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).eval()
+    return _MODELS[key]
+
+
+def causal_lm_logits(ids, model_dir, dtype="float32"):
+    """transformers' logits for token ids (B, T)."""
+    with torch.no_grad():
+        return [_model(model_dir, dtype)(input_ids=ids).logits]
+
+
+def causal_lm_greedy(ids, model_dir, max_new_tokens, dtype="float32"):
+    """Greedy continuation of ids (1, T) with transformers' generate (no stopping at EOS)."""
+    model = _model(model_dir, dtype)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                             eos_token_id=None, pad_token_id=0)
+    return [out[:, ids.shape[1]:]]
+
+
+def causal_lm_loss(ids, model_dir, dtype="float32"):
+    """Token-weighted mean next-token loss over rows of ids (B, T) and the number of tokens."""
+    model = _model(model_dir, dtype)
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss
+    return [loss.double().reshape(1), torch.tensor([ids.shape[0] * (ids.shape[1] - 1)], dtype=torch.int64)]
+
+
+FUNCTIONS = {f.__name__: f for f in (rms_norm_llama, rms_norm_gemma, causal_lm_logits, causal_lm_greedy,
+                                     causal_lm_loss)}
 
 
 def main(directory):

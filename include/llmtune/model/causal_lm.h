@@ -1,0 +1,69 @@
+// A Llama-family decoder-only model: embeddings, decoder layers (attention + gated MLP, each behind
+// an RMSNorm with a residual), final norm and LM head. Families differ only through ModelConfig.
+// Shapes: B batch, T new tokens, S keys (past + T), H hidden, V vocabulary.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "llmtune/model/config.h"
+#include "llmtune/model/kv_cache.h"
+#include "llmtune/model/linear.h"
+
+namespace llmtune::model {
+
+struct DecoderLayer {
+  at::Tensor input_norm, post_attention_norm;  // (H,)
+  LinearPtr q_proj, k_proj, v_proj, o_proj;
+  LinearPtr gate_proj, up_proj, down_proj;
+};
+
+struct ForwardOptions {
+  KVCache* cache = nullptr;  // generation: keys/values of earlier calls are kept here
+  at::Tensor positions;      // (B, T) int64; default: past .. past+T-1
+  // (B, 1, T, S) bool, true where a query may attend to a key. Replaces the causal/sliding mask
+  // (packed sequences use a block-diagonal one).
+  at::Tensor attention_mask;
+};
+
+class CausalLM {
+ public:
+  // Loads config.json and the safetensors weights of a Hugging Face model directory.
+  static CausalLM load(const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype);
+
+  const ModelConfig& config() const { return config_; }
+  c10::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
+
+  // input_ids: (B, T) int64 → final hidden states (B, T, H), after the final norm.
+  at::Tensor forward_hidden(const at::Tensor& input_ids, const ForwardOptions& options = {}) const;
+  // hidden: (..., H) → logits (..., V) in the model dtype.
+  at::Tensor logits(const at::Tensor& hidden) const;
+  at::Tensor forward(const at::Tensor& input_ids, const ForwardOptions& options = {}) const {
+    return logits(forward_hidden(input_ids, options));
+  }
+
+  KVCache make_cache(int64_t batch, int64_t max_len) const;
+
+  std::vector<DecoderLayer>& layers() { return layers_; }
+  const at::Tensor& embed_tokens() const { return embed_; }
+
+ private:
+  at::Tensor decoder_layer(const DecoderLayer& layer, int64_t index, const at::Tensor& x, const at::Tensor& cos,
+                           const at::Tensor& sin, const ForwardOptions& options, int64_t past) const;
+
+  ModelConfig config_;
+  c10::Device device_{c10::kCPU};
+  at::ScalarType dtype_ = at::kFloat;
+  at::Tensor embed_;       // (V, H)
+  std::vector<DecoderLayer> layers_;
+  at::Tensor final_norm_;  // (H,)
+  LinearPtr lm_head_;
+  at::Tensor inv_freq_;    // (D/2,) fp32
+};
+
+}  // namespace llmtune::model

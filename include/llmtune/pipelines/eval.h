@@ -1,0 +1,31 @@
+// `llmtune eval`: token-weighted mean next-token loss and perplexity of a model on a dataset.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace llmtune::pipelines {
+
+struct EvalParams {
+  std::string model;    // directory or Hugging Face cache repo id
+  std::string adapter;  // "" for none (LoRA adapters arrive with finetune)
+  std::string data;     // .txt (one token stream, split into windows) or .jsonl with a "text" field
+  int64_t max_seq_len = 2048;
+  int64_t batch_size = 8;
+  std::string device = "auto";
+  std::string dtype = "auto";
+};
+
+struct EvalResult {
+  double loss = 0;        // mean over every predicted position
+  double perplexity = 0;  // exp(loss)
+  int64_t tokens = 0;     // positions scored
+  int64_t sequences = 0;  // windows or rows evaluated
+  double load_seconds = 0, eval_seconds = 0;
+  double tokens_per_second = 0;
+  std::string device, dtype;
+};
+
+EvalResult run_eval(const EvalParams& params);
+
+}  // namespace llmtune::pipelines

@@ -1,0 +1,80 @@
+// `llmtune eval`: parse, resolve the config, run the eval pipeline, report.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "common.h"
+#include "llmtune/pipelines/eval.h"
+
+namespace llmtune::cli {
+
+namespace {
+
+struct EvalFlags {
+  std::optional<std::string> model, adapter, data;
+  std::optional<int64_t> max_seq_len, batch_size;
+};
+
+config::Schema eval_schema() {
+  using config::Type;
+  config::Schema s;
+  add_common_keys(s);
+  s.add({.name = "model", .type = Type::String, .help = "model directory or Hugging Face cache repo id", .required = true});
+  s.add({.name = "adapter", .type = Type::String, .help = "LoRA adapter directory"});
+  s.add({.name = "data", .type = Type::String, .help = ".txt or .jsonl (field \"text\")", .required = true});
+  s.add({.name = "max_seq_len", .type = Type::Int, .default_value = int64_t{2048}, .help = "window / row length in tokens", .min = 2});
+  s.add({.name = "batch_size", .type = Type::Int, .default_value = int64_t{8}, .help = "sequences per forward pass", .min = 1});
+  return s;
+}
+
+}  // namespace
+
+Command register_eval(CLI::App& root) {
+  auto* app = root.add_subcommand("eval", "Loss and perplexity of a model on a dataset (.txt or .jsonl with \"text\")");
+  auto options = std::make_shared<CommonOptions>();
+  auto flags = std::make_shared<EvalFlags>();
+  add_common_options(app, *options);
+  app->add_option("--model", flags->model, "model directory or Hugging Face cache repo id (org/name)");
+  app->add_option("--adapter", flags->adapter, "LoRA adapter directory");
+  app->add_option("--data", flags->data, "evaluation data: .txt or .jsonl with a \"text\" field");
+  app->add_option("--max-seq-len", flags->max_seq_len, "window (.txt) or truncation (.jsonl) length in tokens [2048]");
+  app->add_option("--batch-size", flags->batch_size, "sequences per forward pass [8]");
+  return {app, [options, flags] {
+            std::vector<std::pair<std::string, std::string>> extra;
+            if (flags->model) extra.emplace_back("model", *flags->model);
+            if (flags->adapter) extra.emplace_back("adapter", *flags->adapter);
+            if (flags->data) extra.emplace_back("data", *flags->data);
+            if (flags->max_seq_len) extra.emplace_back("max_seq_len", std::to_string(*flags->max_seq_len));
+            if (flags->batch_size) extra.emplace_back("batch_size", std::to_string(*flags->batch_size));
+            config::Config cfg = resolve_config(eval_schema(), *options, extra);
+            if (options->print_config) {
+              std::cout << cfg.to_yaml();
+              return 0;
+            }
+            pipelines::EvalParams p;
+            p.model = cfg.get_string("model");
+            p.adapter = cfg.has("adapter") ? cfg.get_string("adapter") : "";
+            p.data = cfg.get_string("data");
+            p.max_seq_len = cfg.get_int("max_seq_len");
+            p.batch_size = cfg.get_int("batch_size");
+            p.device = cfg.get_string("device");
+            p.dtype = cfg.get_string("dtype");
+            auto r = pipelines::run_eval(p);
+            if (options->json) {
+              nlohmann::ordered_json j{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens},
+                                       {"sequences", r.sequences}, {"load_seconds", r.load_seconds},
+                                       {"eval_seconds", r.eval_seconds}, {"tokens_per_second", r.tokens_per_second},
+                                       {"device", r.device}, {"dtype", r.dtype}};
+              std::cout << j.dump(2) << "\n";
+            } else {
+              std::cout << fmt::format("loss {:.6f}  perplexity {:.4f}  tokens {}  sequences {}  ({:.1f} tokens/s on {}, {})\n",
+                                       r.loss, r.perplexity, r.tokens, r.sequences, r.tokens_per_second, r.device, r.dtype);
+            }
+            return 0;
+          }};
+}
+
+}  // namespace llmtune::cli

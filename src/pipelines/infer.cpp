@@ -1,0 +1,181 @@
+// The infer job: load once, then for each prompt render (chat template unless raw), encode,
+// generate with streaming decode, stop on stop ids or stop strings, report speeds.
+#include "llmtune/pipelines/infer.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "llmtune/io/hf_dir.h"
+#include "llmtune/io/jsonl.h"
+#include "llmtune/model/causal_lm.h"
+#include "llmtune/tokenizer/chat_template.h"
+#include "llmtune/tokenizer/tokenizer.h"
+#include "llmtune/util/device.h"
+#include "llmtune/util/error.h"
+#include "llmtune/util/log.h"
+
+namespace llmtune::pipelines {
+namespace {
+
+using nlohmann::json;
+
+struct Engine {
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  std::unique_ptr<model::CausalLM> model;
+  const InferParams* params = nullptr;
+
+  std::vector<int64_t> encode_prompt(const json& messages, const std::string& text) const {
+    std::vector<int32_t> ids;
+    if (params->raw || tok->chat_template.empty()) {
+      if (!params->raw && log::first_time("infer.no_template"))
+        spdlog::warn("the tokenizer has no chat template: prompts are used as raw text (--raw)");
+      std::string plain = text;
+      if (plain.empty())
+        for (const auto& m : messages) plain += m.value("content", "");
+      ids = tok->encode(plain, /*add_special_tokens=*/true);
+    } else {
+      json msgs = messages;
+      if (msgs.empty()) {
+        if (!params->system.empty()) msgs.push_back({{"role", "system"}, {"content", params->system}});
+        msgs.push_back({{"role", "user"}, {"content", text}});
+      }
+      std::string rendered = tokenizer::apply_chat_template(tok->chat_template, msgs, true, tok->bos_token, tok->eos_token);
+      ids = tok->encode(rendered, /*add_special_tokens=*/false);  // the template already wrote BOS
+    }
+    return {ids.begin(), ids.end()};
+  }
+
+  struct Output {
+    std::string text;
+    std::vector<int64_t> ids;
+    model::GenerationResult gen;
+    int64_t prompt_tokens = 0;
+  };
+
+  // Generates for `prompt_ids`; when `stream` is set, text is written as it is decoded.
+  Output complete(const std::vector<int64_t>& prompt_ids, std::ostream* stream) const {
+    Output o;
+    o.prompt_tokens = static_cast<int64_t>(prompt_ids.size());
+    size_t printed = 0;
+    size_t hold = 0;  // characters held back: they might start a stop string
+    for (const auto& s : params->stop) hold = std::max(hold, s.size());
+    bool stopped_by_string = false;
+    auto on_token = [&](int64_t id) {
+      o.ids.push_back(id);
+      std::vector<int32_t> ids32(o.ids.begin(), o.ids.end());
+      std::string text = tok->decode(ids32, /*skip_special_tokens=*/true);
+      for (const auto& s : params->stop) {
+        if (auto pos = text.find(s); pos != std::string::npos) {
+          text.resize(pos);
+          stopped_by_string = true;
+        }
+      }
+      o.text = text;
+      // An incomplete UTF-8 sequence decodes to U+FFFD: wait for the next token before printing.
+      bool incomplete = text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0;
+      size_t limit = stopped_by_string ? text.size() : (text.size() > hold ? text.size() - hold : 0);
+      if (stream && !incomplete && limit > printed) {
+        *stream << text.substr(printed, limit - printed) << std::flush;
+        printed = limit;
+      }
+      return !stopped_by_string;
+    };
+    o.gen = model::generate(*model, prompt_ids, params->sampling, on_token);
+    if (stream && o.text.size() > printed) *stream << o.text.substr(printed);
+    if (stream) *stream << "\n" << std::flush;
+    return o;
+  }
+};
+
+json report(const Engine::Output& o) {
+  double gen_tps = o.gen.decode_seconds > 0 ? static_cast<double>(o.gen.tokens.size() - 1) / o.gen.decode_seconds : 0;
+  double prompt_tps = o.gen.prompt_seconds > 0 ? static_cast<double>(o.prompt_tokens) / o.gen.prompt_seconds : 0;
+  return {{"completion", o.text},
+          {"token_ids", o.ids},
+          {"prompt_tokens", o.prompt_tokens},
+          {"generated_tokens", o.ids.size()},
+          {"finish_reason", o.gen.finish_reason},
+          {"prompt_tokens_per_second", prompt_tps},
+          {"generation_tokens_per_second", gen_tps}};
+}
+
+}  // namespace
+
+void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
+  if (!p.adapter.empty())
+    throw UsageError("infer --adapter: LoRA adapters are not supported yet (they arrive with `llmtune finetune`)");
+  int modes = !p.prompt.empty() + !p.prompts_file.empty() + p.chat;
+  if (modes != 1) throw UsageError("infer needs exactly one of --prompt, --prompts-file or --chat");
+  if (!p.prompts_file.empty() && p.output.empty()) throw UsageError("--prompts-file needs --output FILE.jsonl");
+
+  std::filesystem::path dir = io::resolve_model_dir(p.model);
+  DeviceChoice device = choose_device(p.device);
+  DtypeChoice dtype = choose_dtype(p.dtype, device.device);
+  Engine e;
+  e.params = &p;
+  e.tok = tokenizer::load_tokenizer(dir);
+  e.model = std::make_unique<model::CausalLM>(model::CausalLM::load(dir, device.device, dtype.dtype));
+  spdlog::info("infer: {} on {} ({})", dir.string(), device.device.str(), dtype_name(dtype.dtype));
+  InferParams q = p;
+  if (q.sampling.stop_ids.empty()) {
+    for (int32_t id : e.tok->stop_ids) q.sampling.stop_ids.push_back(id);
+    for (int64_t id : e.model->config().eos_token_ids) q.sampling.stop_ids.push_back(id);
+  }
+  e.params = &q;
+
+  if (!p.prompt.empty()) {
+    auto o = e.complete(e.encode_prompt(json::array(), p.prompt), p.json ? nullptr : &out);
+    if (p.json) out << report(o).dump() << "\n";
+    return;
+  }
+
+  if (!p.prompts_file.empty()) {
+    std::string tmp = p.output + ".tmp";
+    std::ofstream sink(tmp, std::ios::binary | std::ios::trunc);
+    if (!sink) throw IoError(p.output + ": cannot write the output file");
+    int64_t n = 0;
+    io::read_jsonl(p.prompts_file, [&](int64_t line, const json& row) {
+      json messages = json::array();
+      std::string text;
+      if (row.contains("messages") && row["messages"].is_array()) messages = row["messages"];
+      else if (row.contains("prompt") && row["prompt"].is_string()) text = row["prompt"].get<std::string>();
+      else throw DataError(p.prompts_file + ":" + std::to_string(line) + ": expected \"prompt\" (string) or \"messages\" (list)");
+      auto o = e.complete(e.encode_prompt(messages, text), nullptr);
+      json rec = row;
+      for (auto& [k, v] : report(o).items()) rec[k] = v;
+      sink << rec.dump() << "\n";
+      if (p.json) out << rec.dump() << "\n";
+      ++n;
+    });
+    sink.close();
+    if (!sink) throw IoError(p.output + ": writing failed");
+    std::filesystem::rename(tmp, p.output);
+    spdlog::info("infer: {} completion(s) written to {}", n, p.output);
+    return;
+  }
+
+  // Chat: one user line per turn; /reset clears the conversation, /exit or end of input quits.
+  json messages = json::array();
+  if (!p.system.empty()) messages.push_back({{"role", "system"}, {"content", p.system}});
+  const bool tty = isatty(STDIN_FILENO);
+  for (std::string line;;) {
+    if (tty) std::cerr << "> " << std::flush;
+    if (!std::getline(in, line) || line == "/exit") break;
+    if (line == "/reset") {
+      messages.erase(messages.begin() + (p.system.empty() ? 0 : 1), messages.end());
+      continue;
+    }
+    if (line.empty()) continue;
+    messages.push_back({{"role", "user"}, {"content", line}});
+    auto o = e.complete(e.encode_prompt(messages, ""), p.json ? nullptr : &out);
+    if (p.json) out << report(o).dump() << "\n";
+    messages.push_back({{"role", "assistant"}, {"content", o.text}});
+  }
+}
+
+}  // namespace llmtune::pipelines
