@@ -46,7 +46,7 @@ Command register_tokenize(CLI::App& root) {
             if (!f->data.empty()) {
               int64_t want = f->row > 0 ? f->row : 1, seen = 0;
               bool found = false;
-              io::read_jsonl(f->data, [&](int64_t line, const nlohmann::json& row) {
+              io::read_jsonl(f->data, [&](int64_t line, const nlohmann::ordered_json& row) {
                 if (++seen != want || found) return;
                 found = true;
                 if (row.contains("text") && row["text"].is_string()) {

@@ -7,17 +7,17 @@
 
 namespace llmtune::io {
 
-void read_jsonl(const std::filesystem::path& path, const std::function<void(int64_t, const nlohmann::json&)>& row) {
+void read_jsonl(const std::filesystem::path& path, const std::function<void(int64_t, const nlohmann::ordered_json&)>& row) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw DataError(path.string() + ": cannot open the data file");
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    nlohmann::json j;
+    nlohmann::ordered_json j;
     try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+      j = nlohmann::ordered_json::parse(line);
+    } catch (const nlohmann::ordered_json::parse_error& e) {
       throw DataError(path.string() + ":" + std::to_string(n) + ": not valid JSON (" + e.what() + ")");
     }
     if (!j.is_object()) throw DataError(path.string() + ":" + std::to_string(n) + ": each line must be a JSON object");

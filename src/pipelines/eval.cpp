@@ -40,7 +40,7 @@ std::vector<std::vector<int32_t>> load_sequences(const std::filesystem::path& pa
     }
   } else if (path.extension() == ".jsonl") {
     int64_t truncated = 0, too_short = 0;
-    io::read_jsonl(path, [&](int64_t line, const nlohmann::json& row) {
+    io::read_jsonl(path, [&](int64_t line, const nlohmann::ordered_json& row) {
       auto it = row.find("text");
       if (it == row.end() || !it->is_string())
         throw DataError(path.string() + ":" + std::to_string(line) + ": expected a string field \"text\"");

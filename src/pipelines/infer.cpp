@@ -22,7 +22,7 @@
 namespace llmtune::pipelines {
 namespace {
 
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 
 struct Engine {
   std::unique_ptr<tokenizer::Tokenizer> tok;
