@@ -40,6 +40,10 @@ json read_json(const fs::path& path) {
   return j;
 }
 
+bool flag(const json& j, const char* key, bool fallback) {
+  return j.contains(key) && j[key].is_boolean() ? j[key].get<bool>() : fallback;
+}
+
 json read_optional_json(const fs::path& path) {
   return fs::exists(path) ? read_json(path) : json::object();
 }
@@ -101,9 +105,8 @@ bool is_llama_class(const json& config) {
 // tokenizer.json says: no normalizer, Metaspace "▁" (prepend "first", or "always" with
 // legacy: true, "never" with add_prefix_space: false), Replace/ByteFallback/Fuse[/Strip] decoder.
 void use_llama_pipeline(Pipeline& p, const json& config) {
-  bool add_prefix_space = !config.contains("add_prefix_space") || config["add_prefix_space"].is_null() ||
-                          config["add_prefix_space"].get<bool>();
-  bool legacy = config.contains("legacy") && config["legacy"].is_boolean() && config["legacy"].get<bool>();
+  bool add_prefix_space = flag(config, "add_prefix_space", true);
+  bool legacy = flag(config, "legacy", false);
   std::string scheme = add_prefix_space ? (legacy ? "always" : "first") : "never";
   p.normalizer = nullptr;
   p.pre_tokenizer = make_metaspace("\u2581", scheme, /*split=*/false);
@@ -191,8 +194,8 @@ void apply_config(Pipeline& p, Tokenizer& tok, const json& config, const json& s
   // names either of them, or when tokenizer.json has none.
   bool explicit_flags = config.contains("add_bos_token") || config.contains("add_eos_token");
   if (explicit_flags || (p.prefix_ids.empty() && p.suffix_ids.empty())) {
-    bool add_bos = config.value("add_bos_token", false) && config["add_bos_token"].is_boolean();
-    bool add_eos = config.value("add_eos_token", false) && config["add_eos_token"].is_boolean();
+    bool add_bos = flag(config, "add_bos_token", false);
+    bool add_eos = flag(config, "add_eos_token", false);
     if (add_bos && !tok.bos_id) spdlog::warn("tokenizer: {} sets add_bos_token but names no bos_token; no BOS is added", cfg_file);
     if (add_eos && !tok.eos_id) spdlog::warn("tokenizer: {} sets add_eos_token but names no eos_token; no EOS is added", cfg_file);
     p.prefix_ids.clear();
@@ -200,7 +203,7 @@ void apply_config(Pipeline& p, Tokenizer& tok, const json& config, const json& s
     if (add_bos && tok.bos_id) p.prefix_ids.push_back(*tok.bos_id);
     if (add_eos && tok.eos_id) p.suffix_ids.push_back(*tok.eos_id);
   }
-  if (config.value("clean_up_tokenization_spaces", false) == true && log::first_time("tokenizer-cleanup-ignored"))
+  if (flag(config, "clean_up_tokenization_spaces", false) && log::first_time("tokenizer-cleanup-ignored"))
     spdlog::info("tokenizer: clean_up_tokenization_spaces is ignored for BPE tokenizers, as in transformers 5");
 }
 
@@ -246,9 +249,7 @@ std::vector<int32_t> read_stop_ids(const fs::path& dir, const Tokenizer& tok) {
   return {};
 }
 
-}  // namespace
-
-std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& model_dir) {
+std::unique_ptr<Tokenizer> load_tokenizer_unchecked(const fs::path& model_dir) {
   if (!fs::is_directory(model_dir))
     throw TokenizerError(model_dir.string() + ": not a directory; pass a model directory holding tokenizer.json or tokenizer.model");
   json config = read_optional_json(model_dir / "tokenizer_config.json");
@@ -278,6 +279,17 @@ std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& model_dir) {
   tok->chat_template = read_chat_template(model_dir, config);
   tok->stop_ids = read_stop_ids(model_dir, *tok);
   return tok;
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& model_dir) {
+  try {
+    return load_tokenizer_unchecked(model_dir);
+  } catch (const nlohmann::json::exception& e) {
+    // A field of the wrong JSON type somewhere in the tokenizer files.
+    throw TokenizerError(model_dir.string() + ": a tokenizer file holds a value of the wrong type (" + e.what() + ")");
+  }
 }
 
 }  // namespace llmtune::tokenizer

@@ -128,6 +128,8 @@ TEST_F(TokenizerErrors, MalformedConfigFiles) {
   EXPECT_NE(m.find("tokenizer_config.json"), std::string::npos) << m;
   write("tokenizer_config.json", "{\"bos_token\": 5}");
   EXPECT_NE(load_error().find("bos_token"), std::string::npos);
+  write("tokenizer_config.json", R"({"added_tokens_decoder": {"5": {"content": "x", "special": "yes"}}})");
+  EXPECT_NE(load_error().find("wrong type"), std::string::npos);
   write("tokenizer_config.json", "{}");
   write("generation_config.json", "{\"eos_token_id\": \"two\"}");
   EXPECT_NE(load_error().find("generation_config.json"), std::string::npos);
