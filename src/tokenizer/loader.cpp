@@ -127,6 +127,10 @@ void load_tokenizer_json(Pipeline& p, const fs::path& path, const json& config) 
     p.pre_tokenizer = make_pre_tokenizer(j.value("pre_tokenizer", json()), file);
     p.decoder = make_decoder(j.value("decoder", json()), file);
   }
+  // Truncation and padding are the data pipeline's job (max_seq_len, packing); say that they are not applied here.
+  for (const char* key : {"truncation", "padding"})
+    if (j.contains(key) && !j[key].is_null())
+      spdlog::warn("tokenizer: {}: \"{}\" is set but not applied by encode(); lengths come from the data config", file, key);
   SingleTemplate t = parse_post_processor(j.value("post_processor", json()), file);
   p.prefix_ids = std::move(t.prefix);
   p.suffix_ids = std::move(t.suffix);
