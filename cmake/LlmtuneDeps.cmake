@@ -28,6 +28,20 @@ add_library(llmtune_sentencepiece INTERFACE)
 target_include_directories(llmtune_sentencepiece SYSTEM INTERFACE "${SENTENCEPIECE_INCLUDE_DIR}")
 target_link_libraries(llmtune_sentencepiece INTERFACE "${SENTENCEPIECE_LIBRARY}")
 
+# PCRE2 (8-bit, UTF + UCP) runs the pre-tokenizer regexes of tokenizer.json (\p{L}, lookahead);
+# utf8proc does the NFC/NFKC normalizers. Found by hand for the same reason as SentencePiece.
+find_path(PCRE2_INCLUDE_DIR pcre2.h REQUIRED)
+find_library(PCRE2_LIBRARY pcre2-8 REQUIRED)
+add_library(llmtune_pcre2 INTERFACE)
+target_include_directories(llmtune_pcre2 SYSTEM INTERFACE "${PCRE2_INCLUDE_DIR}")
+target_link_libraries(llmtune_pcre2 INTERFACE "${PCRE2_LIBRARY}")
+target_compile_definitions(llmtune_pcre2 INTERFACE PCRE2_CODE_UNIT_WIDTH=8)
+find_path(UTF8PROC_INCLUDE_DIR utf8proc.h REQUIRED)
+find_library(UTF8PROC_LIBRARY utf8proc REQUIRED)
+add_library(llmtune_utf8proc INTERFACE)
+target_include_directories(llmtune_utf8proc SYSTEM INTERFACE "${UTF8PROC_INCLUDE_DIR}")
+target_link_libraries(llmtune_utf8proc INTERFACE "${UTF8PROC_LIBRARY}")
+
 if(LLMTUNE_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

@@ -20,6 +20,8 @@ packages=(
   libspdlog-dev libspdlog1.10 libfmt-dev libfmt9
   libyaml-cpp-dev libyaml-cpp0.7
   libgtest-dev libgmock-dev googletest
+  libpcre2-dev libpcre2-8-0
+  libutf8proc-dev libutf8proc2
 )
 
 debs="$LLMTUNE_DEPS_DIR/debs"

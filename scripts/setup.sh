@@ -18,7 +18,7 @@ source "$here/common.sh"
 apt_packages=(
   build-essential cmake ninja-build ccache pkg-config git python3-venv python3-dev
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
-  libyaml-cpp-dev libgtest-dev
+  libyaml-cpp-dev libgtest-dev libpcre2-dev libutf8proc-dev
 )
 # The reference implementations the tests compare with, and what the build links.
 py_packages=(torch transformers peft safetensors sentencepiece tokenizers gguf numpy pytest protobuf)

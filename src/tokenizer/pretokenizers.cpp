@@ -1,0 +1,227 @@
+// tokenizer.json pre-tokenizers: Sequence, Split (Regex or String), ByteLevel (GPT-2 byte map and
+// regex), Metaspace. Semantics follow huggingface/tokenizers' pre_tokenizers/*.rs.
+#include <array>
+#include <memory>
+#include <string>
+
+#include "components.h"
+#include "llmtune/util/error.h"
+#include "regex.h"
+#include "unicode.h"
+
+namespace llmtune::tokenizer {
+namespace {
+
+using nlohmann::json;
+
+// GPT-2's pattern, used by ByteLevel when use_regex is true.
+const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+enum class Behavior { Isolated, Removed, MergedWithPrevious, MergedWithNext, Contiguous };
+
+Behavior parse_behavior(const std::string& s, const std::string& where) {
+  if (s == "Isolated") return Behavior::Isolated;
+  if (s == "Removed") return Behavior::Removed;
+  if (s == "MergedWithPrevious") return Behavior::MergedWithPrevious;
+  if (s == "MergedWithNext") return Behavior::MergedWithNext;
+  if (s == "Contiguous") return Behavior::Contiguous;
+  throw TokenizerError(where + ": unsupported Split behavior \"" + s + "\"");
+}
+
+// Splits `piece` at the given matches (sorted, non-overlapping) with tokenizers' delimiter behaviours.
+void split_at(const Split& piece, const std::vector<std::pair<size_t, size_t>>& matches, Behavior behavior, bool invert,
+              std::vector<Split>& out) {
+  const std::string& t = piece.text;
+  // (begin, end, is_match) covering the text.
+  std::vector<std::tuple<size_t, size_t, bool>> parts;
+  size_t last = 0;
+  for (auto [b, e] : matches) {
+    if (last < b) parts.emplace_back(last, b, invert);
+    parts.emplace_back(b, e, !invert);
+    last = e;
+  }
+  if (last < t.size()) parts.emplace_back(last, t.size(), invert);
+
+  std::vector<std::pair<size_t, size_t>> pieces;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    auto [b, e, is_match] = parts[i];
+    switch (behavior) {
+      case Behavior::Isolated: pieces.emplace_back(b, e); break;
+      case Behavior::Removed: if (!is_match) pieces.emplace_back(b, e); break;
+      case Behavior::MergedWithPrevious:
+        if (is_match && !pieces.empty() && !std::get<2>(parts[i - 1])) pieces.back().second = e;
+        else pieces.emplace_back(b, e);
+        break;
+      case Behavior::MergedWithNext:
+        if (!is_match && i > 0 && std::get<2>(parts[i - 1]) && !pieces.empty()) pieces.back().second = e;
+        else pieces.emplace_back(b, e);
+        break;
+      case Behavior::Contiguous:
+        if (is_match && i > 0 && std::get<2>(parts[i - 1]) && !pieces.empty()) pieces.back().second = e;
+        else pieces.emplace_back(b, e);
+        break;
+    }
+  }
+  for (auto [b, e] : pieces) {
+    if (b == e) continue;
+    out.push_back({t.substr(b, e - b), piece.at_start && b == 0});
+  }
+}
+
+class SequencePreTokenizer : public PreTokenizer {
+ public:
+  explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> parts) : parts_(std::move(parts)) {}
+  void pre_tokenize(std::vector<Split>& splits) const override {
+    for (const auto& p : parts_) p->pre_tokenize(splits);
+  }
+
+ private:
+  std::vector<std::unique_ptr<PreTokenizer>> parts_;
+};
+
+class SplitPreTokenizer : public PreTokenizer {
+ public:
+  SplitPreTokenizer(std::pair<std::string, std::unique_ptr<Regex>> pattern, Behavior behavior, bool invert)
+      : literal_(std::move(pattern.first)), regex_(std::move(pattern.second)), behavior_(behavior), invert_(invert) {}
+  void pre_tokenize(std::vector<Split>& splits) const override {
+    std::vector<Split> out;
+    out.reserve(splits.size() * 4);
+    for (const auto& s : splits) {
+      std::vector<std::pair<size_t, size_t>> matches;
+      if (regex_) {
+        matches = regex_->find_all(s.text);
+      } else if (!literal_.empty()) {
+        for (size_t p = s.text.find(literal_); p != std::string::npos; p = s.text.find(literal_, p + literal_.size()))
+          matches.emplace_back(p, p + literal_.size());
+      }
+      split_at(s, matches, behavior_, invert_, out);
+    }
+    splits = std::move(out);
+  }
+
+ private:
+  std::string literal_;
+  std::unique_ptr<Regex> regex_;
+  Behavior behavior_;
+  bool invert_;
+};
+
+// The GPT-2 byte -> printable character map (FORMATS.md §3.2), as UTF-8 strings.
+const std::array<std::string, 256>& byte_to_unicode() {
+  static const std::array<std::string, 256> table = [] {
+    std::array<std::string, 256> t;
+    uint32_t next = 256;
+    for (int b = 0; b < 256; ++b) {
+      bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      unicode::append_utf8(t[b], printable ? static_cast<uint32_t>(b) : next++);
+    }
+    return t;
+  }();
+  return table;
+}
+
+class ByteLevelPreTokenizer : public PreTokenizer {
+ public:
+  ByteLevelPreTokenizer(bool add_prefix_space, bool use_regex)
+      : add_prefix_space_(add_prefix_space), regex_(use_regex ? std::make_unique<Regex>(kGpt2Pattern, "ByteLevel") : nullptr) {}
+  void pre_tokenize(std::vector<Split>& splits) const override {
+    std::vector<Split> out;
+    out.reserve(splits.size() * 2);
+    for (auto& s : splits) {
+      if (add_prefix_space_ && (s.text.empty() || s.text[0] != ' ')) s.text.insert(0, " ");
+      if (regex_) split_at(s, regex_->find_all(s.text), Behavior::Isolated, false, out);
+      else out.push_back(std::move(s));
+    }
+    const auto& table = byte_to_unicode();
+    for (auto& s : out) {
+      std::string mapped;
+      mapped.reserve(s.text.size() * 2);
+      for (unsigned char c : s.text) mapped += table[c];
+      s.text = std::move(mapped);
+    }
+    splits = std::move(out);
+  }
+
+ private:
+  bool add_prefix_space_;
+  std::unique_ptr<Regex> regex_;
+};
+
+class MetaspacePreTokenizer : public PreTokenizer {
+ public:
+  MetaspacePreTokenizer(std::string replacement, std::string scheme, bool split)
+      : replacement_(std::move(replacement)), scheme_(std::move(scheme)), split_(split) {}
+  void pre_tokenize(std::vector<Split>& splits) const override {
+    std::vector<Split> out;
+    out.reserve(splits.size());
+    for (auto& s : splits) {
+      std::string text = replace_all(s.text, " ", nullptr, replacement_);
+      bool starts = text.compare(0, replacement_.size(), replacement_) == 0;
+      if (!starts && (scheme_ == "always" || (scheme_ == "first" && s.at_start))) text.insert(0, replacement_);
+      Split piece{std::move(text), s.at_start};
+      if (!split_) {
+        out.push_back(std::move(piece));
+        continue;
+      }
+      std::vector<std::pair<size_t, size_t>> matches;
+      for (size_t p = piece.text.find(replacement_); p != std::string::npos;
+           p = piece.text.find(replacement_, p + replacement_.size()))
+        matches.emplace_back(p, p + replacement_.size());
+      split_at(piece, matches, Behavior::MergedWithNext, false, out);
+    }
+    splits = std::move(out);
+  }
+
+ private:
+  std::string replacement_, scheme_;
+  bool split_;
+};
+
+bool bool_field(const json& j, const char* key, bool fallback) {
+  return j.contains(key) && j[key].is_boolean() ? j[key].get<bool>() : fallback;
+}
+
+}  // namespace
+
+const std::array<std::string, 256>& gpt2_byte_to_unicode() { return byte_to_unicode(); }
+
+std::unique_ptr<PreTokenizer> make_metaspace(const std::string& replacement, const std::string& prepend_scheme,
+                                             bool split) {
+  return std::make_unique<MetaspacePreTokenizer>(replacement, prepend_scheme, split);
+}
+
+std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::string& file) {
+  if (j.is_null()) return nullptr;
+  std::string where = file + ": pre_tokenizer";
+  if (!j.is_object() || !j.contains("type") || !j["type"].is_string())
+    throw TokenizerError(where + " has no \"type\"");
+  std::string type = j["type"];
+  if (type == "Sequence") {
+    std::vector<std::unique_ptr<PreTokenizer>> parts;
+    for (const auto& p : j.value("pretokenizers", json::array())) {
+      auto pt = make_pre_tokenizer(p, file);
+      if (pt) parts.push_back(std::move(pt));
+    }
+    return std::make_unique<SequencePreTokenizer>(std::move(parts));
+  }
+  if (type == "Split") {
+    return std::make_unique<SplitPreTokenizer>(parse_pattern(j.value("pattern", json()), where + " Split"),
+                                               parse_behavior(j.value("behavior", std::string("Isolated")), where),
+                                               bool_field(j, "invert", false));
+  }
+  if (type == "ByteLevel")
+    return std::make_unique<ByteLevelPreTokenizer>(bool_field(j, "add_prefix_space", true), bool_field(j, "use_regex", true));
+  if (type == "Metaspace") {
+    std::string scheme = j.value("prepend_scheme", std::string());
+    // Files from tokenizers < 0.14 carry add_prefix_space instead of prepend_scheme.
+    if (scheme.empty()) scheme = bool_field(j, "add_prefix_space", true) ? "always" : "never";
+    if (scheme != "first" && scheme != "always" && scheme != "never")
+      throw TokenizerError(where + ": Metaspace prepend_scheme \"" + scheme + "\" is not first, always or never");
+    return std::make_unique<MetaspacePreTokenizer>(j.value("replacement", std::string("\u2581")), scheme,
+                                                   bool_field(j, "split", true));
+  }
+  throw TokenizerError(file + ": unsupported pre_tokenizer type \"" + type +
+                       "\" (supported: Sequence, Split, ByteLevel, Metaspace)");
+}
+
+}  // namespace llmtune::tokenizer

@@ -1,0 +1,44 @@
+"""The Python side of the tokenizer interop tests: one process per fixture directory.
+
+Usage: hf_reference.py REQUEST.json RESPONSE.json
+REQUEST: {"dir": str, "texts": [str], "decode": [[int]]}. RESPONSE: for each text, AutoTokenizer's
+ids with and without special tokens and the decodes of the former (plain and skip_special_tokens);
+for each id list in "decode", its decode (plain and skip_special_tokens); "seconds": the time the
+fast tokenizer took to encode all texts (add_special_tokens=True) one call at a time, and
+"seconds_batch": its Rust backend's encode_batch on all texts (single thread), for the throughput report.
+"""
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from transformers import AutoTokenizer  # noqa: E402
+
+
+def main(request_path, response_path):
+    req = json.load(open(request_path, encoding="utf-8"))
+    tok = AutoTokenizer.from_pretrained(req["dir"])
+    texts = req["texts"]
+    start = time.perf_counter()
+    with_special = [tok.encode(t, add_special_tokens=True) for t in texts]
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    tok.backend_tokenizer.encode_batch(texts, add_special_tokens=True)
+    seconds_batch = time.perf_counter() - start
+    out = {
+        "seconds": seconds,
+        "seconds_batch": seconds_batch,
+        "ids": with_special,
+        "ids_plain": [tok.encode(t, add_special_tokens=False) for t in texts],
+        "decoded": [tok.decode(ids) for ids in with_special],
+        "decoded_skip": [tok.decode(ids, skip_special_tokens=True) for ids in with_special],
+        "decode": [tok.decode(ids) for ids in req.get("decode", [])],
+        "decode_skip": [tok.decode(ids, skip_special_tokens=True) for ids in req.get("decode", [])],
+        "vocab_size": len(tok),
+    }
+    json.dump(out, open(response_path, "w", encoding="utf-8"), ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

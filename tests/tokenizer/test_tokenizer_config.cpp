@@ -1,0 +1,116 @@
+// What load_tokenizer() reads besides the vocabulary: special tokens and their ids, stop ids,
+// chat templates, BOS/EOS flags; and behaviours that the interop test does not isolate.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "llmtune/tokenizer/tokenizer.h"
+#include "llmtune/util/error.h"
+#include "tokenizer/tokenizer_reference.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using llmtune::testing::fixture_tokenizer_dir;
+using llmtune::tokenizer::load_tokenizer;
+using ids_t = std::vector<int32_t>;
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+TEST(TokenizerConfig, Llama3SpecialTokensAndStopIds) {
+  auto tok = load_tokenizer(fixture_tokenizer_dir("bpe-llama3"));
+  EXPECT_EQ(tok->bos_token, "<|begin_of_text|>");
+  EXPECT_EQ(tok->bos_id, 2000);
+  EXPECT_EQ(tok->eos_token, "<|eot_id|>");
+  EXPECT_EQ(tok->eos_id, 2009);
+  EXPECT_FALSE(tok->pad_id.has_value());
+  EXPECT_EQ(tok->stop_ids, (ids_t{2001, 2008, 2009}));
+  EXPECT_EQ(tok->vocab_size(), 2048);
+  EXPECT_TRUE(tok->is_special(2009));
+  EXPECT_FALSE(tok->is_special(100));
+  EXPECT_EQ(tok->piece_to_id("<|start_header_id|>"), 2006);
+  EXPECT_EQ(tok->id_to_piece(2007), "<|end_header_id|>");
+  EXPECT_EQ(tok->encode("", true), (ids_t{2000}));
+  EXPECT_NE(tok->chat_template.find("<|start_header_id|>"), std::string::npos);
+  EXPECT_EQ(tok->decode(tok->encode("hi<|eot_id|>there"), true), "hithere");
+}
+
+TEST(TokenizerConfig, SentencePieceSpecialTokens) {
+  auto tok = load_tokenizer(fixture_tokenizer_dir("spm-llama"));
+  EXPECT_EQ(tok->bos_id, 1);  // tokenizer_config.json's {"content": "<s>", ...} dict
+  EXPECT_EQ(tok->eos_id, 2);
+  EXPECT_EQ(tok->unk_id, 0);
+  EXPECT_EQ(tok->stop_ids, (ids_t{2}));
+  EXPECT_EQ(tok->id_to_piece(3 + 0x0A), "<0x0A>");
+  EXPECT_EQ(tok->encode("").size(), 1u);
+  EXPECT_TRUE(tok->encode("", false).empty());
+  EXPECT_NE(tok->chat_template.find("[INST]"), std::string::npos);
+}
+
+TEST(TokenizerConfig, ChatTemplateJinjaWinsAndQwenHasNoBos) {
+  std::string dir = fixture_tokenizer_dir("bpe-qwen2");
+  auto tok = load_tokenizer(dir);
+  EXPECT_EQ(tok->chat_template, slurp(fs::path(dir) / "chat_template.jinja"));
+  EXPECT_FALSE(tok->bos_id.has_value());
+  EXPECT_EQ(tok->eos_id, 2002);
+  EXPECT_EQ(tok->pad_id, 2000);
+  EXPECT_EQ(tok->stop_ids, (ids_t{2002, 2000}));
+  EXPECT_EQ(tok->encode("<|im_start|>", true), (ids_t{2001}));
+  // NFC happens before added tokens with normalized=true are matched.
+  EXPECT_EQ(tok->encode("A\u030angstro\u0308m", false), (ids_t{2005}));
+}
+
+TEST(TokenizerConfig, ChatTemplateListAndFlags) {
+  fs::path dir = fs::temp_directory_path() / ("llmtune-tokcfg-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::copy_file(fs::path(fixture_tokenizer_dir("bpe-gpt2")) / "tokenizer.json", dir / "tokenizer.json",
+                fs::copy_options::overwrite_existing);
+  nlohmann::json cfg = nlohmann::json::parse(slurp(fs::path(fixture_tokenizer_dir("bpe-gpt2")) / "tokenizer_config.json"));
+  cfg["chat_template"] = nlohmann::json::array({{{"name", "tool_use"}, {"template", "T"}}, {{"name", "default"}, {"template", "D"}}});
+  cfg["add_bos_token"] = true;  // transformers 5 rebuilds the post-processor from these flags
+  cfg["add_eos_token"] = true;
+  std::ofstream(dir / "tokenizer_config.json") << cfg.dump();
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": 2000})";
+  auto tok = load_tokenizer(dir);
+  EXPECT_EQ(tok->chat_template, "D");
+  EXPECT_EQ(tok->stop_ids, (ids_t{2000}));
+  auto ids = tok->encode("hi");
+  ASSERT_GE(ids.size(), 3u);
+  EXPECT_EQ(ids.front(), 2000);
+  EXPECT_EQ(ids.back(), 2000);
+  fs::remove_all(dir);
+}
+
+TEST(TokenizerConfig, LegacyPrependsAfterSpecialTokens) {
+  // legacy: true (Metaspace "always") puts "▁" before text that follows a special token;
+  // the default "first" does not. AutoTokenizer agrees (interop test); here the difference itself.
+  auto legacy = load_tokenizer(fixture_tokenizer_dir("spm-llama-json"));
+  auto first = load_tokenizer(fixture_tokenizer_dir("spm-llama"));
+  EXPECT_NE(legacy->encode("<s>x", false), first->encode("<s>x", false));
+  EXPECT_EQ(legacy->encode("x", false), first->encode("x", false));
+}
+
+TEST(TokenizerConfig, InvalidUtf8BecomesReplacementCharacter) {
+  auto tok = load_tokenizer(fixture_tokenizer_dir("bpe-llama3"));
+  EXPECT_EQ(tok->encode("a\xff" "b", false), tok->encode("a\xef\xbf\xbd" "b", false));
+  EXPECT_THROW(tok->decode(ids_t{999999}), llmtune::TokenizerError);
+}
+
+TEST(TokenizerConfig, DecodeRepairsPartialUtf8) {
+  auto tok = load_tokenizer(fixture_tokenizer_dir("bpe-gpt2"));
+  auto ids = tok->encode("\U0001D11E", false);  // 𝄞, not in the corpus
+  ASSERT_GT(ids.size(), 1u);  // not a single token in this small vocabulary
+  EXPECT_EQ(tok->decode(ids_t{ids.front()}), "\xef\xbf\xbd");
+  EXPECT_EQ(tok->decode(ids), "\U0001D11E");
+}
+
+}  // namespace
