@@ -47,9 +47,14 @@ std::string PipelineTokenizer::decode(std::span<const int32_t> ids, bool skip_sp
       continue;
     }
     auto token = p_.model->id_to_token(id);
-    if (!token)
-      throw TokenizerError("decode: token id " + std::to_string(id) + " is outside the vocabulary (size " +
-                           std::to_string(vocab_size()) + ")");
+    if (!token) {
+      // Models often pad their vocabulary past the tokenizer's (Qwen2, the fixtures); a generated
+      // id there has no text. transformers drops it; so do we, and say so once.
+      if (log::first_time("tokenizer.decode.out_of_range"))
+        spdlog::warn("decode: token id {} is outside the tokenizer's vocabulary (size {}); such ids decode to nothing",
+                     id, vocab_size());
+      continue;
+    }
     tokens.push_back(std::move(*token));
   }
   if (!p_.decoder) {  // tokenizers joins with spaces when there is no decoder
