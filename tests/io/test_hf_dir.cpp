@@ -1,5 +1,6 @@
 // Model directory resolution: local paths, and repo ids in a fake Hugging Face hub cache built per
 // test (cross-checked with huggingface_hub's own offline lookup).
+#include <ATen/Functions.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -7,6 +8,7 @@
 
 #include "io/io_test_util.h"
 #include "llmtune/io/hf_dir.h"
+#include "llmtune/io/safetensors.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::io {
@@ -70,6 +72,11 @@ from huggingface_hub import snapshot_download
 print(snapshot_download("org/tiny-model.v2", local_files_only=True), end="")
 )");
   EXPECT_EQ(out, resolved.string());
+  // The hub stores files as symlinks into blobs/; the weights load through them.
+  fs::create_directories(repo / "blobs");
+  save_safetensors(repo / "blobs" / "0a1b2c", {{"w", at::ones({2, 2})}});
+  fs::create_symlink("../../blobs/0a1b2c", resolved / "model.safetensors");
+  EXPECT_EQ(Checkpoint::open(resolved).names(), std::vector<std::string>{"w"});
 }
 
 TEST(HfDir, WithoutRefsTheNewestSnapshotIsUsed) {
