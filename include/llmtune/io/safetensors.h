@@ -22,8 +22,10 @@ struct TensorInfo {
 
 // One .safetensors file, memory-mapped. Every malformed file is rejected at open() with an
 // IoError naming the file and the problem. Tensors returned by tensor() are zero-copy CPU views
-// of the mapping (read-only; they keep the mapping alive), or copies where a view cannot be made.
-class SafetensorsFile {
+// of the mapping (they keep the mapping alive), or copies where the data is not aligned for its
+// dtype. The mapping is read-only: writing into a view crashes the process, so callers that modify
+// a tensor take `.clone()` or `.to(...)` first.
+class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
  public:
   static std::shared_ptr<SafetensorsFile> open(const std::filesystem::path& path);
   ~SafetensorsFile();
@@ -37,6 +39,8 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
   std::filesystem::path path_;
   void* map_ = nullptr;
   size_t map_size_ = 0;
@@ -49,16 +53,20 @@ class SafetensorsFile {
 // single *.safetensors file given directly).
 class Checkpoint {
  public:
-  // `path` is a directory (model.safetensors or model.safetensors.index.json inside) or a file
-  // (a .safetensors file, or an .index.json).
+  // `path` is a directory (model.safetensors or model.safetensors.index.json inside, in that
+  // order of preference, as transformers does) or a file (a .safetensors file, or an .index.json).
+  // A directory holding only pickled weights (*.bin, *.pt, *.pth) is refused with ModelLoadError:
+  // unpickling can execute code. Malformed files and indexes throw IoError.
   static Checkpoint open(const std::filesystem::path& path);
 
   std::vector<std::string> names() const;  // sorted
   bool contains(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;
   at::Tensor tensor(const std::string& name) const;  // throws IoError naming the missing tensor
+  const std::filesystem::path& path() const { return path_; }  // the file or directory opened
 
  private:
+  std::filesystem::path path_;
   std::map<std::string, std::shared_ptr<SafetensorsFile>> where_;  // tensor name -> its file
 };
 
@@ -68,14 +76,18 @@ at::ScalarType dtype_from_safetensors(const std::string& dtype);
 
 // Writes one file as the reference writer does: tensors ordered by dtype alignment then name,
 // __metadata__ first (with "format": "pt" unless given), header padded with spaces to a multiple
-// of 8. Written to a temporary name and renamed into place.
+// of 8. Written to a temporary name and renamed into place. Byte-identical to Python's
+// safetensors.torch.save_file for the same tensors and metadata when the metadata has one key
+// (Rust serializes a HashMap, whose order is random; ours is sorted by key).
 void save_safetensors(const std::filesystem::path& path,
                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
 // Writes `tensors` (in the given order) into `dir` as transformers does: one model.safetensors
 // when everything fits in `max_shard_bytes`, else model-0000i-of-0000n.safetensors plus
-// model.safetensors.index.json. Returns the files written.
+// model.safetensors.index.json (greedy split, FORMATS.md §1.4). Each file is written atomically;
+// weight files of an earlier save under the same prefix that the new one does not use are removed
+// (so a stale model.safetensors cannot shadow a new index). Returns the files written.
 std::vector<std::filesystem::path> save_sharded(const std::filesystem::path& dir,
                                                 const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                                                 uint64_t max_shard_bytes, const std::string& prefix = "model");

@@ -1,0 +1,53 @@
+// Atomic outputs: a file is written under a temporary name in its target directory, flushed to disk
+// and renamed into place, so readers see the old file or the complete new one, never a partial one.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <string_view>
+
+namespace llmtune::io {
+
+// Usage: AtomicFile f(path); f.write(...); ...; f.commit();
+// Destroyed without commit() (an exception, an early return), it removes the temporary file and
+// leaves `path` untouched. Errors throw IoError naming the target path.
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::filesystem::path path);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, size_t n_bytes);
+  // fsync, rename over `path`, fsync the directory (so the rename itself survives a crash).
+  void commit();
+  const std::filesystem::path& temp_path() const { return temp_path_; }
+
+ private:
+  std::filesystem::path path_, temp_path_;
+  int fd_ = -1;
+};
+
+// The whole of `content` into `path`, atomically.
+void write_file_atomic(const std::filesystem::path& path, std::string_view content);
+
+// A directory produced as a unit (a merged model, a checkpoint step): files are written into
+// staging() (a sibling "<name>.tmp-<pid>-<n>" directory) and commit() moves it into place. An
+// existing directory at `path` is moved aside first and removed after, so there is a short moment
+// with no directory at `path`, but never a half-written one. Without commit(), staging is removed.
+class AtomicDir {
+ public:
+  explicit AtomicDir(std::filesystem::path path);
+  ~AtomicDir();
+  AtomicDir(const AtomicDir&) = delete;
+  AtomicDir& operator=(const AtomicDir&) = delete;
+
+  const std::filesystem::path& staging() const { return staging_; }
+  void commit();
+
+ private:
+  std::filesystem::path path_, staging_;
+  bool committed_ = false;
+};
+
+}  // namespace llmtune::io
