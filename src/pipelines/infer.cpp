@@ -10,6 +10,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "llmtune/io/atomic_file.h"
 #include "llmtune/io/hf_dir.h"
 #include "llmtune/io/jsonl.h"
 #include "llmtune/model/causal_lm.h"
@@ -135,9 +136,7 @@ void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
   }
 
   if (!p.prompts_file.empty()) {
-    std::string tmp = p.output + ".tmp";
-    std::ofstream sink(tmp, std::ios::binary | std::ios::trunc);
-    if (!sink) throw IoError(p.output + ": cannot write the output file");
+    io::AtomicFile sink(p.output);  // removed unless every row completes
     int64_t n = 0;
     io::read_jsonl(p.prompts_file, [&](int64_t line, const json& row) {
       json messages = json::array();
@@ -147,14 +146,14 @@ void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
       else throw DataError(p.prompts_file + ":" + std::to_string(line) + ": expected \"prompt\" (string) or \"messages\" (list)");
       auto o = e.complete(e.encode_prompt(messages, text), nullptr);
       json rec = row;
-      for (auto& [k, v] : report(o).items()) rec[k] = v;
-      sink << rec.dump() << "\n";
+      json stats = report(o);
+      for (auto& [k, v] : stats.items()) rec[k] = v;
+      std::string text_line = rec.dump() + "\n";
+      sink.write(text_line.data(), text_line.size());
       if (p.json) out << rec.dump() << "\n";
       ++n;
     });
-    sink.close();
-    if (!sink) throw IoError(p.output + ": writing failed");
-    std::filesystem::rename(tmp, p.output);
+    sink.commit();
     spdlog::info("infer: {} completion(s) written to {}", n, p.output);
     return;
   }

@@ -143,14 +143,20 @@ def test_tokenize_equals_transformers(llmtune, name):
         assert json.loads(r.out)["ids"] == tok(text)["input_ids"], text
 
 
+def errors(r):
+    return [l for l in r.err_lines if l.startswith("llmtune: error:")]
+
+
 def test_model_errors_are_one_line(llmtune, tmp_path):
     r = llmtune("eval", "--data", "x.jsonl")
-    assert r.code == 2 and "missing required key 'model'" in r.err_lines[0]
+    assert r.code == 2 and errors(r) == r.err_lines and "missing required key 'model'" in errors(r)[0]
     r = llmtune("eval", "--model", tmp_path / "nope", "--data", "x.jsonl")
-    assert r.code == 1 and len(r.err_lines) == 1
+    assert r.code == 1 and len(errors(r)) == 1 and "nope" in errors(r)[0]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": 1}\n')
     r = llmtune("eval", "--model", MODELS / "llama3", "--data", bad)
-    assert r.code == 1 and len(r.err_lines) == 1 and f"{bad}:2" in r.err_lines[0]
+    assert r.code == 1 and len(errors(r)) == 1 and f"{bad}:2" in errors(r)[0]
     r = llmtune("infer", "--model", MODELS / "llama3")
-    assert r.code == 2 and "exactly one of" in r.err_lines[0]
+    assert r.code == 2 and "exactly one of" in errors(r)[0]
+    r = llmtune("infer", "--model", MODELS / "llama3", "--prompts-file", bad, "--output", tmp_path / "o.jsonl", "--raw")
+    assert r.code == 1 and len(errors(r)) == 1 and not (tmp_path / "o.jsonl").exists()
