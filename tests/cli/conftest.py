@@ -19,12 +19,14 @@ class Result:
 
 @pytest.fixture
 def llmtune():
-    """llmtune(*args) runs the binary with no stdin and returns its exit code, stdout and stderr."""
+    """llmtune(*args, input=None) runs the binary (stdin: `input`, else none) and returns its exit
+    code, stdout and stderr."""
     assert BIN.exists(), f"{BIN} is missing: build first (scripts/build.sh)"
 
-    def run(*args, cwd=None, env=None, timeout=120):
-        proc = subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, cwd=cwd, env=env, timeout=timeout)
+    def run(*args, cwd=None, env=None, timeout=120, input=None):
+        proc = subprocess.run([str(BIN), *map(str, args)], capture_output=True, text=True, input=input,
+                              stdin=None if input is not None else subprocess.DEVNULL, cwd=cwd, env=env,
+                              timeout=timeout)
         return Result(proc)
 
     return run

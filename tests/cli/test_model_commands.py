@@ -126,6 +126,22 @@ def test_infer_prompts_file_writes_jsonl(llmtune, tmp_path):
     assert rows[1]["token_ids"] == single["token_ids"]
 
 
+def test_infer_chat_keeps_the_conversation(llmtune):
+    tok, model = hf("qwen2")
+    if not tok.chat_template:
+        pytest.skip("qwen2 fixture tokenizer has no chat template")
+    r = llmtune("infer", "--model", MODELS / "qwen2", "--chat", "--max-new-tokens", 6, "--json",
+                input="Hi there\nAnd now?\n/exit\n")
+    assert r.code == 0, r.err
+    turns = [json.loads(l) for l in r.out.splitlines()]
+    assert len(turns) == 2
+    # The second prompt holds the first exchange: transformers renders the same conversation.
+    chat = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": turns[0]["completion"]},
+            {"role": "user", "content": "And now?"}]
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert turns[1]["prompt_tokens"] == len(ids)
+
+
 def test_infer_sampling_is_seeded(llmtune):
     args = ("infer", "--model", MODELS / "llama3", "--prompt", "x", "--raw", "--max-new-tokens", 16, "--json",
             "--temperature", "0.9", "--top-k", "50", "--top-p", "0.9")

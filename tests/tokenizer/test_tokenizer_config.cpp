@@ -102,7 +102,16 @@ TEST(TokenizerConfig, LegacyPrependsAfterSpecialTokens) {
 TEST(TokenizerConfig, InvalidUtf8BecomesReplacementCharacter) {
   auto tok = load_tokenizer(fixture_tokenizer_dir("bpe-llama3"));
   EXPECT_EQ(tok->encode("a\xff" "b", false), tok->encode("a\xef\xbf\xbd" "b", false));
-  EXPECT_THROW(tok->decode(ids_t{999999}), llmtune::TokenizerError);
+}
+
+TEST(TokenizerConfig, IdsPastTheVocabularyDecodeToNothing) {
+  // Models pad their vocabulary past the tokenizer's; transformers decodes such ids to "".
+  auto tok = load_tokenizer(fixture_tokenizer_dir("bpe-llama3"));
+  auto ids = tok->encode("hello", false);
+  EXPECT_EQ(tok->decode(ids_t{999999}), "");
+  ids_t with_pad = ids;
+  with_pad.insert(with_pad.begin() + 1, 999999);
+  EXPECT_EQ(tok->decode(with_pad), tok->decode(ids));
 }
 
 TEST(TokenizerConfig, DecodeRepairsPartialUtf8) {
