@@ -9,8 +9,9 @@ import yaml
 def test_help_lists_only_working_commands(llmtune):
     r = llmtune("--help")
     assert r.code == 0
-    assert "env" in r.out
-    for missing in ("finetune", "merge", "quantize", "distill", "prune", "infer"):
+    for present in ("env", "eval", "infer", "tokenize"):
+        assert f"\n  {present} " in r.out, present
+    for missing in ("finetune", "merge", "quantize", "distill", "prune"):
         assert missing not in r.out
 
 
