@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <iostream>
+
 #include "llmtune/util/device.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
@@ -36,8 +38,12 @@ void add_common_keys(config::Schema& schema) {
               .choices = {"trace", "debug", "info", "warn", "error", "off"}});
 }
 
-config::Config resolve_config(const config::Schema& schema, const CommonOptions& o,
-                              std::vector<std::pair<std::string, std::string>> extra_flags) {
+bool print_config_if_asked(const config::Config& config, const CommonOptions& options) {
+  if (options.print_config) std::cout << config.to_yaml();
+  return options.print_config;
+}
+
+config::Config resolve_config(const config::Schema& schema, const CommonOptions& o, FlagValues extra_flags) {
   config::Sources sources;
   for (const auto& arg : o.positionals) {
     bool is_yaml = (arg.ends_with(".yaml") || arg.ends_with(".yml")) && arg.find('=') == std::string::npos;

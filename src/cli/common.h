@@ -6,6 +6,8 @@
 
 #include <functional>
 #include <optional>
+#include <sstream>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,9 @@ struct CommonOptions {
   bool print_config = false;
 };
 
+// (key, value) pairs from command-specific flags, the highest config layer.
+using FlagValues = std::vector<std::pair<std::string, std::string>>;
+
 // Adds the shared options to a command.
 void add_common_options(CLI::App* command, CommonOptions& options);
 
@@ -30,7 +35,24 @@ void add_common_keys(config::Schema& schema);
 // Resolves the command's config from its YAML file, overrides and flags, applies log_level, and
 // returns it. `extra_flags` are (key, value) pairs from command-specific flags.
 config::Config resolve_config(const config::Schema& schema, const CommonOptions& options,
-                              std::vector<std::pair<std::string, std::string>> extra_flags = {});
+                              FlagValues extra_flags = {});
+
+// Adds the flag's value under `key` when the flag was given on the command line.
+template <typename T>
+void add_flag_value(FlagValues& values, const char* key, const std::optional<T>& flag) {
+  if (!flag) return;
+  if constexpr (std::is_same_v<T, std::string>) {
+    values.emplace_back(key, *flag);
+  } else {
+    std::ostringstream text;
+    text.precision(17);  // doubles round-trip exactly
+    text << *flag;
+    values.emplace_back(key, text.str());
+  }
+}
+
+// With --print-config: prints the resolved config as YAML and returns true (the command ends).
+bool print_config_if_asked(const config::Config& config, const CommonOptions& options);
 
 // A registered subcommand: its CLI11 app and what runs when it was chosen.
 struct Command {

@@ -17,10 +17,7 @@ Command register_env(CLI::App& root) {
             config::Schema schema;
             add_common_keys(schema);
             config::Config cfg = resolve_config(schema, *options);
-            if (options->print_config) {
-              std::cout << cfg.to_yaml();
-              return 0;
-            }
+            if (print_config_if_asked(cfg, *options)) return 0;
             pipelines::EnvParams params{cfg.get_string("device"), cfg.get_string("dtype")};
             auto report = pipelines::collect_env(params);
             std::cout << (options->json ? pipelines::env_report_json(report) + "\n" : pipelines::env_report_text(report));

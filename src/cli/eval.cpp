@@ -43,17 +43,14 @@ Command register_eval(CLI::App& root) {
   app->add_option("--max-seq-len", flags->max_seq_len, "window (.txt) or truncation (.jsonl) length in tokens [2048]");
   app->add_option("--batch-size", flags->batch_size, "sequences per forward pass [8]");
   return {app, [options, flags] {
-            std::vector<std::pair<std::string, std::string>> extra;
-            if (flags->model) extra.emplace_back("model", *flags->model);
-            if (flags->adapter) extra.emplace_back("adapter", *flags->adapter);
-            if (flags->data) extra.emplace_back("data", *flags->data);
-            if (flags->max_seq_len) extra.emplace_back("max_seq_len", std::to_string(*flags->max_seq_len));
-            if (flags->batch_size) extra.emplace_back("batch_size", std::to_string(*flags->batch_size));
+            FlagValues extra;
+            add_flag_value(extra, "model", flags->model);
+            add_flag_value(extra, "adapter", flags->adapter);
+            add_flag_value(extra, "data", flags->data);
+            add_flag_value(extra, "max_seq_len", flags->max_seq_len);
+            add_flag_value(extra, "batch_size", flags->batch_size);
             config::Config cfg = resolve_config(eval_schema(), *options, extra);
-            if (options->print_config) {
-              std::cout << cfg.to_yaml();
-              return 0;
-            }
+            if (print_config_if_asked(cfg, *options)) return 0;
             pipelines::EvalParams p;
             p.model = cfg.get_string("model");
             p.adapter = cfg.has("adapter") ? cfg.get_string("adapter") : "";

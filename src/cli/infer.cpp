@@ -40,13 +40,6 @@ struct InferFlags {
   bool chat = false, raw = false;
 };
 
-std::string num(double v) {
-  std::ostringstream ss;
-  ss.precision(17);
-  ss << v;
-  return ss.str();
-}
-
 }  // namespace
 
 Command register_infer(CLI::App& root) {
@@ -70,14 +63,8 @@ Command register_infer(CLI::App& root) {
   app->add_option("--repetition-penalty", f->repetition_penalty, "penalise tokens already seen; 1 = off [1]");
   app->add_option("--stop", f->stop, "stop string (repeatable)");
   return {app, [options, f] {
-            std::vector<std::pair<std::string, std::string>> extra;
-            auto put = [&](const char* key, const auto& v) {
-              if (v) {
-                if constexpr (std::is_same_v<std::decay_t<decltype(*v)>, double>) extra.emplace_back(key, num(*v));
-                else if constexpr (std::is_same_v<std::decay_t<decltype(*v)>, int64_t>) extra.emplace_back(key, std::to_string(*v));
-                else extra.emplace_back(key, *v);
-              }
-            };
+            FlagValues extra;
+            auto put = [&](const char* key, const auto& v) { add_flag_value(extra, key, v); };
             put("model", f->model);
             put("adapter", f->adapter);
             put("prompt", f->prompt);
@@ -97,10 +84,7 @@ Command register_infer(CLI::App& root) {
               extra.emplace_back("stop", list.dump());
             }
             config::Config cfg = resolve_config(infer_schema(), *options, extra);
-            if (options->print_config) {
-              std::cout << cfg.to_yaml();
-              return 0;
-            }
+            if (print_config_if_asked(cfg, *options)) return 0;
             auto opt = [&](const char* k) { return cfg.has(k) ? cfg.get_string(k) : std::string(); };
             pipelines::InferParams p;
             p.model = cfg.get_string("model");

@@ -35,10 +35,7 @@ Command register_tokenize(CLI::App& root) {
             config::Schema schema;
             add_common_keys(schema);
             config::Config cfg = resolve_config(schema, *options);
-            if (options->print_config) {
-              std::cout << cfg.to_yaml();
-              return 0;
-            }
+            if (print_config_if_asked(cfg, *options)) return 0;
             if (f->text.empty() == f->data.empty()) throw UsageError("tokenize needs exactly one of --text or --data");
             auto tok = tokenizer::load_tokenizer(io::resolve_model_dir(f->model));
             std::string text = f->text;
