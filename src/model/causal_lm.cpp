@@ -92,6 +92,21 @@ at::Tensor CausalLM::forward_hidden(const at::Tensor& input_ids, const ForwardOp
 
 at::Tensor CausalLM::logits(const at::Tensor& hidden) const { return lm_head_->forward(hidden); }
 
+std::vector<std::pair<std::string, LinearPtr*>> CausalLM::named_linears() {
+  std::vector<std::pair<std::string, LinearPtr*>> out;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    DecoderLayer& l = layers_[i];
+    for (auto [name, slot] : {std::pair{"self_attn.q_proj", &l.q_proj}, {"self_attn.k_proj", &l.k_proj},
+                              {"self_attn.v_proj", &l.v_proj}, {"self_attn.o_proj", &l.o_proj},
+                              {"mlp.gate_proj", &l.gate_proj}, {"mlp.up_proj", &l.up_proj},
+                              {"mlp.down_proj", &l.down_proj}})
+      out.emplace_back(p + name, slot);
+  }
+  out.emplace_back("lm_head", &lm_head_);
+  return out;
+}
+
 KVCache CausalLM::make_cache(int64_t batch, int64_t max_len) const {
   return KVCache(config_.n_layers, batch, config_.n_heads_kv, max_len, config_.head_dim,
                  at::TensorOptions().dtype(dtype_).device(device_));

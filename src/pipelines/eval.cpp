@@ -15,6 +15,7 @@
 #include "llmtune/io/hf_dir.h"
 #include "llmtune/io/jsonl.h"
 #include "llmtune/model/causal_lm.h"
+#include "llmtune/peft/lora.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "llmtune/util/device.h"
 #include "llmtune/util/error.h"
@@ -67,8 +68,6 @@ std::vector<std::vector<int32_t>> load_sequences(const std::filesystem::path& pa
 }  // namespace
 
 EvalResult run_eval(const EvalParams& p) {
-  if (!p.adapter.empty())
-    throw UsageError("eval --adapter: LoRA adapters are not supported yet (they arrive with `llmtune finetune`)");
   auto t_load = Clock::now();
   std::filesystem::path dir = io::resolve_model_dir(p.model);
   DeviceChoice device = choose_device(p.device);
@@ -76,6 +75,7 @@ EvalResult run_eval(const EvalParams& p) {
   spdlog::info("eval: {} on {} ({}), {}", dir.string(), device.device.str(), device.reason, dtype_name(dtype.dtype));
   auto tok = tokenizer::load_tokenizer(dir);
   model::CausalLM model = model::CausalLM::load(dir, device.device, dtype.dtype);
+  if (!p.adapter.empty()) peft::apply_adapter(model, io::resolve_model_dir(p.adapter));
   auto seqs = load_sequences(p.data, *tok, p.max_seq_len);
   for (const auto& s : seqs)
     for (int32_t id : s)

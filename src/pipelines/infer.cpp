@@ -14,6 +14,7 @@
 #include "llmtune/io/hf_dir.h"
 #include "llmtune/io/jsonl.h"
 #include "llmtune/model/causal_lm.h"
+#include "llmtune/peft/lora.h"
 #include "llmtune/tokenizer/chat_template.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "llmtune/util/device.h"
@@ -108,8 +109,6 @@ json report(const Engine::Output& o) {
 }  // namespace
 
 void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
-  if (!p.adapter.empty())
-    throw UsageError("infer --adapter: LoRA adapters are not supported yet (they arrive with `llmtune finetune`)");
   int modes = !p.prompt.empty() + !p.prompts_file.empty() + p.chat;
   if (modes != 1) throw UsageError("infer needs exactly one of --prompt, --prompts-file or --chat");
   if (!p.prompts_file.empty() && p.output.empty()) throw UsageError("--prompts-file needs --output FILE.jsonl");
@@ -121,6 +120,7 @@ void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
   e.params = &p;
   e.tok = tokenizer::load_tokenizer(dir);
   e.model = std::make_unique<model::CausalLM>(model::CausalLM::load(dir, device.device, dtype.dtype));
+  if (!p.adapter.empty()) peft::apply_adapter(*e.model, io::resolve_model_dir(p.adapter));
   spdlog::info("infer: {} on {} ({})", dir.string(), device.device.str(), dtype_name(dtype.dtype));
   InferParams q = p;
   if (q.sampling.stop_ids.empty()) {

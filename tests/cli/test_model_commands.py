@@ -159,6 +159,32 @@ def test_tokenize_equals_transformers(llmtune, name):
         assert json.loads(r.out)["ids"] == tok(text)["input_ids"], text
 
 
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_eval_with_peft_adapter_equals_peft(llmtune, tmp_path, kind):
+    from peft import LoraConfig, get_peft_model
+    tok, _ = hf("llama3")
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir("llama3")), dtype=torch.float32)
+    torch.manual_seed(3)
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", use_dora=kind == "dora",
+                                                 init_lora_weights=False, task_type="CAUSAL_LM")).eval()
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                p.normal_(0.0, 0.2)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(str(adapter))
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    r = llmtune("eval", "--model", MODELS / "llama3", "--adapter", adapter, "--data", data, "--json")
+    assert r.code == 0, r.err
+    want, count = hf_loss(peft_model, [tok(t)["input_ids"] for t in TEXTS])
+    base_loss = json.loads(llmtune("eval", "--model", MODELS / "llama3", "--data", data, "--json").out)["loss"]
+    ours = json.loads(r.out)
+    assert ours["tokens"] == count
+    assert abs(base_loss - want) > 1e-2  # the adapter changes the result
+    assert abs(ours["loss"] - want) <= 1e-4 * abs(want)
+
+
 def errors(r):
     return [l for l in r.err_lines if l.startswith("llmtune: error:")]
 

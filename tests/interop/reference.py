@@ -71,8 +71,29 @@ def causal_lm_loss(ids, model_dir, dtype="float32"):
     return [loss.double().reshape(1), torch.tensor([ids.shape[0] * (ids.shape[1] - 1)], dtype=torch.int64)]
 
 
+def peft_adapter_logits(ids, model_dir, adapter_dir, kind="lora", targets="q_proj,v_proj", seed=0):
+    """Builds a PEFT adapter with non-zero B on the fixture model, saves it to adapter_dir, and
+    returns the adapted model's logits for ids. kind: lora | rslora | dora."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    target = "all-linear" if targets == "all-linear" else targets.split(",")
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=target, init_lora_weights=False,
+                        use_rslora=kind == "rslora", use_dora=kind == "dora", task_type="CAUSAL_LM")
+    torch.manual_seed(seed)
+    model = get_peft_model(base, config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "lora_A" in name:
+                p.normal_(0.0, 0.2)
+            elif "lora_magnitude" in name:
+                p.mul_(1.0 + 0.1 * torch.randn_like(p))
+        model.save_pretrained(adapter_dir)
+        return [model(input_ids=ids).logits]
+
+
 FUNCTIONS = {f.__name__: f for f in (rms_norm_llama, rms_norm_gemma, causal_lm_logits, causal_lm_greedy,
-                                     causal_lm_loss)}
+                                     causal_lm_loss, peft_adapter_logits)}
 
 
 def main(directory):

@@ -50,6 +50,9 @@ class CausalLM {
   KVCache make_cache(int64_t batch, int64_t max_len) const;
 
   std::vector<DecoderLayer>& layers() { return layers_; }
+  // Every linear layer under its transformers module path ("model.layers.0.self_attn.q_proj",
+  // "lm_head"), as a slot that adapters can replace with a wrapper.
+  std::vector<std::pair<std::string, LinearPtr*>> named_linears();
   const at::Tensor& embed_tokens() const { return embed_; }
 
  private:
