@@ -12,11 +12,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "llmtune/io/hf_dir.h"
 #include "llmtune/io/jsonl.h"
-#include "llmtune/model/causal_lm.h"
-#include "llmtune/peft/lora.h"
-#include "llmtune/tokenizer/tokenizer.h"
+#include "llmtune/pipelines/load.h"
 #include "llmtune/util/device.h"
 #include "llmtune/util/error.h"
 
@@ -69,14 +66,9 @@ std::vector<std::vector<int32_t>> load_sequences(const std::filesystem::path& pa
 
 EvalResult run_eval(const EvalParams& p) {
   auto t_load = Clock::now();
-  std::filesystem::path dir = io::resolve_model_dir(p.model);
-  DeviceChoice device = choose_device(p.device);
-  DtypeChoice dtype = choose_dtype(p.dtype, device.device);
-  spdlog::info("eval: {} on {} ({}), {}", dir.string(), device.device.str(), device.reason, dtype_name(dtype.dtype));
-  auto tok = tokenizer::load_tokenizer(dir);
-  model::CausalLM model = model::CausalLM::load(dir, device.device, dtype.dtype);
-  if (!p.adapter.empty()) peft::apply_adapter(model, io::resolve_model_dir(p.adapter));
-  auto seqs = load_sequences(p.data, *tok, p.max_seq_len);
+  LoadedModel loaded = load_model("eval", p.model, p.adapter, p.device, p.dtype);
+  const model::CausalLM& model = *loaded.model;
+  auto seqs = load_sequences(p.data, *loaded.tokenizer, p.max_seq_len);
   for (const auto& s : seqs)
     for (int32_t id : s)
       if (id < 0 || id >= model.config().vocab_size)
@@ -113,8 +105,8 @@ EvalResult run_eval(const EvalParams& p) {
   r.loss = loss_sum / static_cast<double>(r.tokens);
   r.perplexity = std::exp(r.loss);
   r.tokens_per_second = r.eval_seconds > 0 ? static_cast<double>(r.tokens) / r.eval_seconds : 0;
-  r.device = device.device.str();
-  r.dtype = dtype_name(dtype.dtype);
+  r.device = loaded.device.device.str();
+  r.dtype = dtype_name(loaded.dtype.dtype);
   return r;
 }
 

@@ -11,10 +11,9 @@
 #include <nlohmann/json.hpp>
 
 #include "llmtune/io/atomic_file.h"
-#include "llmtune/io/hf_dir.h"
 #include "llmtune/io/jsonl.h"
 #include "llmtune/model/causal_lm.h"
-#include "llmtune/peft/lora.h"
+#include "llmtune/pipelines/load.h"
 #include "llmtune/tokenizer/chat_template.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "llmtune/util/device.h"
@@ -113,15 +112,10 @@ void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
   if (modes != 1) throw UsageError("infer needs exactly one of --prompt, --prompts-file or --chat");
   if (!p.prompts_file.empty() && p.output.empty()) throw UsageError("--prompts-file needs --output FILE.jsonl");
 
-  std::filesystem::path dir = io::resolve_model_dir(p.model);
-  DeviceChoice device = choose_device(p.device);
-  DtypeChoice dtype = choose_dtype(p.dtype, device.device);
+  LoadedModel loaded = load_model("infer", p.model, p.adapter, p.device, p.dtype);
   Engine e;
-  e.params = &p;
-  e.tok = tokenizer::load_tokenizer(dir);
-  e.model = std::make_unique<model::CausalLM>(model::CausalLM::load(dir, device.device, dtype.dtype));
-  if (!p.adapter.empty()) peft::apply_adapter(*e.model, io::resolve_model_dir(p.adapter));
-  spdlog::info("infer: {} on {} ({})", dir.string(), device.device.str(), dtype_name(dtype.dtype));
+  e.tok = std::move(loaded.tokenizer);
+  e.model = std::move(loaded.model);
   InferParams q = p;
   if (q.sampling.stop_ids.empty()) {
     for (int32_t id : e.tok->stop_ids) q.sampling.stop_ids.push_back(id);
