@@ -92,8 +92,26 @@ def peft_adapter_logits(ids, model_dir, adapter_dir, kind="lora", targets="q_pro
         return [model(input_ids=ids).logits]
 
 
+def lr_schedules(cases):
+    """transformers' LR multipliers for steps 0..total (LambdaLR on a base LR of 1), one tensor per
+    [kind, warmup_steps, total_steps] case."""
+    import transformers
+    out = []
+    for kind, warmup_steps, total_steps in cases:
+        fn = {"constant": transformers.get_constant_schedule_with_warmup,
+              "linear": transformers.get_linear_schedule_with_warmup,
+              "cosine": transformers.get_cosine_schedule_with_warmup}[kind]
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        kwargs = {"num_warmup_steps": warmup_steps}
+        if kind != "constant":
+            kwargs["num_training_steps"] = total_steps
+        sched = fn(opt, **kwargs)
+        out.append(torch.tensor([sched.lr_lambdas[0](s) for s in range(total_steps + 1)], dtype=torch.float64))
+    return out
+
+
 FUNCTIONS = {f.__name__: f for f in (rms_norm_llama, rms_norm_gemma, causal_lm_logits, causal_lm_greedy,
-                                     causal_lm_loss, peft_adapter_logits)}
+                                     causal_lm_loss, peft_adapter_logits, lr_schedules)}
 
 
 def main(directory):
