@@ -31,7 +31,7 @@ std::string supported_dtypes();
 // `s` as a JSON string literal: quoted and escaped, so a hostile name keeps a message on one line.
 std::string quoted(std::string_view s);
 
-// Throws IoError "<path>: <what> (<todo>)", with line breaks escaped so it stays one line.
-[[noreturn]] void fail(const std::filesystem::path& path, const std::string& what, const std::string& todo);
+// Throws IoError "<path>: <what> (<remedy>)", with line breaks escaped so it stays one line.
+[[noreturn]] void fail(const std::filesystem::path& path, const std::string& what, const std::string& remedy);
 
 }  // namespace llmtune::io::detail

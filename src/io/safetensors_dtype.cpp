@@ -70,8 +70,8 @@ std::string quoted(std::string_view s) {
   return nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-void fail(const std::filesystem::path& path, const std::string& what, const std::string& todo) {
-  std::string message = path.string() + ": " + what + " (" + todo + ")";
+void fail(const std::filesystem::path& path, const std::string& what, const std::string& remedy) {
+  std::string message = path.string() + ": " + what + " (" + remedy + ")";
   std::string one_line;
   one_line.reserve(message.size());
   for (char c : message) {
