@@ -107,6 +107,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (c.head_dim % 2 != 0) fail(source, "head_dim must be even for RoPE");
   c.max_position_embeddings = get_or<int64_t>(j, "max_position_embeddings", 2048, source);
   c.rms_norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6, source);
+  c.initializer_range = get_or<double>(j, "initializer_range", 0.02, source);
   c.rope = parse_rope(j, source);
   c.hidden_act = get_or<std::string>(j, "hidden_act", "silu", source);
   c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", false, source);

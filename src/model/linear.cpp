@@ -10,7 +10,15 @@ DenseLinear::DenseLinear(at::Tensor weight, at::Tensor bias) : weight_(std::move
 }
 
 at::Tensor DenseLinear::forward(const at::Tensor& x) const {
-  return bias_.defined() ? at::linear(x, weight_, bias_) : at::linear(x, weight_);
+  const auto dtype = x.scalar_type();
+  at::Tensor w = weight_.scalar_type() == dtype ? weight_ : weight_.to(dtype);
+  if (!bias_.defined()) return at::linear(x, w);
+  return at::linear(x, w, bias_.scalar_type() == dtype ? bias_ : bias_.to(dtype));
+}
+
+std::vector<at::Tensor> DenseLinear::tensors() const {
+  if (bias_.defined()) return {weight_, bias_};
+  return {weight_};
 }
 
 }  // namespace llmtune::model

@@ -2,6 +2,7 @@
 #include "llmtune/ops/rms_norm.h"
 
 #include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/rsqrt.h>
 
@@ -25,7 +26,9 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, b
               " does not match the last dimension of x ", x.sizes());
   TORCH_CHECK(eps >= 0, "rms_norm: eps must be >= 0");
   TORCH_CHECK(x.device() == weight.device(), "rms_norm: x on ", x.device(), " but weight on ", weight.device());
-  if (x.is_cuda() && kernels::cuda_kernels_compiled()) {
+  // The kernel has no backward yet: training (autograd recording) takes the reference path.
+  const bool recording = at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad());
+  if (x.is_cuda() && kernels::cuda_kernels_compiled() && !recording) {
     bool kernel_ok = x.scalar_type() == weight.scalar_type() &&
                      (x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16);
     if (kernel_ok) return kernels::rms_norm_forward_cuda(x.contiguous(), weight.contiguous(), eps, unit_offset);

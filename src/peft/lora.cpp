@@ -75,6 +75,13 @@ LoraLinear::LoraLinear(model::LinearPtr base, at::Tensor a, at::Tensor b, double
     throw AdapterError("DoRA needs a dense base weight");
 }
 
+std::vector<at::Tensor> LoraLinear::tensors() const {
+  std::vector<at::Tensor> out = base_->tensors();
+  for (const at::Tensor* t : {&a_, &b_, &magnitude_})
+    if (t->defined()) out.push_back(*t);
+  return out;
+}
+
 at::Tensor LoraLinear::forward(const at::Tensor& x) const {
   at::Tensor result = base_->forward(x);
   at::Tensor lora = at::linear(at::linear(x, a_), b_);  // B(A(x))

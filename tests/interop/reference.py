@@ -110,8 +110,20 @@ def lr_schedules(cases):
     return out
 
 
+def full_finetune_grads(ids, labels, model_dir, names):
+    """transformers' training loss (labels with -100, mean over targets) and the gradients of the
+    named weights (comma-separated) after backward: [loss, grad...]."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.train()  # dropout-free fixtures: train mode only matters for the code path
+    out = model(input_ids=ids, labels=labels)
+    out.loss.backward()
+    params = dict(model.named_parameters())
+    return [out.loss.detach()] + [params[n].grad for n in names.split(",")]
+
+
 FUNCTIONS = {f.__name__: f for f in (rms_norm_llama, rms_norm_gemma, causal_lm_logits, causal_lm_greedy,
-                                     causal_lm_loss, peft_adapter_logits, lr_schedules)}
+                                     causal_lm_loss, peft_adapter_logits, lr_schedules, full_finetune_grads)}
 
 
 def main(directory):

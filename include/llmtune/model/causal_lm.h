@@ -6,7 +6,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -34,6 +36,9 @@ class CausalLM {
  public:
   // Loads config.json and the safetensors weights of a Hugging Face model directory.
   static CausalLM load(const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype);
+  // A model of config.json's shape with transformers' initialization (weights ~ N(0,
+  // initializer_range), biases 0, norms 1 (Gemma 0)), drawn from a generator seeded with `seed`.
+  static CausalLM init_random(const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype, uint64_t seed);
 
   const ModelConfig& config() const { return config_; }
   c10::Device device() const { return device_; }
@@ -54,8 +59,23 @@ class CausalLM {
   // "lm_head"), as a slot that adapters can replace with a wrapper.
   std::vector<std::pair<std::string, LinearPtr*>> named_linears();
   const at::Tensor& embed_tokens() const { return embed_; }
+  bool tied_embeddings() const { return tied_; }
+
+  // Every weight under its transformers name, as a slot (full fine-tuning replaces them with
+  // trainable copies; a tied lm_head is not listed: it follows model.embed_tokens.weight).
+  // Slots of linears wrapped by an adapter are not listed.
+  std::vector<std::pair<std::string, at::Tensor*>> named_weights();
+  // Re-points a tied lm_head at the current embedding tensor (after named_weights() replaced it).
+  void retie_embeddings();
+
+  // Training: recompute each decoder layer in backward instead of keeping its activations.
+  void set_gradient_checkpointing(bool enabled) { gradient_checkpointing_ = enabled; }
 
  private:
+  // Builds the model from a source of tensors by transformers name and shape.
+  using TensorSource = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
+  static CausalLM assemble(ModelConfig config, c10::Device device, at::ScalarType dtype, const TensorSource& get,
+                           bool untied_lm_head);
   at::Tensor decoder_layer(const DecoderLayer& layer, int64_t index, const at::Tensor& x, const at::Tensor& cos,
                            const at::Tensor& sin, const ForwardOptions& options, int64_t past) const;
 
@@ -67,6 +87,8 @@ class CausalLM {
   at::Tensor final_norm_;  // (H,)
   LinearPtr lm_head_;
   at::Tensor inv_freq_;    // (D/2,) fp32
+  bool tied_ = false;
+  bool gradient_checkpointing_ = false;
 };
 
 }  // namespace llmtune::model

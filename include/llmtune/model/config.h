@@ -31,6 +31,7 @@ struct ModelConfig {
   int64_t head_dim = 0;
   int64_t max_position_embeddings = 2048;
   double rms_norm_eps = 1e-6;
+  double initializer_range = 0.02;  // std of the normal init (model.init: random)
   RopeConfig rope;
   std::string hidden_act = "silu";  // silu | gelu_pytorch_tanh
   bool tie_word_embeddings = false;

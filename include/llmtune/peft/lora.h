@@ -43,6 +43,7 @@ class LoraLinear : public model::Linear {
   at::Tensor forward(const at::Tensor& x) const override;
   int64_t in_features() const override { return base_->in_features(); }
   int64_t out_features() const override { return base_->out_features(); }
+  std::vector<at::Tensor> tensors() const override;
 
  private:
   model::LinearPtr base_;
