@@ -19,6 +19,8 @@ std::vector<CudaDeviceInfo> cuda_devices() {
   return out;
 }
 
+int64_t cuda_peak_allocated_bytes(int) { return -1; }
+
 at::Tensor rms_norm_forward_cuda(const at::Tensor&, const at::Tensor&, double, bool) {
   throw DeviceError("rms_norm: llmtune was built without its CUDA kernels; rebuild with -DLLMTUNE_CUDA=ON");
 }

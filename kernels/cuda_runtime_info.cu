@@ -1,4 +1,6 @@
-// Device properties straight from the CUDA runtime (names, memory, compute capability).
+// Device properties straight from the CUDA runtime (names, memory, compute capability), and the
+// caching allocator's peak.
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <cuda_runtime_api.h>
 
 #include "cuda_runtime_info.h"
@@ -35,6 +37,11 @@ std::vector<CudaDeviceInfo> cuda_devices() {
     out.push_back(info);
   }
   return out;
+}
+
+int64_t cuda_peak_allocated_bytes(int device_index) {
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device_index));
+  return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
 }
 
 }  // namespace llmtune::kernels

@@ -24,4 +24,8 @@ bool cuda_kernels_compiled();
 // One entry per visible CUDA device; empty when there is none (or no driver).
 std::vector<CudaDeviceInfo> cuda_devices();
 
+// Peak bytes allocated through libtorch's CUDA caching allocator on a device since start; -1 when
+// unknown (no CUDA kernels compiled).
+int64_t cuda_peak_allocated_bytes(int device_index);
+
 }  // namespace llmtune::kernels

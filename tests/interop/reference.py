@@ -122,7 +122,25 @@ def full_finetune_grads(ids, labels, model_dir, names):
     return [out.loss.detach()] + [params[n].grad for n in names.split(",")]
 
 
-FUNCTIONS = {f.__name__: f for f in (rms_norm_llama, rms_norm_gemma, causal_lm_logits, causal_lm_greedy,
+def adamw_steps(p_decay, p_no_decay, grads_decay, grads_no_decay, lr, beta1, beta2, eps, weight_decay, max_norm):
+    """torch.optim.AdamW on two parameters (one in a weight-decay group, one without), one step per
+    row of grads_* (after clip_grad_norm_ with max_norm when > 0); returns both parameters after
+    every step stacked, and the pre-clip norms."""
+    a = torch.nn.Parameter(p_decay.clone())
+    b = torch.nn.Parameter(p_no_decay.clone())
+    opt = torch.optim.AdamW([{"params": [a], "weight_decay": weight_decay}, {"params": [b], "weight_decay": 0.0}],
+                            lr=lr, betas=(beta1, beta2), eps=eps, foreach=False)
+    out_a, out_b, norms = [], [], []
+    for ga, gb in zip(grads_decay, grads_no_decay):
+        a.grad, b.grad = ga.clone(), gb.clone()
+        norms.append(torch.nn.utils.clip_grad_norm_([a, b], max_norm if max_norm > 0 else float("inf")))
+        opt.step()
+        out_a.append(a.detach().clone())
+        out_b.append(b.detach().clone())
+    return [torch.stack(out_a), torch.stack(out_b), torch.stack(norms)]
+
+
+FUNCTIONS = {f.__name__: f for f in (adamw_steps, rms_norm_llama, rms_norm_gemma, causal_lm_logits, causal_lm_greedy,
                                      causal_lm_loss, peft_adapter_logits, lr_schedules, full_finetune_grads)}
 
 

@@ -64,5 +64,10 @@ class TemplateError : public Error {
  public:
   using Error::Error;
 };
+// Training checkpoints: missing, incomplete, or written by another configuration.
+class CheckpointError : public Error {
+ public:
+  using Error::Error;
+};
 
 }  // namespace llmtune

@@ -1,0 +1,48 @@
+// What a run reports while it trains: metrics.jsonl (one JSON object per logged step or eval,
+// flushed as written), a progress line with ETA on a terminal or plain log lines otherwise, and
+// the signals (SIGINT/SIGTERM) that ask the loop to stop after the current step.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace llmtune::train {
+
+class MetricsLog {
+ public:
+  // Opens `path` for appending. On resume, lines with "step" > keep_through_step are dropped
+  // first, so the file matches an uninterrupted run's (keep_through_step < 0: start empty).
+  MetricsLog(const std::filesystem::path& path, int64_t keep_through_step);
+  void write(const nlohmann::json& record);
+
+ private:
+  std::ofstream out_;
+};
+
+// Progress for `total_steps` optimizer steps: on a terminal, one line rewritten in place
+// (step, loss, lr, tokens/s, ETA); otherwise a log line every `log_every` steps.
+class Progress {
+ public:
+  Progress(int64_t total_steps, int64_t log_every, bool quiet);
+  void update(int64_t step, double loss, double lr, double grad_norm, double tokens_per_second, double elapsed_seconds,
+              double run_seconds_this_process, int64_t steps_this_process);
+  void message(const std::string& line);  // ends the in-place line first
+  void finish();
+
+ private:
+  int64_t total_steps_, log_every_;
+  bool tty_, quiet_, line_open_ = false;
+};
+
+// SIGINT / SIGTERM set a flag instead of killing the process; a second SIGINT kills it.
+void install_stop_signals();
+bool stop_requested();
+int stop_signal();  // the signal number that asked to stop, 0 when none
+
+// Peak resident memory of this process (CPU) or peak allocated CUDA memory, in bytes.
+int64_t peak_memory_bytes(bool cuda, int device_index);
+
+}  // namespace llmtune::train

@@ -1,0 +1,116 @@
+// Metrics file, progress line, stop signals and peak memory.
+#include "llmtune/train/progress.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <sstream>
+#include <vector>
+
+#include "../../kernels/cuda_runtime_info.h"
+#include "llmtune/util/error.h"
+
+namespace llmtune::train {
+namespace fs = std::filesystem;
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int sig) {
+  if (g_stop_signal != 0 && sig == SIGINT) {
+    std::signal(SIGINT, SIG_DFL);
+    std::raise(SIGINT);
+    return;
+  }
+  g_stop_signal = sig;
+}
+
+std::string format_duration(double seconds) {
+  if (seconds < 0 || seconds > 1e8) return "?";
+  auto s = static_cast<int64_t>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(s / 3600), static_cast<long long>(s % 3600 / 60));
+  else std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  return buf;
+}
+
+}  // namespace
+
+MetricsLog::MetricsLog(const fs::path& path, int64_t keep_through_step) {
+  std::vector<std::string> kept;
+  if (keep_through_step >= 0) {
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object() && j.value("step", int64_t{0}) <= keep_through_step) kept.push_back(line);
+    }
+  }
+  out_.open(path, std::ios::trunc);
+  if (!out_) throw IoError(path.string() + ": cannot write the metrics file");
+  for (const auto& l : kept) out_ << l << '\n';
+  out_.flush();
+}
+
+void MetricsLog::write(const nlohmann::json& record) {
+  out_ << record.dump() << '\n';
+  out_.flush();
+}
+
+Progress::Progress(int64_t total_steps, int64_t log_every, bool quiet)
+    : total_steps_(total_steps), log_every_(log_every > 0 ? log_every : 10), tty_(::isatty(STDERR_FILENO) != 0),
+      quiet_(quiet) {}
+
+void Progress::update(int64_t step, double loss, double lr, double grad_norm, double tokens_per_second,
+                      double elapsed_seconds, double run_seconds_this_process, int64_t steps_this_process) {
+  if (quiet_) return;
+  const double per_step = steps_this_process > 0 ? run_seconds_this_process / static_cast<double>(steps_this_process) : 0;
+  const double eta = per_step * static_cast<double>(total_steps_ - step);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "step %lld/%lld  loss %.4f  lr %.3g  grad_norm %.3g  %.0f tok/s  elapsed %s  eta %s",
+                static_cast<long long>(step), static_cast<long long>(total_steps_), loss, lr, grad_norm,
+                tokens_per_second, format_duration(elapsed_seconds).c_str(), format_duration(eta).c_str());
+  if (tty_) {
+    std::fprintf(stderr, "\r\033[K%s", buf);
+    std::fflush(stderr);
+    line_open_ = true;
+  } else if (step % log_every_ == 0 || step == total_steps_ || step == 1) {
+    spdlog::info("{}", buf);
+  }
+}
+
+void Progress::message(const std::string& line) {
+  if (line_open_) {
+    std::fprintf(stderr, "\n");
+    line_open_ = false;
+  }
+  spdlog::info("{}", line);
+}
+
+void Progress::finish() {
+  if (line_open_) std::fprintf(stderr, "\n");
+  line_open_ = false;
+}
+
+void install_stop_signals() {
+  struct sigaction sa{};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+bool stop_requested() { return g_stop_signal != 0; }
+int stop_signal() { return static_cast<int>(g_stop_signal); }
+
+int64_t peak_memory_bytes(bool cuda, int device_index) {
+  if (cuda) return kernels::cuda_peak_allocated_bytes(device_index);
+  struct rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+}  // namespace llmtune::train
