@@ -166,7 +166,7 @@ TEST(LoraTraining, LossAndGradientsEqualPeft) {
 }
 
 // 1b. A bf16 base with fp32 adapters (x cast to fp32 for the adapter, the sum back to bf16), as PEFT
-// runs it; bf16 rounding in the base model bounds the agreement.
+// runs it (the same ATen ops in the same order, so the agreement is far tighter than bf16 rounding).
 TEST(LoraTraining, Bf16BaseWithFp32AdaptersTracksPeft) {
   Batch batch = make_batch();
   std::vector<at::Tensor> inputs = {batch.ids, batch.labels};
@@ -197,7 +197,7 @@ TEST(LoraTraining, Bf16BaseWithFp32AdaptersTracksPeft) {
   size_t pos = 0;
   for (size_t i = 0; i < kinds.size(); ++i) {
     const double ref_loss = ref[pos++].item<double>();
-    EXPECT_LE(std::abs(losses[i] - ref_loss) / ref_loss, 1e-2) << kinds[i];
+    EXPECT_LE(std::abs(losses[i] - ref_loss) / ref_loss, 1e-3) << kinds[i];
     at::Tensor ours = at::cat([&] {
       std::vector<at::Tensor> v;
       for (const auto& g : grads[i]) v.push_back(g.tensor.reshape(-1));
@@ -206,7 +206,7 @@ TEST(LoraTraining, Bf16BaseWithFp32AdaptersTracksPeft) {
     std::vector<at::Tensor> theirs;
     for (size_t k = 0; k < grads[i].size(); ++k) theirs.push_back(ref[pos++].reshape(-1));
     double e = rel_err(ours, at::cat(theirs));
-    EXPECT_LE(e, 5e-2) << kinds[i];
+    EXPECT_LE(e, 1e-3) << kinds[i];
     std::cout << "[ measured ] bf16 base llama3 " << kinds[i] << ": loss rel err " << std::abs(losses[i] - ref_loss) / ref_loss
               << ", all-gradients rel err " << e << "\n";
   }
