@@ -39,7 +39,11 @@ bool in_transformed_layers(const LoraConfig& config, const std::string& path) {
     found = std::regex_search(path, m, std::regex(R"(^.*?\.[^.]*\.(\d+)\.)"));
   } else {
     for (const auto& p : config.layers_pattern) {
-      found = std::regex_search(path, m, std::regex("^(?:.*?\\.)?" + p + "\\.(\\d+)\\."));
+      try {
+        found = std::regex_search(path, m, std::regex("^(?:.*?\\.)?" + p + "\\.(\\d+)\\."));
+      } catch (const std::regex_error& e) {
+        throw AdapterError("layers_pattern '" + p + "' is not a valid regular expression (" + e.what() + ")");
+      }
       if (found) break;
     }
   }
