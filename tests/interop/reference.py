@@ -113,7 +113,7 @@ def _lora_config(case, **extra):
 
 
 def peft_lora_grads(ids, labels, *tensors, cases):
-    """For each case {model_dir, kind, targets, r, alpha, dropout, seed, names, dtype}: PEFT's model on the
+    """For each case {model_dir, kind, targets, r, alpha, dropout, seed, names, dtype, rank_pattern, alpha_pattern}: PEFT's model on the
     fixture with the given adapter tensors (in `names` order, our file keys), transformers' loss for
     (ids, labels) and its gradients. Returns per case: loss (float64, 1) then one grad per name.
     With dropout > 0 the model is in training mode and torch is seeded with `seed` first."""
@@ -126,7 +126,8 @@ def peft_lora_grads(ids, labels, *tensors, cases):
         at += len(names)
         dtype = DTYPES[case.get("dtype", "float32")]
         base = AutoModelForCausalLM.from_pretrained(case["model_dir"], dtype=dtype)
-        model = get_peft_model(base, _lora_config(case))
+        patterns = {k: case[k] for k in ("rank_pattern", "alpha_pattern") if case.get(k)}
+        model = get_peft_model(base, _lora_config(case, **patterns))
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         wanted = {_peft_name(n): n for n in names}
         if set(params) != set(wanted):

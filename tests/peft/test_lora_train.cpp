@@ -103,6 +103,8 @@ std::vector<std::string> param_names(const std::vector<NamedTensor>& params) {
 struct GradCase {
   std::string model, kind, targets;
   double dropout = 0.0;
+  std::map<std::string, int64_t> rank_pattern = {};
+  std::map<std::string, double> alpha_pattern = {};
 };
 
 // 1. Loss and every gradient equal PEFT's (fp32), LoRA / rsLoRA / DoRA, llama3 and qwen2 (biases),
@@ -115,6 +117,7 @@ TEST(LoraTraining, LossAndGradientsEqualPeft) {
       {"qwen2", "lora", "q_proj,k_proj,v_proj,o_proj"}, {"qwen2", "rslora", "all-linear"},
       {"qwen2", "dora", "all-linear"},           {"qwen2", "dora", "q_proj,v_proj,down_proj"},
       {"llama3", "lora", "all-linear", 0.25},    {"qwen2", "dora", "all-linear", 0.25},
+      {"llama3", "dora", "all-linear", 0.0, {{"v_proj", 2}, {"mlp\\..*_proj", 6}}, {{"down_proj", 3}}},
   };
   Batch batch = make_batch();
   std::vector<at::Tensor> inputs = {batch.ids, batch.labels};
@@ -125,6 +128,8 @@ TEST(LoraTraining, LossAndGradientsEqualPeft) {
     const GradCase& c = cases[i];
     model::CausalLM m = model::CausalLM::load(fixture(c.model), c10::kCPU, at::kFloat);
     LoraConfig config = make_config(c.kind, c.targets, c.dropout);
+    config.rank_pattern = c.rank_pattern;
+    config.alpha_pattern = c.alpha_pattern;
     std::vector<NamedTensor> params = inject_lora(m, config);
     perturb(params, 100 + i);
     set_training(m, c.dropout > 0);
@@ -141,13 +146,15 @@ TEST(LoraTraining, LossAndGradientsEqualPeft) {
     }
     grads.push_back(std::move(g));
     json_cases.push_back({{"model_dir", fixture(c.model).string()}, {"kind", c.kind}, {"targets", c.targets},
-                          {"dropout", c.dropout}, {"seed", seed}, {"names", param_names(params)}});
+                          {"dropout", c.dropout}, {"seed", seed}, {"names", param_names(params)},
+                          {"rank_pattern", c.rank_pattern}, {"alpha_pattern", c.alpha_pattern}});
   }
   std::vector<at::Tensor> ref = testing::call_python("peft_lora_grads", inputs, {{"cases", json_cases}});
   size_t pos = 0;
   for (size_t i = 0; i < cases.size(); ++i) {
     const GradCase& c = cases[i];
-    const std::string label = c.model + " " + c.kind + " " + c.targets + " dropout " + std::to_string(c.dropout);
+    const std::string label = c.model + " " + c.kind + " " + c.targets + " dropout " + std::to_string(c.dropout) +
+                              (c.rank_pattern.empty() ? "" : " rank/alpha patterns");
     const double ref_loss = ref[pos++].item<double>();
     const double loss_err = std::abs(losses[i] - ref_loss) / std::abs(ref_loss);
     EXPECT_LE(loss_err, 1e-5) << label << ": loss " << losses[i] << " vs PEFT " << ref_loss;
@@ -424,6 +431,11 @@ TEST(LoraTargets, NothingMatchesListsTheLinearModules) {
       EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
     }
   }
+  // The list form {"all-linear"} is the shorthand too (no module is named that).
+  LoraConfig list_form;
+  list_form.target_modules = {"all-linear"};
+  EXPECT_EQ(select_target_modules(m, list_form), select_target_modules(m, make_config("lora", "all-linear")));
+  EXPECT_EQ(list_form.to_json()["target_modules"], "all-linear");
   // Nothing was wrapped by the failed calls.
   EXPECT_EQ(select_target_modules(m, make_config("lora", "q_proj")).size(), 2u);
   EXPECT_EQ(inject_lora(m, make_config("lora", "q_proj")).size(), 4u);
