@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <regex>
 #include <set>
@@ -112,7 +113,12 @@ std::vector<NamedTensor> inject_lora(model::CausalLM& model, const LoraConfig& c
   for (auto& [path, slot] : model.named_linears()) slots[path] = slot;
 
   const auto options = at::TensorOptions().dtype(param_dtype).device(model.device());
-  const std::string init = config.init_lora_weights == "gaussian" ? "gaussian" : config.init_lora_weights == "false" ? "false" : "true";
+  // Only the initialisations that need nothing but the base weight's shape; the data-driven ones
+  // (pissa, olora, loftq, eva, corda, ...) change the base or need calibration data.
+  std::string init = config.init_lora_weights;
+  std::transform(init.begin(), init.end(), init.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (init != "true" && init != "false" && init != "gaussian")
+    throw AdapterError("init_lora_weights '" + config.init_lora_weights + "' is not supported for training (use true, false or \"gaussian\")");
   std::vector<NamedTensor> params;
   for (const auto& path : targets) {
     model::LinearPtr& slot = *slots.at(path);

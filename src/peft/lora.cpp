@@ -105,9 +105,6 @@ void LoraConfig::validate(const std::string& source) const {
   if (!(lora_dropout >= 0 && lora_dropout < 1))
     fail("lora_dropout must be in [0, 1) (got " + std::to_string(lora_dropout) + ")");
   if (bias != "none") fail("bias '" + bias + "' is not supported yet (only \"none\")");
-  const std::string init = lower(init_lora_weights);
-  if (init != "true" && init != "false" && init != "gaussian")
-    fail("init_lora_weights '" + init_lora_weights + "' is not supported (use true, false or \"gaussian\")");
   for (const auto& [key, value] : rank_pattern)
     if (value <= 0) fail("rank_pattern['" + key + "'] must be a positive integer (got " + std::to_string(value) + ")");
   for (const auto& [key, value] : alpha_pattern)

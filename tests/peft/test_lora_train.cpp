@@ -549,8 +549,11 @@ TEST(LoraConfigJson, RoundTripsAndHonoursPatterns) {
   model::CausalLM m = model::CausalLM::load(fixture("llama3"), c10::kCPU, at::kFloat);
   std::vector<NamedTensor> params = inject_lora(m, c);
   for (const auto& p : params) {
-    if (p.name.ends_with("v_proj.lora_A.weight")) EXPECT_EQ(p.tensor.size(0), 2) << p.name;
-    if (p.name.ends_with("q_proj.lora_A.weight")) EXPECT_EQ(p.tensor.size(0), 4) << p.name;
+    if (p.name.ends_with("v_proj.lora_A.weight")) {
+      EXPECT_EQ(p.tensor.size(0), 2) << p.name;
+    } else if (p.name.ends_with("q_proj.lora_A.weight")) {
+      EXPECT_EQ(p.tensor.size(0), 4) << p.name;
+    }
   }
   auto v = std::dynamic_pointer_cast<LoraLinear>(m.layers()[0].v_proj);
   auto q = std::dynamic_pointer_cast<LoraLinear>(m.layers()[0].q_proj);

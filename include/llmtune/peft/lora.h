@@ -42,7 +42,7 @@ struct LoraConfig {
   // adapter_config.json content with every field PEFT 0.21 writes, valued as PEFT writes them
   // (inference_mode true, sets as sorted lists). Dump with dump(2): PEFT writes indent=2, sorted keys.
   nlohmann::json to_json() const;
-  // r, lora_alpha, lora_dropout, init_lora_weights, bias, patterns: throws one AdapterError line
+  // r, lora_alpha, lora_dropout, bias, rank/alpha patterns: throws one AdapterError line
   // naming `source` and the key.
   void validate(const std::string& source = "LoRA config") const;
   bool is_all_linear() const;
