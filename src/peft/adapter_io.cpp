@@ -1,11 +1,15 @@
-// Loading PEFT adapter directories onto a model: the config, then every LoRA tensor by its key,
-// checked against the module it wraps.
+// PEFT adapter directories: loading one onto a model (the config, then every LoRA tensor by its key,
+// checked against the module it wraps), saving trainable tensors as save_pretrained does, and
+// reading a saved adapter back into trainable tensors to resume.
+#include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 
 #include <fstream>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 
+#include "llmtune/io/atomic_file.h"
 #include "llmtune/io/safetensors.h"
 #include "llmtune/peft/lora.h"
 #include "llmtune/util/error.h"
@@ -87,6 +91,73 @@ int64_t apply_adapter(model::CausalLM& model, const std::filesystem::path& dir) 
   spdlog::info("adapter {}: {} module(s), {}{}", dir.string(), modules.size(),
                config.use_dora ? "DoRA" : "LoRA", config.use_rslora ? " (rsLoRA scaling)" : "");
   return static_cast<int64_t>(modules.size());
+}
+
+void save_adapter(const std::filesystem::path& dir, const LoraConfig& config, const std::vector<NamedTensor>& params) {
+  config.validate();
+  if (params.empty()) throw AdapterError(dir.string() + ": no adapter tensors to save (call inject_lora first)");
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  std::set<std::string> names, modules;
+  for (const auto& p : params) {
+    std::string module;
+    if (p.name.starts_with(kPrefix)) {
+      for (std::string_view suffix : {".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"}) {
+        if (p.name.ends_with(suffix)) {
+          module = p.name.substr(kPrefix.size(), p.name.size() - kPrefix.size() - suffix.size());
+          break;
+        }
+      }
+    }
+    if (module.empty())
+      throw AdapterError("save_adapter: tensor '" + p.name + "' is not a PEFT LoRA key (base_model.model.<module>.lora_A.weight, "
+                         ".lora_B.weight or .lora_magnitude_vector)");
+    if (!p.tensor.defined()) throw AdapterError("save_adapter: tensor '" + p.name + "' is undefined");
+    if (!names.insert(p.name).second) throw AdapterError("save_adapter: tensor '" + p.name + "' is given twice");
+    modules.insert(module);
+    tensors.emplace_back(p.name, p.tensor.detach().to(c10::kCPU).contiguous());
+  }
+  // PEFT saves the expanded module list for "all-linear".
+  LoraConfig saved = config;
+  if (config.is_all_linear()) {
+    saved.target_regex.clear();
+    saved.target_modules.assign(modules.begin(), modules.end());
+  }
+  io::AtomicDir out(dir);
+  io::write_file_atomic(out.staging() / "adapter_config.json", saved.to_json().dump(2));
+  io::save_safetensors(out.staging() / "adapter_model.safetensors", tensors, {{"format", "pt"}});
+  out.commit();
+}
+
+void load_adapter_into(const std::filesystem::path& dir, const std::vector<NamedTensor>& params) {
+  auto weights_path = dir / "adapter_model.safetensors";
+  if (!std::filesystem::exists(weights_path))
+    throw AdapterError(weights_path.string() + ": missing (is " + dir.string() + " an adapter saved by save_adapter or PEFT?)");
+  auto file = io::SafetensorsFile::open(weights_path);
+  // PEFT files name the DoRA magnitude without ".weight"; older ones with it.
+  auto find_key = [&](const std::string& name) -> std::string {
+    if (file->contains(name)) return name;
+    if (name.ends_with(".lora_magnitude_vector") && file->contains(name + ".weight")) return name + ".weight";
+    return "";
+  };
+  std::set<std::string> used;
+  std::vector<at::Tensor> loaded;
+  for (const auto& p : params) {
+    std::string key = find_key(p.name);
+    if (key.empty())
+      throw AdapterError(weights_path.string() + ": tensor '" + p.name + "' is missing (adapter saved with another config or model?)");
+    at::Tensor t = file->tensor(key);
+    if (t.sizes() != p.tensor.sizes())
+      throw AdapterError(weights_path.string() + ": tensor '" + key + "' has shape " + c10::str(t.sizes()) + ", expected " +
+                         c10::str(p.tensor.sizes()) + " (adapter saved with another r or model?)");
+    used.insert(key);
+    loaded.push_back(t);
+  }
+  for (const auto& key : file->names())
+    if (!used.count(key))
+      throw AdapterError(weights_path.string() + ": tensor '" + key + "' is not a trainable tensor of this run (adapter saved with another config?)");
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) params[i].tensor.copy_(loaded[i]);
+  spdlog::info("adapter {}: {} tensor(s) loaded", dir.string(), params.size());
 }
 
 }  // namespace llmtune::peft

@@ -1,12 +1,17 @@
-// LoRA / rsLoRA / DoRA forward, as PEFT's lora.Linear and DoraLinearLayer compute it (eval mode).
+// LoRA / rsLoRA / DoRA forward as PEFT's lora.Linear and DoraLinearLayer compute it (train and eval),
+// and LoraConfig as PEFT's adapter_config.json spells it.
 #include "llmtune/peft/lora.h"
 
+#include <ATen/ops/dropout.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/linalg_vector_norm.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 
 #include "llmtune/util/error.h"
 
@@ -26,6 +31,24 @@ const T* match_pattern(const std::map<std::string, T>& patterns, const std::stri
   return nullptr;
 }
 
+// null, one string, or a list of strings: the string goes to `one`, the list to `many`.
+void read_names(const nlohmann::json& j, const char* key, std::vector<std::string>& many, std::string& one) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return;
+  if (it->is_string()) one = it->get<std::string>();
+  else many = it->get<std::vector<std::string>>();
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+nlohmann::json sorted_list(const std::vector<std::string>& names) {
+  std::set<std::string> unique(names.begin(), names.end());
+  return nlohmann::json(std::vector<std::string>(unique.begin(), unique.end()));
+}
+
 }  // namespace
 
 LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& source) {
@@ -43,9 +66,19 @@ LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& sou
     c.bias = j.value("bias", std::string("none"));
     c.base_model_name_or_path = j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string()
                                     ? j["base_model_name_or_path"].get<std::string>() : "";
-    if (auto it = j.find("target_modules"); it != j.end() && !it->is_null()) {
-      if (it->is_string()) c.target_regex = it->get<std::string>();
-      else c.target_modules = it->get<std::vector<std::string>>();
+    if (j.contains("task_type") && j["task_type"].is_string()) c.task_type = j["task_type"].get<std::string>();
+    read_names(j, "target_modules", c.target_modules, c.target_regex);
+    read_names(j, "exclude_modules", c.exclude_modules, c.exclude_regex);
+    std::string one_pattern;
+    read_names(j, "layers_pattern", c.layers_pattern, one_pattern);
+    if (!one_pattern.empty()) c.layers_pattern = {one_pattern};
+    if (auto it = j.find("layers_to_transform"); it != j.end() && !it->is_null()) {
+      if (it->is_number_integer()) c.layers_to_transform = {it->get<int64_t>()};
+      else c.layers_to_transform = it->get<std::vector<int64_t>>();
+    }
+    if (auto it = j.find("init_lora_weights"); it != j.end() && !it->is_null()) {
+      if (it->is_boolean()) c.init_lora_weights = it->get<bool>() ? "true" : "false";
+      else c.init_lora_weights = it->get<std::string>();
     }
     if (auto it = j.find("rank_pattern"); it != j.end() && it->is_object())
       for (auto& [k, v] : it->items()) c.rank_pattern[k] = v.get<int64_t>();
@@ -55,12 +88,103 @@ LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& sou
       fail("modules_to_save is not supported yet (fully trained copies of modules)");
     if (j.value("lora_bias", false)) fail("lora_bias is not supported yet");
     if (j.value("fan_in_fan_out", false)) fail("fan_in_fan_out adapters (GPT-2 Conv1D) do not apply to Llama-family models");
-    if (c.bias != "none") fail("bias '" + c.bias + "' is not supported yet (only \"none\")");
+    if (auto it = j.find("layer_replication"); it != j.end() && !it->is_null())
+      fail("layer_replication is not supported");
   } catch (const nlohmann::json::exception& e) {
     fail(std::string("a field has the wrong type (") + e.what() + ")");
   }
-  if (c.r <= 0) fail("r must be a positive integer");
+  c.validate(source);
   return c;
+}
+
+void LoraConfig::validate(const std::string& source) const {
+  auto fail = [&](const std::string& m) { throw AdapterError(source + ": " + m); };
+  if (r <= 0) fail("r must be a positive integer (got " + std::to_string(r) + "); set r to e.g. 8 or 16");
+  if (!(lora_alpha > 0) || !std::isfinite(lora_alpha))
+    fail("lora_alpha must be a positive number (got " + std::to_string(lora_alpha) + "); set lora_alpha to e.g. 2·r");
+  if (!(lora_dropout >= 0 && lora_dropout < 1))
+    fail("lora_dropout must be in [0, 1) (got " + std::to_string(lora_dropout) + ")");
+  if (bias != "none") fail("bias '" + bias + "' is not supported yet (only \"none\")");
+  for (const auto& [key, value] : rank_pattern)
+    if (value <= 0) fail("rank_pattern['" + key + "'] must be a positive integer (got " + std::to_string(value) + ")");
+  for (const auto& [key, value] : alpha_pattern)
+    if (!(value > 0)) fail("alpha_pattern['" + key + "'] must be a positive number (got " + std::to_string(value) + ")");
+  if (!target_modules.empty() && !target_regex.empty())
+    fail("target_modules is either a list of names or one regex, not both");
+}
+
+bool LoraConfig::is_all_linear() const {
+  if (!target_regex.empty()) return lower(target_regex) == "all-linear";
+  return target_modules.size() == 1 && lower(target_modules[0]) == "all-linear";
+}
+
+nlohmann::json LoraConfig::to_json() const {
+  using nlohmann::json;
+  json j;
+  json targets = nullptr;
+  if (is_all_linear()) targets = "all-linear";
+  else if (!target_regex.empty()) targets = target_regex;
+  else if (!target_modules.empty()) targets = sorted_list(target_modules);
+  json excludes = nullptr;
+  if (!exclude_regex.empty()) excludes = exclude_regex;
+  else if (!exclude_modules.empty()) excludes = sorted_list(exclude_modules);
+  json init = lower(init_lora_weights) == "true" ? json(true) : lower(init_lora_weights) == "false" ? json(false)
+                                                                                                  : json(init_lora_weights);
+  // Integral alphas are ints in PEFT's files (lora_alpha: int).
+  auto number = [](double v) { return v == std::floor(v) && std::abs(v) < 1e15 ? json(static_cast<int64_t>(v)) : json(v); };
+  json alphas = json::object();
+  for (const auto& [k, v] : alpha_pattern) alphas[k] = number(v);
+  json ranks = json::object();
+  for (const auto& [k, v] : rank_pattern) ranks[k] = v;
+
+  j["alora_invocation_tokens"] = nullptr;
+  j["alpha_pattern"] = alphas;
+  j["arrow_config"] = nullptr;
+  j["auto_mapping"] = nullptr;
+  j["base_model_name_or_path"] = base_model_name_or_path.empty() ? json(nullptr) : json(base_model_name_or_path);
+  j["bias"] = bias;
+  j["corda_config"] = nullptr;
+  j["ensure_weight_tying"] = false;
+  j["eva_config"] = nullptr;
+  j["exclude_modules"] = excludes;
+  j["fan_in_fan_out"] = false;
+  j["inference_mode"] = true;
+  j["init_lora_weights"] = init;
+  j["kasa_config"] = nullptr;
+  j["layer_replication"] = nullptr;
+  j["layers_pattern"] = layers_pattern.empty() ? json(nullptr)
+                        : layers_pattern.size() == 1 ? json(layers_pattern[0]) : json(layers_pattern);
+  j["layers_to_transform"] = layers_to_transform.empty() ? json(nullptr) : json(layers_to_transform);
+  j["loftq_config"] = json::object();
+  j["lora_alpha"] = number(lora_alpha);
+  j["lora_bias"] = false;
+  j["lora_dropout"] = lora_dropout;
+  j["lora_ga_config"] = nullptr;
+  j["megatron_config"] = nullptr;
+  j["megatron_core"] = "megatron.core";
+  j["modules_to_save"] = nullptr;
+  j["monteclora_config"] = nullptr;
+  j["peft_type"] = "LORA";
+  j["peft_version"] = "0.21.2";
+  j["qalora_group_size"] = 16;
+  j["r"] = r;
+  j["rank_pattern"] = ranks;
+  j["revision"] = nullptr;
+  j["target_modules"] = targets;
+  j["target_parameters"] = nullptr;
+  j["task_type"] = task_type;
+  j["trainable_token_indices"] = nullptr;
+  j["use_bdlora"] = nullptr;
+  j["use_dora"] = use_dora;
+  j["use_qalora"] = false;
+  j["use_rslora"] = use_rslora;
+  j["velora_config"] = nullptr;
+  return j;
+}
+
+int64_t LoraConfig::rank_for(const std::string& module_path) const {
+  const int64_t* rank = match_pattern(rank_pattern, module_path);
+  return rank ? *rank : r;
 }
 
 double LoraConfig::scaling_for(const std::string& module_path, int64_t r) const {
@@ -69,8 +193,10 @@ double LoraConfig::scaling_for(const std::string& module_path, int64_t r) const 
   return use_rslora ? a / std::sqrt(static_cast<double>(r)) : a / static_cast<double>(r);
 }
 
-LoraLinear::LoraLinear(model::LinearPtr base, at::Tensor a, at::Tensor b, double scaling, at::Tensor magnitude)
-    : base_(std::move(base)), a_(std::move(a)), b_(std::move(b)), magnitude_(std::move(magnitude)), scaling_(scaling) {
+LoraLinear::LoraLinear(model::LinearPtr base, at::Tensor a, at::Tensor b, double scaling, at::Tensor magnitude,
+                       double dropout)
+    : base_(std::move(base)), a_(std::move(a)), b_(std::move(b)), magnitude_(std::move(magnitude)), scaling_(scaling),
+      dropout_(dropout) {
   if (magnitude_.defined() && !dynamic_cast<const model::DenseLinear*>(base_.get()))
     throw AdapterError("DoRA needs a dense base weight");
 }
@@ -83,17 +209,33 @@ std::vector<at::Tensor> LoraLinear::tensors() const {
 }
 
 at::Tensor LoraLinear::forward(const at::Tensor& x) const {
+  // x: (..., in) → (..., out). The adapter runs in its own dtype (PEFT's _cast_input_dtype).
   at::Tensor result = base_->forward(x);
-  at::Tensor lora = at::linear(at::linear(x, a_), b_);  // B(A(x))
-  if (!magnitude_.defined()) return result + lora * scaling_;
+  const auto result_dtype = result.scalar_type();
+  at::Tensor xa = x.scalar_type() == a_.scalar_type() ? x : x.to(a_.scalar_type());
+  const bool drop = training_ && dropout_ > 0;
+  if (!magnitude_.defined()) {
+    at::Tensor xd = drop ? at::dropout(xa, dropout_, true) : xa;
+    return (result + at::linear(at::linear(xd, a_), b_) * scaling_).to(result_dtype);
+  }
 
-  // DoRA: the row norm of the adapted weight is a constant (detached) in PEFT.
+  // DoRA (PEFT's DoraLinearVariant / DoraLinearLayer): the row norm of the adapted weight is a
+  // constant (detached), and the low-rank product inside it is detached too.
   const auto& dense = static_cast<const model::DenseLinear&>(*base_);
-  at::Tensor adapted = dense.weight() + b_.matmul(a_) * scaling_;
-  at::Tensor norm = at::linalg_vector_norm(adapted, 2, {1}).detach();
+  at::Tensor weight = dense.weight().to(xa.scalar_type());
+  at::Tensor lora_weight = b_.detach().matmul(a_.detach());
+  at::Tensor norm = at::linalg_vector_norm(weight + lora_weight * scaling_, 2, {1}).detach();
   at::Tensor scale = (magnitude_ / norm).view({1, -1});
-  at::Tensor wx = dense.bias().defined() ? result - dense.bias() : result;
-  return result + (scale - 1) * wx + scale * lora * scaling_;
+  at::Tensor base_result;
+  if (drop) {
+    // With active dropout PEFT recomputes W x from the dropped-out input, without the bias.
+    xa = at::dropout(xa, dropout_, true);
+    base_result = at::linear(xa, weight);
+  } else {
+    base_result = dense.bias().defined() ? result - dense.bias() : result;
+  }
+  at::Tensor lora = at::linear(at::linear(xa, a_), b_);
+  return (result + ((scale - 1) * base_result + scale * lora * scaling_)).to(result_dtype);
 }
 
 }  // namespace llmtune::peft

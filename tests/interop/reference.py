@@ -92,6 +92,137 @@ def peft_adapter_logits(ids, model_dir, adapter_dir, kind="lora", targets="q_pro
         return [model(input_ids=ids).logits]
 
 
+def _peft_name(ours):
+    """Our PEFT file key -> the live PeftModel parameter name (adapter "default" inserted)."""
+    if ours.endswith(".lora_magnitude_vector"):
+        return ours + ".default.weight"
+    for part in (".lora_A.", ".lora_B."):
+        if part in ours:
+            return ours.replace(part, part + "default.")
+    raise ValueError(f"not a LoRA key: {ours}")
+
+
+def _lora_config(case, **extra):
+    from peft import LoraConfig
+    targets = case["targets"]  # "all-linear", "re:<regex over full paths>" or "name,name,..."
+    target = targets if targets == "all-linear" else targets[3:] if targets.startswith("re:") else targets.split(",")
+    kind = case.get("kind", "lora")
+    return LoraConfig(r=case.get("r", 4), lora_alpha=case.get("alpha", 8), lora_dropout=case.get("dropout", 0.0),
+                      target_modules=target, use_rslora=kind == "rslora", use_dora=kind == "dora",
+                      task_type="CAUSAL_LM", **extra)
+
+
+def peft_lora_grads(ids, labels, *tensors, cases):
+    """For each case {model_dir, kind, targets, r, alpha, dropout, seed, names, dtype, rank_pattern, alpha_pattern}: PEFT's model on the
+    fixture with the given adapter tensors (in `names` order, our file keys), transformers' loss for
+    (ids, labels) and its gradients. Returns per case: loss (float64, 1) then one grad per name.
+    With dropout > 0 the model is in training mode and torch is seeded with `seed` first."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    out, at = [], 0
+    for case in cases:
+        names = case["names"]
+        given = dict(zip(names, tensors[at:at + len(names)]))
+        at += len(names)
+        dtype = DTYPES[case.get("dtype", "float32")]
+        base = AutoModelForCausalLM.from_pretrained(case["model_dir"], dtype=dtype)
+        patterns = {k: case[k] for k in ("rank_pattern", "alpha_pattern") if case.get(k)}
+        model = get_peft_model(base, _lora_config(case, **patterns))
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        wanted = {_peft_name(n): n for n in names}
+        if set(params) != set(wanted):
+            raise ValueError(f"trainable tensors differ: peft-only {sorted(set(params) - set(wanted))[:4]}, "
+                             f"ours-only {sorted(set(wanted) - set(params))[:4]}")
+        with torch.no_grad():
+            for peft_name, ours in wanted.items():
+                params[peft_name].copy_(given[ours])
+        model.train(case.get("dropout", 0.0) > 0)
+        torch.manual_seed(case.get("seed", 0))
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        out.append(loss.detach().double().reshape(1))
+        out.extend(params[_peft_name(n)].grad for n in names)
+    return out
+
+
+def _encode_names(names):
+    return torch.tensor(list("\n".join(names).encode()), dtype=torch.uint8)
+
+
+def peft_targeted_modules(model_dir, cases):
+    """The module names get_peft_model targets on the fixture, per case {targets, exclude_modules?,
+    layers_to_transform?}, each as one uint8 tensor of names joined by newlines."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    out = []
+    for case in cases:
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        targets = case["targets"]
+        extra = {k: case[k] for k in ("exclude_modules", "layers_to_transform", "layers_pattern") if k in case}
+        model = get_peft_model(base, _lora_config({"targets": targets}, **extra))
+        out.append(_encode_names(model.targeted_module_names))
+    return out
+
+
+def peft_init(model_dir, targets, kind="dora", r=4, alpha=8):
+    """PEFT's default init on the fixture: per targeted module (sorted by name), lora_A and the
+    DoRA magnitude. Returns names (uint8) then A0, m0, A1, m1, ..."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = get_peft_model(base, _lora_config({"targets": targets, "kind": kind, "r": r, "alpha": alpha}))
+    state = dict(model.named_parameters())
+    names = sorted(model.targeted_module_names)
+    out = [_encode_names(names)]
+    for n in names:
+        out.append(state[f"base_model.model.{n}.lora_A.default.weight"].detach())
+        out.append(state[f"base_model.model.{n}.lora_magnitude_vector.default.weight"].detach())
+    return out
+
+
+def peft_load_saved(ids, cases):
+    """Loads each adapter directory of cases [[model_dir, adapter_dir], ...] (written by llmtune) with PeftModel.from_pretrained and returns its
+    logits for ids. Fails unless every LoRA tensor of the loaded model comes from the file and every
+    file tensor is used, and unless LoraConfig.from_pretrained re-saves our adapter_config.json with the
+    same fields and values (types included) as ours."""
+    import tempfile
+    from peft import LoraConfig, PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    out = []
+    for model_dir, adapter_dir in cases:
+        with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+            ours = json.load(f)
+        config = LoraConfig.from_pretrained(adapter_dir)
+        with tempfile.TemporaryDirectory() as tmp:
+            config.save_pretrained(tmp)
+            with open(os.path.join(tmp, "adapter_config.json")) as f:
+                theirs = json.load(f)
+        for d in (ours, theirs):
+            if isinstance(d.get("target_modules"), list):
+                d["target_modules"] = sorted(d["target_modules"])
+        if set(ours) != set(theirs):
+            raise ValueError(f"{adapter_dir}: config fields differ: ours-only {sorted(set(ours) - set(theirs))}, "
+                             f"peft-only {sorted(set(theirs) - set(ours))}")
+        for k in ours:
+            if ours[k] != theirs[k] or type(ours[k]) is not type(theirs[k]):
+                raise ValueError(f"{adapter_dir}: config field {k}: ours {ours[k]!r}, PEFT {theirs[k]!r}")
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, adapter_dir).eval()
+        saved = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
+        live = {n: p for n, p in model.named_parameters() if "lora_" in n}
+        expected = {_peft_name(k): k for k in saved}
+        if set(live) != set(expected):
+            raise ValueError(f"{adapter_dir}: missing {sorted(set(live) - set(expected))[:4]}, "
+                             f"unexpected {sorted(set(expected) - set(live))[:4]}")
+        for n, p in live.items():
+            if not torch.equal(p.detach(), saved[expected[n]].to(p.dtype)):
+                raise ValueError(f"{adapter_dir}: {n} differs from the file")
+        with torch.no_grad():
+            out.append(model(input_ids=ids).logits)
+    return out
+
+
 def lr_schedules(cases):
     """transformers' LR multipliers for steps 0..total (LambdaLR on a base LR of 1), one tensor per
     [kind, warmup_steps, total_steps] case."""
@@ -141,7 +272,8 @@ def adamw_steps(p_decay, p_no_decay, grads_decay, grads_no_decay, lr, beta1, bet
 
 
 FUNCTIONS = {f.__name__: f for f in (adamw_steps, rms_norm_llama, rms_norm_gemma, causal_lm_logits, causal_lm_greedy,
-                                     causal_lm_loss, peft_adapter_logits, lr_schedules, full_finetune_grads)}
+                                     causal_lm_loss, peft_adapter_logits, peft_lora_grads, peft_targeted_modules,
+                                     peft_init, peft_load_saved, lr_schedules, full_finetune_grads)}
 
 
 def main(directory):

@@ -1,5 +1,6 @@
-// LoRA, rsLoRA and DoRA around any Linear (FORMATS.md §4), and adapters in PEFT's on-disk format:
-// adapter_config.json + adapter_model.safetensors with keys base_model.model.<module>.lora_A.weight.
+// LoRA, rsLoRA and DoRA around any Linear (FORMATS.md §4): fresh trainable adapters injected into a
+// model with PEFT's default initialisation, and adapters in PEFT's on-disk format (adapter_config.json
+// + adapter_model.safetensors with keys base_model.model.<module>.lora_A.weight), saved and loaded.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -21,35 +22,93 @@ struct LoraConfig {
   double lora_dropout = 0.0;
   bool use_rslora = false;
   bool use_dora = false;
-  std::vector<std::string> target_modules;  // names matched as module-path suffixes
+  // Module names matched as module-path suffixes (PEFT's list form). {"all-linear"} (or
+  // target_regex "all-linear") means every linear except lm_head, as PEFT's shorthand.
+  std::vector<std::string> target_modules;
   std::string target_regex;                  // or one regex matched against the whole path
+  std::vector<std::string> exclude_modules;  // suffix names never targeted
+  std::string exclude_regex;                 // or a regex over whole paths
+  std::vector<int64_t> layers_to_transform;  // only these layer indices (list targets only, as PEFT)
+  std::vector<std::string> layers_pattern;   // the container name before the index ("layers")
+  std::string init_lora_weights = "true";    // true (kaiming A, zero B) | gaussian | false (both random)
   std::string bias = "none";                 // none | all | lora_only
   std::map<std::string, int64_t> rank_pattern;  // per-module overrides (PEFT's pattern keys)
   std::map<std::string, double> alpha_pattern;
   std::string base_model_name_or_path;
+  std::string task_type = "CAUSAL_LM";
 
   // Reads PEFT's adapter_config.json content; unsupported settings are AdapterErrors naming `source`.
   static LoraConfig from_json(const nlohmann::json& j, const std::string& source);
-  // alpha / r (or alpha / sqrt(r) with rsLoRA) for a module, honouring the patterns.
+  // adapter_config.json content with every field PEFT 0.21 writes, valued as PEFT writes them
+  // (inference_mode true, sets as sorted lists). Dump with dump(2): PEFT writes indent=2, sorted keys.
+  nlohmann::json to_json() const;
+  // r, lora_alpha, lora_dropout, bias, rank/alpha patterns: throws one AdapterError line
+  // naming `source` and the key.
+  void validate(const std::string& source = "LoRA config") const;
+  bool is_all_linear() const;
+  // The rank of a module (rank_pattern or r) and alpha / r (alpha / sqrt(r) with rsLoRA).
+  int64_t rank_for(const std::string& module_path) const;
   double scaling_for(const std::string& module_path, int64_t r) const;
 };
 
-// y = base(x) + scaling · B(A(x)); with DoRA the direction is renormalized by the magnitude m:
-// y = base(x) + (m/‖W + s·BA‖ − 1)·(W x) + (m/‖W + s·BA‖)·s·B(A(x)), the norm taken per output row.
+// y = base(x) + scaling · B(A(dropout(x))); with DoRA the direction is renormalized by the magnitude m:
+// y = base(x) + (m/‖W + s·BA‖ − 1)·(W x) + (m/‖W + s·BA‖)·s·B(A(x)), the norm taken per output row and
+// detached from the graph (DoRA paper §4.3). As PEFT: x is cast to the adapter dtype, the sum back to
+// the base dtype; with DoRA and active dropout, W x is recomputed from the dropped-out x (no bias).
 class LoraLinear : public model::Linear {
  public:
   // base must be a DenseLinear for DoRA (the norm needs W). a: (r, in), b: (out, r), magnitude: (out,).
-  LoraLinear(model::LinearPtr base, at::Tensor a, at::Tensor b, double scaling, at::Tensor magnitude = {});
+  LoraLinear(model::LinearPtr base, at::Tensor a, at::Tensor b, double scaling, at::Tensor magnitude = {},
+             double dropout = 0.0);
   at::Tensor forward(const at::Tensor& x) const override;
   int64_t in_features() const override { return base_->in_features(); }
   int64_t out_features() const override { return base_->out_features(); }
   std::vector<at::Tensor> tensors() const override;
 
+  const model::LinearPtr& base() const { return base_; }
+  const at::Tensor& lora_a() const { return a_; }
+  const at::Tensor& lora_b() const { return b_; }
+  const at::Tensor& magnitude() const { return magnitude_; }  // undefined without DoRA
+  double scaling() const { return scaling_; }
+  void set_training(bool training) { training_ = training; }
+  bool training() const { return training_; }
+
  private:
   model::LinearPtr base_;
   at::Tensor a_, b_, magnitude_;
   double scaling_;
+  double dropout_;
+  bool training_ = false;
 };
+
+// A trainable tensor under its PEFT key ("base_model.model.<module>.lora_A.weight").
+struct NamedTensor {
+  std::string name;
+  at::Tensor tensor;
+};
+
+// The linear module paths the config targets, in model order (PEFT's matching: list names by suffix,
+// a regex over the whole path, or "all-linear"; exclude_modules and layers_to_transform honoured).
+// Throws an AdapterError listing the model's linear module names when nothing matches.
+std::vector<std::string> select_target_modules(model::CausalLM& model, const LoraConfig& config);
+
+// Wraps the targeted linears with fresh LoRA / rsLoRA / DoRA layers initialised as PEFT does
+// (init_lora_weights=true: A kaiming-uniform(a=√5), B zero; DoRA magnitude = row norms of W), on
+// the model's device in `param_dtype`. Returns the trainable tensors (requires_grad) under their
+// PEFT keys: per module in model order, lora_A.weight, lora_B.weight[, lora_magnitude_vector].
+std::vector<NamedTensor> inject_lora(model::CausalLM& model, const LoraConfig& config,
+                                     at::ScalarType param_dtype = at::kFloat);
+
+// Training mode turns on LoRA dropout (applied to x before lora_A, as PEFT) in every LoraLinear.
+void set_training(model::CausalLM& model, bool training);
+
+// Writes adapter_config.json + adapter_model.safetensors as PEFT's save_pretrained does (keys,
+// dtypes, metadata {"format":"pt"}); the directory is replaced as a whole or not at all.
+void save_adapter(const std::filesystem::path& dir, const LoraConfig& config, const std::vector<NamedTensor>& params);
+
+// Resume: copies an adapter directory's tensors into `params` (matched by name, shape-checked;
+// a missing or unexpected tensor is an error naming it). Nothing is changed unless all fit.
+void load_adapter_into(const std::filesystem::path& dir, const std::vector<NamedTensor>& params);
 
 // Loads a PEFT LoRA adapter directory and wraps the model's matching linears. Shapes, unknown
 // modules and unsupported features (embedding LoRA, modules_to_save, lora_bias) are AdapterErrors
