@@ -64,5 +64,6 @@ Command register_env(CLI::App& root);
 Command register_eval(CLI::App& root);
 Command register_infer(CLI::App& root);
 Command register_tokenize(CLI::App& root);
+Command register_finetune(CLI::App& root);
 
 }  // namespace llmtune::cli

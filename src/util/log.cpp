@@ -1,6 +1,7 @@
 // stderr logging through spdlog, and a once-only helper for fallbacks that must be said once.
 #include "llmtune/util/log.h"
 
+#include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 #include <mutex>
@@ -26,6 +27,18 @@ void set_level(std::string_view level) {
                       "' (use trace, debug, info, warn, error or off)");
   }
   spdlog::set_level(parsed);
+}
+
+void add_file(const std::filesystem::path& path) {
+  auto logger = spdlog::default_logger();
+  try {
+    auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path.string(), /*truncate=*/false);
+    sink->set_pattern("[%Y-%m-%d %H:%M:%S] %l: %v");
+    logger->sinks().push_back(sink);
+  } catch (const spdlog::spdlog_ex& e) {
+    throw IoError(path.string() + ": cannot open the log file (" + e.what() + ")");
+  }
+  logger->flush_on(spdlog::level::info);
 }
 
 bool first_time(std::string_view key) {

@@ -1,0 +1,190 @@
+// `llmtune finetune`: the config schema (every key a user can set), flags as shorthands for keys,
+// and the glue from the resolved config to FinetuneParams.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "common.h"
+#include "llmtune/pipelines/finetune.h"
+#include "llmtune/util/error.h"
+
+namespace llmtune::cli {
+namespace {
+
+struct FinetuneFlags {
+  std::optional<std::string> model, data, output;
+  std::optional<int64_t> max_steps;
+  std::optional<std::string> resume;
+  bool resume_given = false;
+};
+
+config::Schema finetune_schema() {
+  using config::Type;
+  using config::Value;
+  config::Schema s;
+  add_common_keys(s);
+  s.add({.name = "model.path", .type = Type::String, .help = "base model: directory or Hugging Face cache repo id", .required = true});
+  s.add({.name = "model.init", .type = Type::String, .default_value = std::string("pretrained"),
+         .help = "pretrained: load the weights; random: transformers' init from config.json (full fine-tuning from scratch)",
+         .choices = {"pretrained", "random"}});
+  s.add({.name = "output", .type = Type::String, .help = "run directory (config.yaml, adapter/ or model/, checkpoints/, metrics.jsonl, summary.json, train.log)", .required = true});
+  s.add({.name = "method", .type = Type::String, .default_value = std::string("lora"), .help = "lora (LoRA, rsLoRA, DoRA) or full fine-tuning",
+         .choices = {"lora", "full"}});
+
+  s.add({.name = "lora.r", .type = Type::Int, .default_value = int64_t{16}, .help = "LoRA rank", .min = 1});
+  s.add({.name = "lora.alpha", .type = Type::Float, .default_value = 32.0, .help = "LoRA alpha (scaling alpha/r, or alpha/sqrt(r) with rsLoRA)", .min = 0, .min_exclusive = true});
+  s.add({.name = "lora.dropout", .type = Type::Float, .default_value = 0.05, .help = "dropout on the adapter input while training", .min = 0, .max = 0.999});
+  s.add({.name = "lora.target_modules", .type = Type::StringList, .default_value = std::vector<std::string>{"all-linear"},
+         .help = "module names matched as path suffixes (q_proj, v_proj, ...), one regular expression matched against the whole path, or all-linear (every linear but lm_head)"});
+  s.add({.name = "lora.use_rslora", .type = Type::Bool, .default_value = false, .help = "rank-stabilized scaling alpha/sqrt(r)"});
+  s.add({.name = "lora.use_dora", .type = Type::Bool, .default_value = false, .help = "DoRA: weight-decomposed LoRA (a trained magnitude per output row)"});
+  s.add({.name = "full.freeze", .type = Type::StringList, .default_value = std::vector<std::string>{},
+         .help = "method full: regular expressions of weight names kept frozen (e.g. embed_tokens, 'layers\\.[0-3]\\.')"});
+
+  s.add({.name = "data.path", .type = Type::String, .help = "training data: .jsonl or .json (array of rows)", .required = true});
+  s.add({.name = "data.format", .type = Type::String, .default_value = std::string("auto"), .help = "row format",
+         .choices = {"auto", "alpaca", "messages", "tools", "completion", "text"}});
+  s.add({.name = "data.template", .type = Type::String, .default_value = std::string("auto"),
+         .help = "chat template: auto (the tokenizer's) or a named one for base models",
+         .choices = {"auto", "alpaca", "chatml", "llama3", "mistral", "zephyr"}});
+  s.add({.name = "data.train_on", .type = Type::String, .default_value = std::string("assistant"),
+         .help = "assistant: loss on assistant responses (+ their end-of-turn token) only; all: every token", .choices = {"assistant", "all"}});
+  s.add({.name = "data.max_seq_len", .type = Type::Int, .default_value = int64_t{2048}, .help = "tokens per example / packed row", .min = 8});
+  s.add({.name = "data.truncation", .type = Type::String, .default_value = std::string("truncate"),
+         .help = "rows longer than max_seq_len: truncate or drop (counted in the log)", .choices = {"truncate", "drop"}});
+  s.add({.name = "data.packing", .type = Type::Bool, .default_value = true,
+         .help = "pack examples into max_seq_len rows (block-diagonal attention, positions restart per example)"});
+  s.add({.name = "data.val_fraction", .type = Type::Float, .default_value = 0.0, .help = "seeded fraction of data.path held out for validation", .min = 0, .max = 0.5});
+  s.add({.name = "data.val_path", .type = Type::String, .default_value = std::string(""), .help = "a separate validation file (instead of val_fraction)"});
+  s.add({.name = "data.skip_bad_rows", .type = Type::Bool, .default_value = false,
+         .help = "skip and count malformed rows instead of stopping with an error"});
+
+  s.add({.name = "train.batch_size", .type = Type::Int, .default_value = int64_t{4}, .help = "rows per micro-batch", .min = 1});
+  s.add({.name = "train.grad_accum_steps", .type = Type::Int, .default_value = int64_t{1}, .help = "micro-batches per optimizer step", .min = 1});
+  s.add({.name = "train.epochs", .type = Type::Int, .default_value = int64_t{1}, .help = "passes over the training data", .min = 1});
+  s.add({.name = "train.max_steps", .type = Type::Int, .default_value = int64_t{-1}, .help = "optimizer steps; > 0 overrides epochs", .min = -1,
+         .check = [](const Value& v) { return std::get<int64_t>(v) == 0 ? std::string("must be -1 (use epochs) or a positive step count") : std::string(); }});
+  s.add({.name = "train.lr", .type = Type::Float, .default_value = 2e-4, .help = "peak learning rate", .min = 0, .min_exclusive = true});
+  s.add({.name = "train.lr_scheduler", .type = Type::String, .default_value = std::string("cosine"), .help = "LR schedule after warmup",
+         .choices = {"constant", "linear", "cosine"}});
+  s.add({.name = "train.warmup_steps", .type = Type::Int, .default_value = int64_t{0}, .help = "linear warmup steps", .min = 0});
+  s.add({.name = "train.warmup_ratio", .type = Type::Float, .default_value = 0.0, .help = "warmup as a fraction of the steps (when warmup_steps is 0)", .min = 0, .max = 1});
+  s.add({.name = "train.weight_decay", .type = Type::Float, .default_value = 0.0, .help = "AdamW decoupled weight decay (not on norms and biases)", .min = 0});
+  s.add({.name = "train.max_grad_norm", .type = Type::Float, .default_value = 1.0, .help = "clip the global gradient norm; 0 disables", .min = 0});
+  s.add({.name = "train.adam_beta1", .type = Type::Float, .default_value = 0.9, .help = "AdamW beta1", .min = 0, .max = 0.999999});
+  s.add({.name = "train.adam_beta2", .type = Type::Float, .default_value = 0.999, .help = "AdamW beta2", .min = 0, .max = 0.999999});
+  s.add({.name = "train.adam_eps", .type = Type::Float, .default_value = 1e-8, .help = "AdamW epsilon", .min = 0, .min_exclusive = true});
+  s.add({.name = "train.grad_checkpointing", .type = Type::Bool, .default_value = false,
+         .help = "recompute each decoder layer in backward (less memory, ~30% more compute)"});
+
+  s.add({.name = "eval.every_steps", .type = Type::Int, .default_value = int64_t{0}, .help = "evaluate on the validation data every N steps (0: at the end only)", .min = 0});
+  s.add({.name = "eval.max_batches", .type = Type::Int, .default_value = int64_t{0}, .help = "validation batches per evaluation (0: all)", .min = 0});
+  s.add({.name = "checkpoint.every_steps", .type = Type::Int, .default_value = int64_t{0}, .help = "checkpoint every N steps (0: at the end only)", .min = 0});
+  s.add({.name = "checkpoint.keep", .type = Type::Int, .default_value = int64_t{2}, .help = "newest checkpoints kept (0: all)", .min = 0});
+  s.add({.name = "log.every_steps", .type = Type::Int, .default_value = int64_t{10}, .help = "log-line interval when stderr is not a terminal", .min = 1});
+  return s;
+}
+
+// PEFT's convention: a list is matched as name suffixes, a single string as a regular expression.
+void set_targets(peft::LoraConfig& lora, const std::vector<std::string>& targets) {
+  static const std::string regex_chars = "\\^$.|?*+()[]{}";
+  if (targets.size() == 1 && targets[0] != "all-linear" && targets[0].find_first_of(regex_chars) != std::string::npos)
+    lora.target_regex = targets[0];
+  else
+    lora.target_modules = targets;
+}
+
+}  // namespace
+
+Command register_finetune(CLI::App& root) {
+  auto* app = root.add_subcommand("finetune", "LoRA / DoRA / full fine-tuning on instruction, chat, function-calling or text data");
+  auto options = std::make_shared<CommonOptions>();
+  auto flags = std::make_shared<FinetuneFlags>();
+  add_common_options(app, *options);
+  app->add_option("--model", flags->model, "base model (model.path)");
+  app->add_option("--data", flags->data, "training data .jsonl/.json (data.path)");
+  app->add_option("--output", flags->output, "run directory (output)");
+  app->add_option("--max-steps", flags->max_steps, "optimizer steps (train.max_steps)");
+  auto* resume = app->add_option("--resume", flags->resume, "continue from a checkpoint: the latest in output/checkpoints, or the given step directory");
+  resume->expected(0, 1);
+  return {app, [options, flags, resume] {
+            FlagValues extra;
+            add_flag_value(extra, "model.path", flags->model);
+            add_flag_value(extra, "data.path", flags->data);
+            add_flag_value(extra, "output", flags->output);
+            add_flag_value(extra, "train.max_steps", flags->max_steps);
+            config::Config cfg = resolve_config(finetune_schema(), *options, extra);
+            if (print_config_if_asked(cfg, *options)) return 0;
+
+            pipelines::FinetuneParams p;
+            p.model = cfg.get_string("model.path");
+            p.model_init = cfg.get_string("model.init");
+            p.output = cfg.get_string("output");
+            p.method = cfg.get_string("method");
+            p.lora.r = cfg.get_int("lora.r");
+            p.lora.lora_alpha = cfg.get_float("lora.alpha");
+            p.lora.lora_dropout = cfg.get_float("lora.dropout");
+            set_targets(p.lora, cfg.get_list("lora.target_modules"));
+            p.lora.use_rslora = cfg.get_bool("lora.use_rslora");
+            p.lora.use_dora = cfg.get_bool("lora.use_dora");
+            p.lora.validate("lora settings");
+            p.freeze = cfg.get_list("full.freeze");
+            if (p.model_init == "random" && p.method != "full")
+              throw ConfigError("model.init: random needs method: full (an adapter on random weights learns nothing useful)");
+
+            p.data.path = cfg.get_string("data.path");
+            p.data.format = cfg.get_string("data.format");
+            p.data.chat_template = cfg.get_string("data.template");
+            p.data.train_on = cfg.get_string("data.train_on");
+            p.data.max_seq_len = cfg.get_int("data.max_seq_len");
+            p.data.truncation = cfg.get_string("data.truncation");
+            p.data.val_fraction = cfg.get_float("data.val_fraction");
+            p.data.val_path = cfg.get_string("data.val_path");
+            p.data.skip_bad_rows = cfg.get_bool("data.skip_bad_rows");
+            p.packing = cfg.get_bool("data.packing");
+            if (p.data.val_fraction > 0 && !p.data.val_path.empty())
+              throw ConfigError("data.val_fraction and data.val_path are alternatives: set one");
+
+            p.batch_size = cfg.get_int("train.batch_size");
+            p.grad_accum_steps = cfg.get_int("train.grad_accum_steps");
+            p.epochs = cfg.get_int("train.epochs");
+            p.max_steps = cfg.get_int("train.max_steps");
+            p.lr = cfg.get_float("train.lr");
+            p.lr_scheduler = cfg.get_string("train.lr_scheduler");
+            p.warmup_steps = cfg.get_int("train.warmup_steps");
+            p.warmup_ratio = cfg.get_float("train.warmup_ratio");
+            p.adam.weight_decay = cfg.get_float("train.weight_decay");
+            p.adam.beta1 = cfg.get_float("train.adam_beta1");
+            p.adam.beta2 = cfg.get_float("train.adam_beta2");
+            p.adam.eps = cfg.get_float("train.adam_eps");
+            p.max_grad_norm = cfg.get_float("train.max_grad_norm");
+            p.gradient_checkpointing = cfg.get_bool("train.grad_checkpointing");
+            p.eval_every_steps = cfg.get_int("eval.every_steps");
+            p.eval_max_batches = cfg.get_int("eval.max_batches");
+            p.checkpoint_every_steps = cfg.get_int("checkpoint.every_steps");
+            p.checkpoint_keep = cfg.get_int("checkpoint.keep");
+            p.log_every_steps = cfg.get_int("log.every_steps");
+            p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
+            p.data.seed = p.seed;
+            p.device = cfg.get_string("device");
+            p.dtype = cfg.get_string("dtype");
+            p.resume = resume->count() > 0;
+            if (flags->resume && !flags->resume->empty()) p.resume_from = *flags->resume;
+            p.config_yaml = "# llmtune finetune: the resolved configuration of this run\n" + cfg.to_yaml();
+            p.quiet = options->json;
+
+            nlohmann::json summary = pipelines::run_finetune(p);
+            if (options->json) std::cout << summary.dump(2) << "\n";
+            else if (!summary.value("interrupted", false))
+              std::cout << fmt::format("done: {} steps, final loss {:.4f}{}, {:.0f} tokens/s -> {}\n", summary["steps"].get<int64_t>(),
+                                       summary["final_loss"].get<double>(),
+                                       summary["eval_loss"].is_null() ? "" : fmt::format(", eval loss {:.4f}", summary["eval_loss"].get<double>()),
+                                       summary["tokens_per_second"].get<double>(), summary["output"].get<std::string>());
+            return 0;
+          }};
+}
+
+}  // namespace llmtune::cli
