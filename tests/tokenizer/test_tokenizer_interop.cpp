@@ -1,6 +1,6 @@
 // Every tokenizer fixture against transformers' AutoTokenizer on the same files: ids with and
-// without special tokens on every corpus line and a list of hard cases, decodes (plain and
-// skip_special_tokens), and the vocabulary size. Prints encode throughput beside HF's (info only).
+// without special tokens on every corpus line and a list of hard cases, token byte offsets
+// (return_offsets_mapping), decodes (plain and skip_special_tokens), and the vocabulary size. Prints encode throughput beside HF's (info only).
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -77,6 +77,12 @@ TEST_P(TokenizerInterop, MatchesAutoTokenizer) {
       report("decode", i, nlohmann::json(dec).dump(), ref["decoded"][i].dump());
     if (dec_skip != ref["decoded_skip"][i].get<std::string>())
       report("decode(skip_special_tokens)", i, nlohmann::json(dec_skip).dump(), ref["decoded_skip"][i].dump());
+    // Byte offsets of each token against HF's return_offsets_mapping (converted to bytes).
+    auto enc = tok->encode_with_offsets(texts[i], false);
+    if (enc.ids != plain) report("encode_with_offsets ids", i, show(enc.ids), show(plain));
+    nlohmann::json ours_offsets = nlohmann::json::array();
+    for (auto [b, e] : enc.offsets) ours_offsets.push_back({b, e});
+    if (ours_offsets != ref["offsets_plain"][i]) report("offsets", i, ours_offsets.dump(), ref["offsets_plain"][i].dump());
   }
   for (size_t i = 0; i < decodes.size(); ++i) {
     std::string dec = tok->decode(decodes[i]), dec_skip = tok->decode(decodes[i], true);
