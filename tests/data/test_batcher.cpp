@@ -3,7 +3,8 @@
 // model, the per-example loss of a packed batch equal to the unpacked one.
 #include <gtest/gtest.h>
 
-#include <ATen/ops/cross_entropy.h>
+#include <ATen/ops/cross_entropy_loss.h>
+#include <ATen/ops/tensor.h>
 
 #include <map>
 #include <random>
@@ -188,7 +189,7 @@ TEST(Batcher, PackedLossEqualsUnpackedPerExample) {
   auto per_example_loss = [&](const at::Tensor& logits, const at::Tensor& labels, int64_t b, int64_t begin, int64_t len) {
     at::Tensor lg = logits[b].slice(0, begin, begin + len - 1);
     at::Tensor lb = labels[b].slice(0, begin + 1, begin + len);
-    return at::cross_entropy(lg, lb, {}, at::Reduction::Sum, data::kIgnoreIndex).item<double>();
+    return at::cross_entropy_loss(lg, lb, {}, at::Reduction::Sum, data::kIgnoreIndex).item<double>();
   };
   int compared = 0;
   for (int64_t step = 0; step < batcher.batches_per_epoch(); ++step) {

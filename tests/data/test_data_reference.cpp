@@ -56,14 +56,14 @@ std::vector<Row> plain_rows() {
   };
 }
 
-struct Setup {
+struct TemplateSetup {
   std::string model;     // fixture model dir name
   std::string template_;  // "auto", a named template, or a file under tests/data/chat_templates
   bool tools = false;    // the template renders tool calls
 };
 
 TEST(DataReference, LabelsAndIdsMatchTransformers) {
-  std::vector<Setup> setups = {
+  std::vector<TemplateSetup> setups = {
       {"qwen2", "auto"},   {"llama3", "auto"},  {"tinyllama", "auto"},
       {"qwen2", "qwen2.5-instruct.jinja", true}, {"llama3", "llama3.1-instruct.jinja", true},
       {"tinyllama", "tinyllama-chat.jinja"},    {"mistral", "mistral-instruct-v0.3.jinja"},
@@ -139,7 +139,9 @@ TEST(DataReference, LabelsAndIdsMatchTransformers) {
           c.label.find("/text") == std::string::npos) {
         auto tok = llmtune::tokenizer::load_tokenizer(llmtune::testing::fixture_model_dir(c.label.substr(0, c.label.find('/'))));
         bool named = c.label.find(".jinja") == std::string::npos && c.label.find("/auto/") == std::string::npos;
-        if (named) EXPECT_TRUE(tok->eos_id && ids[j] == *tok->eos_id) << "a named template's turn must end with EOS at " << j;
+        if (named) {
+          EXPECT_TRUE(tok->eos_id && ids[j] == *tok->eos_id) << "a named template's turn must end with EOS at " << j;
+        }
       }
     if (r.contains("assistant_masks")) {
       auto mask = r["assistant_masks"].get<std::vector<int>>();
