@@ -114,11 +114,19 @@ TEST(DataReference, LabelsAndIdsMatchTransformers) {
 
   ordered_json ref = llmtune::testing::data_reference(request)["results"];
   ASSERT_EQ(ref.size(), cases.size());
-  int checked = 0, trained_total = 0;
+  int checked = 0, trained_total = 0, non_prefix_stable = 0;
   for (size_t i = 0; i < cases.size(); ++i) {
     const Case& c = cases[i];
     const ordered_json& r = ref[i];
     SCOPED_TRACE(c.label);
+    if (!c.error.empty() && r.contains("error")) {
+      // Both sides find the template not prefix-stable (Mistral v0.3 moves the system prompt to the
+      // last user turn): ours must say so in its error.
+      EXPECT_NE(c.error.find("is not prefix-stable"), std::string::npos) << c.error;
+      EXPECT_NE(r["error"].get<std::string>().find("prefix-stable"), std::string::npos) << r["error"];
+      ++non_prefix_stable;
+      continue;
+    }
     ASSERT_TRUE(c.error.empty()) << "ours failed: " << c.error;
     ASSERT_FALSE(r.contains("error")) << "reference failed: " << r["error"];
     EXPECT_EQ(c.ours.text, r["text"].get<std::string>());
@@ -150,7 +158,9 @@ TEST(DataReference, LabelsAndIdsMatchTransformers) {
     }
     ++checked;
   }
-  std::printf("[data reference] %d cases checked, %d trained tokens\n", checked, trained_total);
+  EXPECT_LE(non_prefix_stable, 3);
+  std::printf("[data reference] %d cases checked, %d trained tokens, %d agreed not prefix-stable\n", checked,
+              trained_total, non_prefix_stable);
 }
 
 }  // namespace

@@ -4,7 +4,7 @@ Usage: hf_reference.py REQUEST.json RESPONSE.json
 REQUEST: {"dir": str, "texts": [str], "decode": [[int]]}. RESPONSE: for each text, AutoTokenizer's
 ids with and without special tokens and the decodes of the former (plain and skip_special_tokens);
 "offsets_plain": for each text, return_offsets_mapping (add_special_tokens=False) converted from
-character to byte offsets; for each id list in "decode", its decode (plain and skip_special_tokens); "seconds": the time the
+character to byte offsets, and "is_nfc" per text; for each id list in "decode", its decode (plain and skip_special_tokens); "seconds": the time the
 fast tokenizer took to encode all texts (add_special_tokens=True) one call at a time, and
 "seconds_batch": its Rust backend's encode_batch on all texts (single thread), for the throughput report.
 """
@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import unicodedata
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from transformers import AutoTokenizer  # noqa: E402
@@ -47,6 +48,7 @@ def main(request_path, response_path):
         "decode_skip": [tok.decode(ids, skip_special_tokens=True) for ids in req.get("decode", [])],
         "vocab_size": len(tok),
         "offsets_plain": [byte_offsets(tok, t) for t in texts],
+        "is_nfc": [unicodedata.is_normalized("NFC", t) for t in texts],
     }
     json.dump(out, open(response_path, "w", encoding="utf-8"), ensure_ascii=False)
 
