@@ -98,8 +98,16 @@ void AddedVocabulary::split_with(const Matcher& m, const Segment& in, std::vecto
     return;
   }
   size_t done = 0;  // end of what has been emitted
+  const bool tracked = !in.src.empty();
+  auto orig = [&](size_t i) -> size_t {  // original offset of byte i of the segment (i may be the end)
+    if (i < in.src.size()) return in.src[i];
+    return in.src.empty() ? 0 : in.src.back() + 1;
+  };
   auto emit_text = [&](size_t b, size_t e) {
-    if (b < e) out.push_back({-1, std::string(s.substr(b, e - b)), in.at_start && b == 0});
+    if (b >= e) return;
+    Segment seg{-1, std::string(s.substr(b, e - b)), in.at_start && b == 0, {}, 0, 0};
+    if (tracked) seg.src.assign(in.src.begin() + b, in.src.begin() + e);
+    out.push_back(std::move(seg));
   };
   for (size_t pos = 0; pos < s.size();) {
     const auto& bucket = m.by_first_byte[static_cast<unsigned char>(s[pos])];
@@ -125,22 +133,31 @@ void AddedVocabulary::split_with(const Matcher& m, const Segment& in, std::vecto
     if (hit->lstrip) start = std::max(whitespace_run_before(s, start), done);
     if (hit->rstrip) stop = whitespace_run_after(s, stop);
     emit_text(done, start);
-    out.push_back({hit->id, std::string(), false});
+    out.push_back({hit->id, std::string(), false, {}, tracked ? orig(start) : 0, tracked ? orig(stop - 1) + 1 : 0});
     done = stop;
     pos = stop;
   }
   emit_text(done, s.size());
 }
 
-std::vector<Segment> AddedVocabulary::split(std::string_view text, const Normalizer* normalizer) const {
+std::vector<Segment> AddedVocabulary::split(std::string_view text, const Normalizer* normalizer,
+                                           bool track_offsets) const {
   std::vector<Segment> first, result;
-  split_with(raw_, Segment{-1, std::string(text), true}, first);
+  Segment whole{-1, std::string(text), true, {}, 0, 0};
+  if (track_offsets) {
+    whole.src.resize(text.size());
+    for (size_t i = 0; i < text.size(); ++i) whole.src[i] = static_cast<uint32_t>(i);
+  }
+  split_with(raw_, whole, first);
   for (auto& seg : first) {
     if (seg.id >= 0) {
       result.push_back(std::move(seg));
       continue;
     }
-    if (normalizer) normalizer->normalize(seg.text);
+    if (normalizer) {
+      if (track_offsets) normalizer->normalize_aligned(seg.text, seg.src);
+      else normalizer->normalize(seg.text);
+    }
     split_with(normalized_, seg, result);
   }
   return result;

@@ -26,6 +26,10 @@ struct Segment {
   int32_t id = -1;
   std::string text;
   bool at_start = false;  // text that begins at offset 0 of the input
+  // With offsets tracked: the original byte offset of each byte of `text`, and for an added token
+  // the original range [begin, end) it was matched in (stripped whitespace included).
+  std::vector<uint32_t> src;
+  size_t begin = 0, end = 0;
 };
 
 class AddedVocabulary {
@@ -36,7 +40,8 @@ class AddedVocabulary {
   const std::vector<AddedToken>& tokens() const { return tokens_; }
 
   // Splits `text`; text segments are normalized with `normalizer` (may be null) on the way.
-  std::vector<Segment> split(std::string_view text, const Normalizer* normalizer) const;
+  // track_offsets: fill Segment::src / begin / end.
+  std::vector<Segment> split(std::string_view text, const Normalizer* normalizer, bool track_offsets = false) const;
 
  private:
   struct Matcher {

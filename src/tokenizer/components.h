@@ -8,6 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,15 +17,22 @@ namespace llmtune::tokenizer {
 
 // A piece of text on its way through the pipeline. at_start: the piece begins at offset 0 of the
 // input (Metaspace's prepend_scheme "first" prepends only there).
+// src: when tracked (encode_with_offsets), the byte offset in the original input of each byte of
+// `text` (inserted bytes take the offset of the byte they were inserted before); empty otherwise.
 struct Split {
   std::string text;
   bool at_start = false;
+  std::vector<uint32_t> src;
 };
 
 class Normalizer {
  public:
   virtual ~Normalizer() = default;
   virtual void normalize(std::string& text) const = 0;
+  // normalize() that keeps `src` (one original offset per byte of `text`) aligned with the result.
+  // The default normalizes chunk by chunk (chunks end before each ASCII byte, which no
+  // normalization composes with what precedes it); a changed chunk maps to its first offset.
+  virtual void normalize_aligned(std::string& text, std::vector<uint32_t>& src) const;
 };
 
 class PreTokenizer {
@@ -39,6 +47,10 @@ class Model {
   virtual ~Model() = default;
   // Appends the ids of one pre-token.
   virtual void tokenize(std::string_view word, std::vector<int32_t>& ids) const = 0;
+  // Byte length in `word` of each of `ids` (the result of tokenize(word)), from the token strings:
+  // a token covers its own string, a byte-fallback token <0xXX> one byte, an unknown token the
+  // characters up to where the next token matches.
+  std::vector<size_t> token_lengths(std::string_view word, std::span<const int32_t> ids) const;
   virtual int32_t size() const = 0;  // base vocabulary, without added tokens
   virtual std::optional<std::string> id_to_token(int32_t id) const = 0;
   virtual std::optional<int32_t> token_to_id(std::string_view token) const = 0;

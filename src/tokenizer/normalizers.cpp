@@ -8,6 +8,29 @@
 #include "unicode.h"
 
 namespace llmtune::tokenizer {
+
+void Normalizer::normalize_aligned(std::string& text, std::vector<uint32_t>& src) const {
+  std::string out;
+  std::vector<uint32_t> out_src;
+  out.reserve(text.size());
+  out_src.reserve(text.size());
+  for (size_t b = 0; b < text.size();) {
+    size_t e = b + 1;
+    while (e < text.size() && static_cast<unsigned char>(text[e]) >= 0x80) ++e;
+    std::string chunk = text.substr(b, e - b);
+    normalize(chunk);
+    if (chunk.compare(0, std::string::npos, text, b, e - b) == 0) {
+      out_src.insert(out_src.end(), src.begin() + b, src.begin() + e);
+    } else {
+      out_src.insert(out_src.end(), chunk.size(), src[b]);
+    }
+    out += chunk;
+    b = e;
+  }
+  text = std::move(out);
+  src = std::move(out_src);
+}
+
 namespace {
 
 using nlohmann::json;
@@ -27,6 +50,9 @@ class SequenceNormalizer : public Normalizer {
   void normalize(std::string& text) const override {
     for (const auto& p : parts_) p->normalize(text);
   }
+  void normalize_aligned(std::string& text, std::vector<uint32_t>& src) const override {
+    for (const auto& p : parts_) p->normalize_aligned(text, src);
+  }
 
  private:
   std::vector<std::unique_ptr<Normalizer>> parts_;
@@ -39,6 +65,11 @@ class PrependNormalizer : public Normalizer {
   void normalize(std::string& text) const override {
     if (!text.empty()) text.insert(0, prefix_);
   }
+  void normalize_aligned(std::string& text, std::vector<uint32_t>& src) const override {
+    if (text.empty()) return;
+    text.insert(0, prefix_);
+    src.insert(src.begin(), prefix_.size(), src[0]);
+  }
 
  private:
   std::string prefix_;
@@ -47,25 +78,39 @@ class PrependNormalizer : public Normalizer {
 }  // namespace
 
 // Replace with a String or Regex pattern; shared with the Replace decoder.
+// With `src` (offsets per byte of text, or null), keeps it aligned: a replacement takes the offset
+// of the first byte it replaces (or, for an empty match, of the byte after it).
 std::string replace_all(const std::string& text, const std::string& literal, const Regex* regex,
-                        const std::string& content) {
-  std::string out;
-  size_t last = 0;
+                        const std::string& content, std::vector<uint32_t>* src) {
+  std::vector<std::pair<size_t, size_t>> matches;
   if (regex) {
-    for (auto [b, e] : regex->find_all(text)) {
-      out.append(text, last, b - last);
-      out += content;
-      last = e;
-    }
+    matches = regex->find_all(text);
   } else {
     if (literal.empty()) return text;
-    for (size_t pos = text.find(literal); pos != std::string::npos; pos = text.find(literal, last)) {
-      out.append(text, last, pos - last);
-      out += content;
-      last = pos + literal.size();
+    for (size_t pos = text.find(literal); pos != std::string::npos; pos = text.find(literal, pos + literal.size()))
+      matches.emplace_back(pos, pos + literal.size());
+  }
+  std::string out;
+  std::vector<uint32_t> out_src;
+  size_t last = 0;
+  auto offset_at = [&](size_t i) -> uint32_t {
+    if (i < src->size()) return (*src)[i];
+    return src->empty() ? 0 : src->back() + 1;
+  };
+  for (auto [b, e] : matches) {
+    out.append(text, last, b - last);
+    out += content;
+    if (src) {
+      out_src.insert(out_src.end(), src->begin() + last, src->begin() + b);
+      out_src.insert(out_src.end(), content.size(), offset_at(b));
     }
+    last = e;
   }
   out.append(text, last, std::string::npos);
+  if (src) {
+    out_src.insert(out_src.end(), src->begin() + last, src->end());
+    *src = std::move(out_src);
+  }
   return out;
 }
 
@@ -84,6 +129,9 @@ class ReplaceNormalizer : public Normalizer {
   ReplaceNormalizer(std::pair<std::string, std::unique_ptr<Regex>> pattern, std::string content)
       : literal_(std::move(pattern.first)), regex_(std::move(pattern.second)), content_(std::move(content)) {}
   void normalize(std::string& text) const override { text = replace_all(text, literal_, regex_.get(), content_); }
+  void normalize_aligned(std::string& text, std::vector<uint32_t>& src) const override {
+    text = replace_all(text, literal_, regex_.get(), content_, &src);
+  }
 
  private:
   std::string literal_;

@@ -28,6 +28,7 @@ class PipelineTokenizer : public Tokenizer {
   explicit PipelineTokenizer(Pipeline p);
 
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const override;
+  Encoding encode_with_offsets(std::string_view text, bool add_special_tokens = true) const override;
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const override;
   int32_t vocab_size() const override;
   std::string id_to_piece(int32_t id) const override;

@@ -64,7 +64,9 @@ void split_at(const Split& piece, const std::vector<std::pair<size_t, size_t>>& 
   }
   for (auto [b, e] : pieces) {
     if (b == e) continue;
-    out.push_back({t.substr(b, e - b), piece.at_start && b == 0});
+    Split part{t.substr(b, e - b), piece.at_start && b == 0, {}};
+    if (!piece.src.empty()) part.src.assign(piece.src.begin() + b, piece.src.begin() + e);
+    out.push_back(std::move(part));
   }
 }
 
@@ -128,7 +130,10 @@ class ByteLevelPreTokenizer : public PreTokenizer {
     std::vector<Split> out;
     out.reserve(splits.size() * 2);
     for (auto& s : splits) {
-      if (add_prefix_space_ && (s.text.empty() || s.text[0] != ' ')) s.text.insert(0, " ");
+      if (add_prefix_space_ && (s.text.empty() || s.text[0] != ' ')) {
+        s.text.insert(0, " ");
+        if (!s.src.empty()) s.src.insert(s.src.begin(), s.src[0]);
+      }
       if (regex_) split_at(s, regex_->find_all(s.text), Behavior::Isolated, false, out);
       else out.push_back(std::move(s));
     }
@@ -136,8 +141,14 @@ class ByteLevelPreTokenizer : public PreTokenizer {
     for (auto& s : out) {
       std::string mapped;
       mapped.reserve(s.text.size() * 2);
-      for (unsigned char c : s.text) mapped += table[c];
+      std::vector<uint32_t> mapped_src;
+      for (size_t i = 0; i < s.text.size(); ++i) {
+        const std::string& m = table[static_cast<unsigned char>(s.text[i])];
+        mapped += m;
+        if (!s.src.empty()) mapped_src.insert(mapped_src.end(), m.size(), s.src[i]);
+      }
       s.text = std::move(mapped);
+      s.src = std::move(mapped_src);
     }
     splits = std::move(out);
   }
@@ -155,10 +166,14 @@ class MetaspacePreTokenizer : public PreTokenizer {
     std::vector<Split> out;
     out.reserve(splits.size());
     for (auto& s : splits) {
-      std::string text = replace_all(s.text, " ", nullptr, replacement_);
+      std::vector<uint32_t> src = s.src;
+      std::string text = replace_all(s.text, " ", nullptr, replacement_, src.empty() ? nullptr : &src);
       bool starts = text.compare(0, replacement_.size(), replacement_) == 0;
-      if (!starts && (scheme_ == "always" || (scheme_ == "first" && s.at_start))) text.insert(0, replacement_);
-      Split piece{std::move(text), s.at_start};
+      if (!starts && (scheme_ == "always" || (scheme_ == "first" && s.at_start))) {
+        text.insert(0, replacement_);
+        if (!src.empty()) src.insert(src.begin(), replacement_.size(), src[0]);
+      }
+      Split piece{std::move(text), s.at_start, std::move(src)};
       if (!split_) {
         out.push_back(std::move(piece));
         continue;

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -32,6 +33,7 @@ std::pair<std::string, std::unique_ptr<Regex>> parse_pattern(const nlohmann::jso
 // `text` with every match of `regex` (or, when regex is null, every occurrence of `literal`)
 // replaced by `content`.
 std::string replace_all(const std::string& text, const std::string& literal, const Regex* regex,
-                        const std::string& content);
+                        const std::string& content,
+                        std::vector<uint32_t>* src = nullptr);
 
 }  // namespace llmtune::tokenizer

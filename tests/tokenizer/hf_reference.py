@@ -3,7 +3,8 @@
 Usage: hf_reference.py REQUEST.json RESPONSE.json
 REQUEST: {"dir": str, "texts": [str], "decode": [[int]]}. RESPONSE: for each text, AutoTokenizer's
 ids with and without special tokens and the decodes of the former (plain and skip_special_tokens);
-for each id list in "decode", its decode (plain and skip_special_tokens); "seconds": the time the
+"offsets_plain": for each text, return_offsets_mapping (add_special_tokens=False) converted from
+character to byte offsets, and "is_nfc" per text; for each id list in "decode", its decode (plain and skip_special_tokens); "seconds": the time the
 fast tokenizer took to encode all texts (add_special_tokens=True) one call at a time, and
 "seconds_batch": its Rust backend's encode_batch on all texts (single thread), for the throughput report.
 """
@@ -11,9 +12,19 @@ import json
 import os
 import sys
 import time
+import unicodedata
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from transformers import AutoTokenizer  # noqa: E402
+
+
+def byte_offsets(tok, text):
+    """HF's character offsets of text's tokens (no special tokens added) as UTF-8 byte offsets."""
+    at = [0]
+    for ch in text:
+        at.append(at[-1] + len(ch.encode("utf-8", errors="surrogatepass")))
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [[at[b], at[e]] for b, e in enc["offset_mapping"]]
 
 
 def main(request_path, response_path):
@@ -36,6 +47,8 @@ def main(request_path, response_path):
         "decode": [tok.decode(ids) for ids in req.get("decode", [])],
         "decode_skip": [tok.decode(ids, skip_special_tokens=True) for ids in req.get("decode", [])],
         "vocab_size": len(tok),
+        "offsets_plain": [byte_offsets(tok, t) for t in texts],
+        "is_nfc": [unicodedata.is_normalized("NFC", t) for t in texts],
     }
     json.dump(out, open(response_path, "w", encoding="utf-8"), ensure_ascii=False)
 

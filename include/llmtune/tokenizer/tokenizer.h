@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace llmtune::tokenizer {
@@ -21,6 +22,16 @@ class Tokenizer {
   // first, as HF does. add_special_tokens: BOS/EOS as the post-processor or add_bos_token /
   // add_eos_token say (HF's add_special_tokens=True).
   virtual std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const = 0;
+  // encode() plus, for each token, the byte range [begin, end) of `text` it comes from (HF's
+  // return_offsets_mapping in bytes, without ByteLevel's trim_offsets): a token that starts or ends
+  // inside a multi-byte character covers that whole character; a SentencePiece dummy-prefix "▁"
+  // belongs to the character after it; BOS/EOS added by add_special_tokens get an empty range
+  // ([0, 0) before the text, [size, size) after it). Same ids as encode().
+  struct Encoding {
+    std::vector<int32_t> ids;
+    std::vector<std::pair<size_t, size_t>> offsets;
+  };
+  virtual Encoding encode_with_offsets(std::string_view text, bool add_special_tokens = true) const = 0;
   // Text of `ids`; skip_special_tokens drops tokens marked special (HF's skip_special_tokens).
   virtual std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const = 0;
 
