@@ -126,6 +126,7 @@ void AddedVocabulary::split_with(const Matcher& m, const Segment& in, std::vecto
       continue;
     }
     size_t start = pos, stop = pos + len;
+    const size_t match_end = stop;  // HF's offsets include lstrip'ed spaces, not rstrip'ed ones
     if (hit->single_word && (word_char_before(s, start) || word_char_after(s, stop))) {
       pos = stop;  // the rejected match is still consumed, as with tokenizers' non-overlapping find_iter
       continue;
@@ -133,7 +134,7 @@ void AddedVocabulary::split_with(const Matcher& m, const Segment& in, std::vecto
     if (hit->lstrip) start = std::max(whitespace_run_before(s, start), done);
     if (hit->rstrip) stop = whitespace_run_after(s, stop);
     emit_text(done, start);
-    out.push_back({hit->id, std::string(), false, {}, tracked ? orig(start) : 0, tracked ? orig(stop - 1) + 1 : 0});
+    out.push_back({hit->id, std::string(), false, {}, tracked ? orig(start) : 0, tracked ? orig(match_end - 1) + 1 : 0});
     done = stop;
     pos = stop;
   }

@@ -95,7 +95,7 @@ TEST_P(TokenizerInterop, MatchesAutoTokenizer) {
       size_t hb = hf[k][0], he = hf[k][1], tb = b, te = e;
       while (tb < te && t[tb] == ' ') ++tb;
       while (te > tb && t[te - 1] == ' ') --te;
-      ok = (hb == b && he == e) || (hb == tb && he == te);
+      ok = (hb == b && he == e) || (hb == tb && he == te) || (tb == te && hb == he);  // all spaces: HF trims to empty
     }
     if (!ok) report("offsets", i, ours_offsets.dump(), hf.dump());
   }
