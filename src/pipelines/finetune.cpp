@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <fstream>
 #include <regex>
@@ -104,8 +105,6 @@ EvalStats evaluate(model::CausalLM& model, data::Batcher& batches, int64_t max_b
 nlohmann::json run_finetune(const FinetuneParams& p) {
   const auto t_start = Clock::now();
   std::optional<fs::path> resume_dir = check_run_directory(p);
-  fs::create_directories(p.output);
-  log::add_file(p.output / "train.log");
   train::install_stop_signals();
 
   // Model.
@@ -199,12 +198,16 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
                             std::to_string(trainable.size()) + " (another configuration?)");
     step = ck.state.at("step").get<int64_t>();
     optimizer.load_state(ck.optimizer, ck.state.at("optimizer_steps").get<int64_t>(), resume_dir->string());
-    at::detail::getDefaultCPUGenerator().set_state(ck.rng_state);
+    at::Generator cpu_gen = at::detail::getDefaultCPUGenerator();
+    cpu_gen.set_state(ck.rng_state);
     batches.seek({ck.state.at("data_epoch").get<int64_t>(), ck.state.at("data_batch").get<int64_t>()});
     tokens_seen = ck.state.value("tokens_seen", int64_t{0});
     elapsed_before = ck.state.value("elapsed_seconds", 0.0);
     spdlog::info("resumed from {} at step {}/{}", resume_dir->string(), step, total_steps);
   }
+  // Everything is validated: only now does the run directory appear.
+  fs::create_directories(p.output);
+  log::add_file(p.output / "train.log");
   io::write_file_atomic(p.output / "config.yaml", p.config_yaml);
   const int removed = train::remove_stale_staging(p.output / "checkpoints");
   if (removed) spdlog::warn("removed {} incomplete checkpoint(s) left by an interrupted run", removed);
@@ -237,7 +240,7 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
 
   // The loop.
   const auto t_loop = Clock::now();
-  const int64_t first_step = step;
+  const int64_t first_step = step, first_tokens = tokens_seen;
   double last_loss = std::nan("");
   std::optional<EvalStats> last_eval;
   bool interrupted = false, checkpointed_last = resume_dir.has_value();
@@ -341,7 +344,7 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
              {"eval_perplexity", last_eval ? nlohmann::json(last_eval->perplexity) : nlohmann::json()},
              {"trainable_parameters", n_trainable},
              {"tokens_seen", tokens_seen},
-             {"tokens_per_second", steps_run > 0 ? static_cast<double>(tokens_seen) / (elapsed_before + train_seconds) : 0.0},
+             {"tokens_per_second", steps_run > 0 ? static_cast<double>(tokens_seen - first_tokens) / train_seconds : 0.0},
              {"peak_memory_bytes", peak_memory()},
              {"wall_seconds", elapsed_before + seconds_since(t_start)},
              {"device", device.device.str()},
