@@ -14,7 +14,7 @@ namespace llmtune::cli {
 namespace {
 
 struct EvalFlags {
-  std::optional<std::string> model, adapter, data;
+  std::optional<std::string> model, adapter, data, format, chat_template;
   std::optional<int64_t> max_seq_len, batch_size;
 };
 
@@ -24,7 +24,12 @@ config::Schema eval_schema() {
   add_common_keys(s);
   s.add({.name = "model", .type = Type::String, .help = "model directory or Hugging Face cache repo id", .required = true});
   s.add({.name = "adapter", .type = Type::String, .help = "LoRA adapter directory"});
-  s.add({.name = "data", .type = Type::String, .help = ".txt or .jsonl (field \"text\")", .required = true});
+  s.add({.name = "data", .type = Type::String, .help = ".txt, or .jsonl/.json rows: \"text\", or instruction/chat rows (assistant tokens scored)", .required = true});
+  s.add({.name = "format", .type = Type::String, .default_value = std::string("auto"),
+         .help = "row format of .jsonl data (as finetune's data.format)", .choices = {"auto", "alpaca", "messages", "tools", "completion", "text"}});
+  s.add({.name = "template", .type = Type::String, .default_value = std::string("auto"),
+         .help = "chat template for instruction/chat rows (as finetune's data.template)",
+         .choices = {"auto", "alpaca", "chatml", "llama3", "mistral", "zephyr"}});
   s.add({.name = "max_seq_len", .type = Type::Int, .default_value = int64_t{2048}, .help = "window / row length in tokens", .min = 2});
   s.add({.name = "batch_size", .type = Type::Int, .default_value = int64_t{8}, .help = "sequences per forward pass", .min = 1});
   return s;
@@ -33,13 +38,15 @@ config::Schema eval_schema() {
 }  // namespace
 
 Command register_eval(CLI::App& root) {
-  auto* app = root.add_subcommand("eval", "Loss and perplexity of a model on a dataset (.txt or .jsonl with \"text\")");
+  auto* app = root.add_subcommand("eval", "Loss and perplexity of a model on a dataset (.txt, or .jsonl text / instruction / chat rows)");
   auto options = std::make_shared<CommonOptions>();
   auto flags = std::make_shared<EvalFlags>();
   add_common_options(app, *options);
   app->add_option("--model", flags->model, "model directory or Hugging Face cache repo id (org/name)");
   app->add_option("--adapter", flags->adapter, "LoRA adapter directory");
-  app->add_option("--data", flags->data, "evaluation data: .txt or .jsonl with a \"text\" field");
+  app->add_option("--data", flags->data, "evaluation data: .txt, or .jsonl/.json rows (\"text\", or finetune's instruction/chat formats: assistant tokens scored)");
+  app->add_option("--format", flags->format, "row format of .jsonl data: auto|alpaca|messages|tools|completion|text");
+  app->add_option("--template", flags->chat_template, "chat template for instruction/chat rows: auto|alpaca|chatml|llama3|mistral|zephyr");
   app->add_option("--max-seq-len", flags->max_seq_len, "window (.txt) or truncation (.jsonl) length in tokens [2048]");
   app->add_option("--batch-size", flags->batch_size, "sequences per forward pass [8]");
   return {app, [options, flags] {
@@ -47,6 +54,8 @@ Command register_eval(CLI::App& root) {
             add_flag_value(extra, "model", flags->model);
             add_flag_value(extra, "adapter", flags->adapter);
             add_flag_value(extra, "data", flags->data);
+            add_flag_value(extra, "format", flags->format);
+            add_flag_value(extra, "template", flags->chat_template);
             add_flag_value(extra, "max_seq_len", flags->max_seq_len);
             add_flag_value(extra, "batch_size", flags->batch_size);
             config::Config cfg = resolve_config(eval_schema(), *options, extra);
@@ -55,6 +64,8 @@ Command register_eval(CLI::App& root) {
             p.model = cfg.get_string("model");
             p.adapter = cfg.has("adapter") ? cfg.get_string("adapter") : "";
             p.data = cfg.get_string("data");
+            p.format = cfg.get_string("format");
+            p.chat_template = cfg.get_string("template");
             p.max_seq_len = cfg.get_int("max_seq_len");
             p.batch_size = cfg.get_int("batch_size");
             p.device = cfg.get_string("device");

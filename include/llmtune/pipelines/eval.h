@@ -9,7 +9,11 @@ namespace llmtune::pipelines {
 struct EvalParams {
   std::string model;    // directory or Hugging Face cache repo id
   std::string adapter;  // "" for none (LoRA adapters arrive with finetune)
-  std::string data;     // .txt (one token stream, split into windows) or .jsonl with a "text" field
+  // .txt (one token stream, split into windows) or .jsonl/.json: rows with "text" score every
+  // token; instruction/chat rows (finetune's formats) score the assistant tokens only.
+  std::string data;
+  std::string format = "auto";         // as finetune's data.format
+  std::string chat_template = "auto";  // as finetune's data.template
   int64_t max_seq_len = 2048;
   int64_t batch_size = 8;
   std::string device = "auto";
