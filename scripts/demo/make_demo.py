@@ -45,7 +45,7 @@ CHAT_TEMPLATE = (
     "{%- elif message['role'] == 'assistant' %}{{- message['content'] + eos_token }}"
     "{%- else %}{{- raise_exception('the demo template knows only user and assistant turns') }}"
     "{%- endif %}{%- endfor %}")
-MODEL_CONFIG = dict(vocab_size=VOCAB_SIZE, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+MODEL_CONFIG = dict(vocab_size=VOCAB_SIZE, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
                     rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
