@@ -171,7 +171,7 @@ def llmtune_has_finetune():
 def run_llmtune(a, model_dir, out_dir):
     """`llmtune finetune` with the same settings; returns its summary.json."""
     overrides = {
-        "model.path": model_dir, "output": out_dir, "method": "lora", "lora.r": a.r, "lora.alpha": a.alpha,
+        "model.path": model_dir, "output": out_dir, "method": "lora", "lora.r": a.r, "lora.alpha": f"{a.alpha:g}",
         "lora.dropout": a.dropout, "lora.target_modules": "all-linear", "data.path": a.data,
         "data.format": "alpaca", "data.template": "alpaca", "data.train_on": "assistant",
         "data.max_seq_len": a.seq_len, "data.packing": "true", "train.batch_size": a.batch_size,
