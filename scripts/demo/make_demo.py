@@ -318,11 +318,21 @@ def install_weights(demo, src):
     """Casts the pretrained weights (llmtune's out/model) to bf16 into demo/model/model.safetensors."""
     from safetensors.torch import load_file, save_file
     import torch
-    tensors = load_file(str(Path(src) / "model.safetensors"))
-    if MODEL_CONFIG["tie_word_embeddings"]:
-        tensors.pop("lm_head.weight", None)  # tied: transformers saves the embedding only
+    src = Path(src)
+    index = src / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    tensors = {}
+    for f in files:
+        tensors.update(load_file(str(src / f)))
+    if MODEL_CONFIG["tie_word_embeddings"] and "lm_head.weight" in tensors:
+        # Tied: the embedding is the output layer too, and transformers stores it once.
+        head = tensors.pop("lm_head.weight")
+        if not torch.equal(head, tensors["model.embed_tokens.weight"]):
+            raise SystemExit(f"{src}: lm_head.weight differs from model.embed_tokens.weight, but the demo model ties them")
     tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in sorted(tensors.items())}
-    save_file(tensors, str(demo / "model" / "model.safetensors"), metadata={"format": "pt"})
+    out = demo / "model" / "model.safetensors"
+    save_file(tensors, str(out), metadata={"format": "pt"})
+    out.chmod(0o644)
 
 
 def check(demo):
