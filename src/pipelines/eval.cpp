@@ -125,7 +125,7 @@ EvalResult run_eval(const EvalParams& p) {
   }
   r.eval_seconds = since(t_eval);
   r.sequences = static_cast<int64_t>(seqs.size());
-  if (r.tokens == 0) throw DataError(p.data.string() + ": no scored token (every label is masked)");
+  if (r.tokens == 0) throw DataError(p.data + ": no scored token (every label is masked)");
   r.loss = loss_sum / static_cast<double>(r.tokens);
   r.perplexity = std::exp(r.loss);
   r.tokens_per_second = r.eval_seconds > 0 ? static_cast<double>(r.tokens) / r.eval_seconds : 0;
