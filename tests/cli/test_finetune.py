@@ -267,3 +267,16 @@ def test_skip_bad_rows_counts_them(llmtune, tmp_path):
                 "data.skip_bad_rows=true")
     assert r.code == 0, r.err
     assert "1 bad row" in r.err or "skipped 1" in r.err
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if p.name != "common.yaml"))
+def test_presets_are_valid_configs(llmtune, preset):
+    """Every preset resolves against finetune's schema (no unknown key, no bad value)."""
+    text = (ROOT / "configs" / preset).read_text()
+    assert text.startswith("# llmtune finetune configs/" + preset)
+    r = llmtune("finetune", ROOT / "configs" / preset, "data.path=x.jsonl", "--print-config")
+    assert r.code == 0, r.err
+    assert "model.path" in r.out or "path:" in r.out
