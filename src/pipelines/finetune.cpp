@@ -122,6 +122,8 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
 
   // Trainable tensors: fp32 adapters (LoRA) or fp32 copies of the unfrozen weights (full).
   const bool lora = p.method == "lora";
+  int64_t n_total = 0;  // the base model's parameters, before any adapter
+  for (auto& [name, slot] : model.named_weights()) n_total += slot->numel();
   std::vector<train::NamedParameter> trainable;
   if (lora) {
     for (auto& t : peft::inject_lora(model, p.lora, at::kFloat)) trainable.push_back({t.name, t.tensor});
@@ -149,11 +151,9 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
       if (freeze_hits[i] == 0) throw ConfigError("full.freeze: '" + p.freeze[i] + "' matches no weight (names look like model.layers.0.mlp.up_proj.weight)");
     if (trainable.empty()) throw ConfigError("full.freeze freezes every weight: nothing to train");
   }
-  int64_t n_trainable = 0, n_total = 0;
+  int64_t n_trainable = 0;
   for (const auto& t : trainable) n_trainable += t.tensor.numel();
-  for (auto& [name, slot] : model.named_weights()) n_total += slot->numel();
-  if (lora) n_total += n_trainable;
-  spdlog::info("trainable: {} tensors, {} parameters ({:.3f}% of {})", trainable.size(), n_trainable,
+  spdlog::info("trainable: {} tensors, {} parameters ({:.3f}% of the base model's {})", trainable.size(), n_trainable,
                100.0 * static_cast<double>(n_trainable) / static_cast<double>(std::max<int64_t>(n_total, 1)), n_total);
 
   // Data.
