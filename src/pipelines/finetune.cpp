@@ -241,6 +241,7 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
   // The loop.
   const auto t_loop = Clock::now();
   const int64_t first_step = step, first_tokens = tokens_seen;
+  double step_seconds_sum = 0;  // forward/backward/update time only: the throughput's denominator
   double last_loss = std::nan("");
   std::optional<EvalStats> last_eval;
   bool interrupted = false, checkpointed_last = resume_dir.has_value();
@@ -274,6 +275,7 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
 
     const double run_seconds = seconds_since(t_loop);
     const double step_seconds = seconds_since(t_step);
+    step_seconds_sum += step_seconds;
     const double tokens_per_second = static_cast<double>(step_tokens) / std::max(step_seconds, 1e-9);
     const double elapsed = elapsed_before + seconds_since(t_start);
     metrics.write({{"step", step}, {"epoch", static_cast<double>(step * p.grad_accum_steps) / static_cast<double>(per_epoch)},
@@ -300,7 +302,6 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
   progress.finish();
 
   nlohmann::json summary;
-  const double train_seconds = seconds_since(t_loop);
   if (interrupted) {
     const std::string resume_command = "llmtune finetune " + (p.output / "config.yaml").string() + " --resume";
     spdlog::warn("stopped by {} after step {}/{}; checkpoint saved. Resume with: {}",
@@ -344,7 +345,7 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
              {"eval_perplexity", last_eval ? nlohmann::json(last_eval->perplexity) : nlohmann::json()},
              {"trainable_parameters", n_trainable},
              {"tokens_seen", tokens_seen},
-             {"tokens_per_second", steps_run > 0 ? static_cast<double>(tokens_seen - first_tokens) / train_seconds : 0.0},
+             {"tokens_per_second", steps_run > 0 ? static_cast<double>(tokens_seen - first_tokens) / step_seconds_sum : 0.0},
              {"peak_memory_bytes", peak_memory()},
              {"wall_seconds", elapsed_before + seconds_since(t_start)},
              {"device", device.device.str()},
