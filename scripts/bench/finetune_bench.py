@@ -5,12 +5,14 @@ Usage: scripts/bench/finetune_bench.sh [--device cpu|cuda] [--shape demo|1b] [--
        (or: python scripts/bench/finetune_bench.py ..., which uses an existing build/llmtune)
 
 Both sides train the same thing: the Alpaca rows of demo/data/train.jsonl rendered with the Alpaca
-template (BOS + prompt, then response + EOS, loss on the response only), packed into windows of
---seq-len tokens, --batch-size windows a step; LoRA r/alpha/dropout on all linear layers but
-lm_head; AdamW (betas 0.9/0.999, eps 1e-8, no weight decay), constant learning rate, gradient
-clipping at 1.0. transformers runs in a child process of its own, so its peak memory is its own:
-peak RSS (getrusage) on CPU, torch.cuda.max_memory_allocated on CUDA. tokens/s counts every token
-of every window (the tokens processed), over the steps after the first, which is warm-up.
+template (BOS + prompt, then response + EOS, loss on the response only), rows packed whole into
+windows of --seq-len tokens as llmtune packs them, --batch-size windows a step; LoRA r/alpha/dropout
+on all linear layers but lm_head; AdamW (betas 0.9/0.999, eps 1e-8, no weight decay), constant
+learning rate, gradient clipping at 1.0. transformers runs in a child process of its own, so its
+peak memory is its own: peak RSS (getrusage) on CPU, torch.cuda.max_memory_allocated on CUDA.
+tokens/s counts the real (non-padding) tokens of every window, as llmtune's summary does, over the
+steps after the first, which is warm-up. transformers attends causally across the rows of a window
+(llmtune keeps them apart with a block-diagonal mask); the matmul work is the same.
 
 Shapes: demo, the bundled demo model (demo/model; random weights when it has none yet), fp32 on
 CPU; 1b, a random-weights Llama of 1B-class shape (hidden 2048, 16 layers, 32 heads, 8 KV heads,
@@ -70,8 +72,8 @@ def make_model(shape, out, device):
 
 
 def encode_rows(tok, path):
-    """Token ids and labels of every Alpaca row: BOS + prompt (label -100), then response + EOS."""
-    ids, labels = [], []
+    """Per Alpaca row, token ids and labels: BOS + prompt (label -100), then response + EOS."""
+    rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
@@ -81,9 +83,26 @@ def encode_rows(tok, path):
                                                                            input=row.get("input", ""))
             p = tok(prompt)["input_ids"]  # the tokenizer's post-processor adds BOS
             r = tok(row["output"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            ids += p + r
-            labels += [-100] * len(p) + r
-    return ids, labels
+            rows.append((p + r, [-100] * len(p) + r))
+    return rows
+
+
+def pack_rows(rows, seq_len, pad_id):
+    """Rows packed whole, in order, into windows of seq_len (as llmtune's packing does; a row longer
+    than a window is truncated), the rest padded (label -100). Returns ids, labels, real tokens."""
+    windows, cur_ids, cur_labels = [], [], []
+    for ids, labels in rows:
+        ids, labels = ids[:seq_len], labels[:seq_len]
+        if len(cur_ids) + len(ids) > seq_len:
+            windows.append((cur_ids, cur_labels))
+            cur_ids, cur_labels = [], []
+        cur_ids, cur_labels = cur_ids + ids, cur_labels + labels
+    if cur_ids:
+        windows.append((cur_ids, cur_labels))
+    real = [len(w[0]) for w in windows]
+    ids = [w[0] + [pad_id] * (seq_len - len(w[0])) for w in windows]
+    labels = [w[1] + [-100] * (seq_len - len(w[1])) for w in windows]
+    return ids, labels, real
 
 
 def hf_worker(a):
@@ -97,10 +116,9 @@ def hf_worker(a):
     device = torch.device(a.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[a.dtype]
     tok = tf.AutoTokenizer.from_pretrained(a.model)
-    ids, labels = encode_rows(tok, a.data)
-    n_windows = len(ids) // a.seq_len
-    ids = torch.tensor(ids[: n_windows * a.seq_len]).view(n_windows, a.seq_len)
-    labels = torch.tensor(labels[: n_windows * a.seq_len]).view(n_windows, a.seq_len)
+    ids, labels, real = pack_rows(encode_rows(tok, a.data), a.seq_len, tok.pad_token_id or 0)
+    n_windows = len(ids)
+    ids, labels, real = torch.tensor(ids), torch.tensor(labels), torch.tensor(real)
 
     model = tf.AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype).to(device)
     if a.grad_checkpointing:
@@ -126,7 +144,8 @@ def hf_worker(a):
     for step in range(a.steps):
         rows = [(step * a.batch_size + i) % n_windows for i in range(a.batch_size)]
         x, y = ids[rows].to(device), labels[rows].to(device)
-        loss = model(input_ids=x, labels=y).loss
+        mask = (torch.arange(a.seq_len)[None, :] < real[rows][:, None]).long().to(device)
+        loss = model(input_ids=x, attention_mask=mask, labels=y).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
@@ -136,7 +155,7 @@ def hf_worker(a):
             sync()
             t_start = time.perf_counter()
         else:
-            tokens += x.numel()
+            tokens += int(real[rows].sum())  # real tokens, not padding (as llmtune's tokens_seen)
     sync()
     seconds = time.perf_counter() - t_start
     if device.type == "cuda":
@@ -235,7 +254,7 @@ def main():
         print(f"model: Llama ({a.shape}), {hf['n_params'] / 1e6:.1f}M parameters incl. LoRA "
               f"({hf['n_trainable'] / 1e6:.2f}M trainable: r {a.r}, alpha {a.alpha:g}, all-linear), {a.dtype}, "
               f"device {a.device}, torch threads {hf['threads']}")
-        print(f"run: {a.steps} steps x {a.batch_size} windows x {a.seq_len} tokens (packed Alpaca rows), AdamW lr {a.lr:g}, "
+        print(f"run: {a.steps} steps x {a.batch_size} windows x {a.seq_len} tokens (Alpaca rows packed whole), AdamW lr {a.lr:g}, "
               f"grad checkpointing {'on' if a.grad_checkpointing else 'off'}; tokens/s over steps 2..{a.steps}")
         mem_name = "peak CUDA memory allocated" if cuda else "peak RSS"
         rows = [("train tokens/s", lambda s: f"{s['tokens_per_second']:.1f}"),
