@@ -116,8 +116,9 @@ TEST(InitRandom, FollowsTransformersInit) {
     }
   }
   CausalLM g = CausalLM::init_random(fixture("gemma"), c10::kCPU, at::kFloat, 5);
-  for (auto& [name, t] : g.named_weights())
+  for (auto& [name, t] : g.named_weights()) {
     if (name.ends_with("norm.weight")) EXPECT_TRUE(t->eq(0.0).all().item<bool>()) << "gemma " << name;
+  }
 }
 
 }  // namespace

@@ -84,6 +84,25 @@ std::vector<at::Tensor> call_python(const std::string& function, const std::vect
   return outputs;
 }
 
+nlohmann::ordered_json run_json_script(const std::string& script, const nlohmann::ordered_json& request) {
+  static int calls = 0;
+  fs::path dir = fs::temp_directory_path() /
+                 ("llmtune-script-" + std::to_string(::getpid()) + "-" + std::to_string(calls++));
+  fs::create_directories(dir);
+  std::ofstream(dir / "request.json") << request.dump();
+  std::string cmd = std::string("\"") + LLMTUNE_TEST_PYTHON + "\" \"" + LLMTUNE_SOURCE_DIR + "/" + script + "\" \"" +
+                    (dir / "request.json").string() + "\" \"" + (dir / "response.json").string() + "\" 2> \"" +
+                    (dir / "stderr.txt").string() + "\"";
+  if (std::system(cmd.c_str()) != 0) {
+    std::string err = read_all(dir / "stderr.txt");
+    fs::remove_all(dir);
+    throw std::runtime_error(script + " failed: " + err);
+  }
+  auto response = nlohmann::ordered_json::parse(read_all(dir / "response.json"));
+  fs::remove_all(dir);
+  return response;
+}
+
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.cpu().to(at::kDouble) - b.cpu().to(at::kDouble)).abs().max().item<double>();
 }

@@ -1,17 +1,12 @@
 // Runs tests/tokenizer/hf_reference.py with the venv's Python, JSON in and out.
 #include "tokenizer/tokenizer_reference.h"
 
-#include <unistd.h>
-
-#include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <stdexcept>
+
+#include "support/interop.h"
 
 namespace llmtune::testing {
-
-namespace fs = std::filesystem;
 
 std::string fixture_tokenizer_dir(const std::string& name) {
   return std::string(LLMTUNE_FIXTURES_DIR) + "/tokenizers/" + name;
@@ -32,28 +27,8 @@ std::vector<std::string> corpus_lines() {
 
 nlohmann::json hf_reference(const std::string& dir, const std::vector<std::string>& texts,
                             const std::vector<std::vector<int32_t>>& decode) {
-  fs::path tmp = fs::temp_directory_path() /
-                 ("llmtune-tokref-" + std::to_string(::getpid()) + "-" + fs::path(dir).filename().string());
-  fs::create_directories(tmp);
-  std::ofstream(tmp / "request.json") << nlohmann::json{{"dir", dir}, {"texts", texts}, {"decode", decode}}.dump();
-  std::string cmd = std::string("\"") + LLMTUNE_TEST_PYTHON + "\" \"" + LLMTUNE_SOURCE_DIR +
-                    "/tests/tokenizer/hf_reference.py\" \"" + (tmp / "request.json").string() + "\" \"" +
-                    (tmp / "response.json").string() + "\" 2> \"" + (tmp / "stderr.txt").string() + "\"";
-  int rc = std::system(cmd.c_str());
-  auto slurp = [](const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  };
-  if (rc != 0) {
-    std::string err = slurp(tmp / "stderr.txt");
-    fs::remove_all(tmp);
-    throw std::runtime_error("hf_reference.py failed for " + dir + ": " + err);
-  }
-  auto response = nlohmann::json::parse(slurp(tmp / "response.json"));
-  fs::remove_all(tmp);
-  return response;
+  nlohmann::ordered_json request{{"dir", dir}, {"texts", texts}, {"decode", decode}};
+  return nlohmann::json(run_json_script("tests/tokenizer/hf_reference.py", request));
 }
 
 }  // namespace llmtune::testing
