@@ -71,11 +71,12 @@ class CausalLM {
   // Training: recompute each decoder layer in backward instead of keeping its activations.
   void set_gradient_checkpointing(bool enabled) { gradient_checkpointing_ = enabled; }
 
- private:
-  // Builds the model from a source of tensors by transformers name and shape.
+  // Builds the model from a source of tensors by transformers name and shape (GGUF import uses it).
   using TensorSource = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
   static CausalLM assemble(ModelConfig config, c10::Device device, at::ScalarType dtype, const TensorSource& get,
                            bool untied_lm_head);
+
+ private:
   at::Tensor decoder_layer(const DecoderLayer& layer, int64_t index, const at::Tensor& x, const at::Tensor& cos,
                            const at::Tensor& sin, const ForwardOptions& options, int64_t past) const;
 
