@@ -2,8 +2,10 @@
 // ggml's reference path (quantize_row_q*_K_ref, what llama-quantize runs without an importance
 // matrix) float operation by float operation, so the blocks match llama-quantize's on x86-64,
 // where ggml-base is built without FMA; this file is compiled with -ffp-contract=off for that.
+#include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "gguf_quants_rows.h"
 
@@ -15,79 +17,134 @@ constexpr float kGroupMaxEps = 1e-15f;  // below this a group counts as all zero
 
 inline int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// Fits x ≈ scale·L + min with L in 0..nmax and min ≤ 0, minimizing Σ w·err² (Σ w·|err| with
-// use_mad): a first grid from the range, then nstep+1 stretched grids (nmax + rmin + rdelta·k
-// steps over the range), each followed by the weighted least-squares scale and min for its L.
-// Returns scale, writes −min to *neg_min. ggml's make_qkx2_quants.
-float fit_scale_min(int n, int nmax, const float* x, const float* w, uint8_t* L, float* neg_min, uint8_t* L_try,
-                    float rmin, float rdelta, int nstep, bool use_mad) {
-  float min = x[0], max = x[0];
-  float sum_w = w[0];
-  float sum_x = sum_w * x[0];
-  for (int i = 1; i < n; ++i) {
-    if (x[i] < min) min = x[i];
-    if (x[i] > max) max = x[i];
-    sum_w += w[i];
-    sum_x += w[i] * x[i];
+// ggml's nearest_int on one lane of the candidate loops below (the same bits, written so that it
+// vectorizes).
+inline int nearest_int_lane(float f) { return (std::bit_cast<int32_t>(f + 12582912.f) & 0x007fffff) - 0x00400000; }
+
+// nearest_int(f) clamped to 0..nmax, as a float. The clamp is done on the float (exact: the
+// integer is below 2^23 in magnitude) so that it vectorizes to min/max instructions.
+inline float level(float f, float nmax) {
+  const float l = static_cast<float>(nearest_int_lane(f));
+  const float lo = l < 0.0f ? 0.0f : l;
+  return lo > nmax ? nmax : lo;
+}
+
+// Fits x ≈ scale·L + min with L in 0..nmax and min ≤ 0 for S independent groups of N elements
+// at once (ggml's make_qkx2_quants): a first grid from the range, then nstep+1 grids stretched by
+// rmin + rdelta·k levels, each followed by the weighted least-squares scale and min for its levels,
+// kept when its error Σ w·err² (Σ w·|err| with kUseMad) is the best so far. A kept candidate moves
+// min and so the next grids: each group's search is sequential, hence lane s runs group s's search
+// with selects instead of branches. The float operations of every lane are ggml's, in ggml's order.
+// x: S·N floats (group s at x + s·N). Weights: sqrt(mean x²) + |x| with kRmsWeights, else |x|.
+// Writes L (S·N levels, same layout), scales[S] and neg_mins[S] (= −min ≥ 0).
+template <int N, int S, bool kUseMad, bool kRmsWeights>
+void fit_scale_min(const float* x_in, int nmax, float rmin, float rdelta, int nstep, uint8_t* L_out, float* scales,
+                   float* neg_mins) {
+  alignas(64) float x[N][S], w[N][S], L_try[N][S];
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < N; ++i) x[i][s] = x_in[s * N + i];
+  if constexpr (kRmsWeights) {
+    alignas(64) float sum_x2[S] = {};
+    for (int i = 0; i < N; ++i)
+      for (int s = 0; s < S; ++s) sum_x2[s] += x[i][s] * x[i][s];
+    for (int s = 0; s < S; ++s) sum_x2[s] = std::sqrt(sum_x2[s] / N);
+    for (int i = 0; i < N; ++i)
+      for (int s = 0; s < S; ++s) w[i][s] = sum_x2[s] + std::fabs(x[i][s]);
+  } else {
+    for (int i = 0; i < N; ++i)
+      for (int s = 0; s < S; ++s) w[i][s] = std::fabs(x[i][s]);
   }
-  if (min > 0) min = 0;
-  if (max == min) {
-    std::memset(L, 0, static_cast<size_t>(n));
-    *neg_min = -min;
-    return 0.f;
+
+  alignas(64) float min[S], max[S], sum_w[S], sum_x[S], scale[S], best_error[S] = {};
+  for (int s = 0; s < S; ++s) {
+    min[s] = max[s] = x[0][s];
+    sum_w[s] = w[0][s];
+    sum_x[s] = sum_w[s] * x[0][s];
   }
-  float iscale = static_cast<float>(nmax) / (max - min);
-  float scale = 1 / iscale;
-  float best_error = 0;
-  for (int i = 0; i < n; ++i) {
-    L[i] = static_cast<uint8_t>(clamp_int(nearest_int(iscale * (x[i] - min)), 0, nmax));
-    float diff = scale * L[i] + min - x[i];
-    diff = use_mad ? std::fabs(diff) : diff * diff;
-    best_error += w[i] * diff;
+  for (int i = 1; i < N; ++i) {
+    for (int s = 0; s < S; ++s) {
+      min[s] = x[i][s] < min[s] ? x[i][s] : min[s];
+      max[s] = x[i][s] > max[s] ? x[i][s] : max[s];
+      sum_w[s] += w[i][s];
+      sum_x[s] += w[i][s] * x[i][s];
+    }
   }
-  if (nstep < 1) {
-    *neg_min = -min;
-    return scale;
+  const float fmax_level = static_cast<float>(nmax);
+  bool flat[S];  // max == min: ggml returns all-zero levels and scale 0 for such a group
+  float flat_min[S];
+  for (int s = 0; s < S; ++s) {
+    min[s] = min[s] > 0 ? 0 : min[s];
+    flat[s] = max[s] == min[s];
+    flat_min[s] = min[s];
+    const float iscale = fmax_level / (max[s] - min[s]);  // inf for a flat group: fixed up at the end
+    scale[s] = 1 / iscale;
+  }
+  // The grid that gave each lane's current levels (its iscale and the min it was applied with):
+  // the levels themselves are recomputed from it once, at the end.
+  alignas(64) float grid_iscale[S], grid_min[S];
+  for (int s = 0; s < S; ++s) {
+    grid_iscale[s] = fmax_level / (max[s] - min[s]);
+    grid_min[s] = min[s];
+  }
+  for (int i = 0; i < N; ++i) {
+    for (int s = 0; s < S; ++s) {
+      const float l = level(grid_iscale[s] * (x[i][s] - min[s]), fmax_level);
+      float diff = scale[s] * l + min[s] - x[i][s];
+      diff = kUseMad ? std::fabs(diff) : diff * diff;
+      best_error[s] += w[i][s] * diff;
+    }
   }
   for (int step = 0; step <= nstep; ++step) {
-    iscale = (rmin + rdelta * step + nmax) / (max - min);
-    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-    for (int i = 0; i < n; ++i) {
-      const int l = clamp_int(nearest_int(iscale * (x[i] - min)), 0, nmax);
-      L_try[i] = static_cast<uint8_t>(l);
-      sum_l += w[i] * l;
-      sum_l2 += w[i] * l * l;
-      sum_xl += w[i] * l * x[i];
+    alignas(64) float iscale[S], sum_l[S] = {}, sum_l2[S] = {}, sum_xl[S] = {};
+    const float stretch = rmin + rdelta * step + nmax;
+    for (int s = 0; s < S; ++s) iscale[s] = stretch / (max[s] - min[s]);
+    for (int i = 0; i < N; ++i) {
+      for (int s = 0; s < S; ++s) {
+        const float l = level(iscale[s] * (x[i][s] - min[s]), fmax_level);
+        L_try[i][s] = l;
+        sum_l[s] += w[i][s] * l;
+        sum_l2[s] += w[i][s] * l * l;
+        sum_xl[s] += w[i][s] * l * x[i][s];
+      }
     }
-    const float det = sum_w * sum_l2 - sum_l * sum_l;
-    if (det > 0) {
-      float try_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-      float try_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-      if (try_min > 0) {
-        try_min = 0;
-        try_scale = sum_xl / sum_l2;
+    alignas(64) float try_scale[S], try_min[S], error[S] = {};
+    for (int s = 0; s < S; ++s) {
+      const float det = sum_w[s] * sum_l2[s] - sum_l[s] * sum_l[s];
+      const float sc = (sum_w[s] * sum_xl[s] - sum_x[s] * sum_l[s]) / det;
+      const float mn = (sum_l2[s] * sum_x[s] - sum_l[s] * sum_xl[s]) / det;
+      const float sc_no_min = sum_xl[s] / sum_l2[s];  // the fit when min is pinned at 0
+      try_scale[s] = mn > 0 ? sc_no_min : sc;
+      try_min[s] = mn > 0 ? 0.0f : mn;
+      // A singular system (det ≤ 0) is never kept: poison its error.
+      error[s] = det > 0 ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+    }
+    for (int i = 0; i < N; ++i) {
+      for (int s = 0; s < S; ++s) {
+        float diff = try_scale[s] * L_try[i][s] + try_min[s] - x[i][s];
+        diff = kUseMad ? std::fabs(diff) : diff * diff;
+        error[s] += w[i][s] * diff;
       }
-      float error = 0;
-      for (int i = 0; i < n; ++i) {
-        float diff = try_scale * L_try[i] + try_min - x[i];
-        diff = use_mad ? std::fabs(diff) : diff * diff;
-        error += w[i] * diff;
-      }
-      if (error < best_error) {
-        std::memcpy(L, L_try, static_cast<size_t>(n));
-        best_error = error;
-        scale = try_scale;
-        min = try_min;
-      }
+    }
+    for (int s = 0; s < S; ++s) {
+      const bool keep = error[s] < best_error[s];  // false for NaN
+      best_error[s] = keep ? error[s] : best_error[s];
+      grid_iscale[s] = keep ? iscale[s] : grid_iscale[s];
+      grid_min[s] = keep ? min[s] : grid_min[s];
+      scale[s] = keep ? try_scale[s] : scale[s];
+      min[s] = keep ? try_min[s] : min[s];
     }
   }
-  *neg_min = -min;
-  return scale;
+  for (int s = 0; s < S; ++s) {
+    scales[s] = flat[s] ? 0.f : scale[s];
+    neg_mins[s] = flat[s] ? -flat_min[s] : -min[s];
+    for (int i = 0; i < N; ++i)
+      L_out[s * N + i] = flat[s] ? 0 : static_cast<uint8_t>(level(grid_iscale[s] * (x[i][s] - grid_min[s]), fmax_level));
+  }
 }
 
 // Symmetric fit x ≈ scale·(L − nmax), L − nmax in −nmax..nmax−1, weighted by x² (ggml's
 // make_qx_quants with rmse_type 1): the grid through the largest |x|, then 18 slightly
-// stretched or shrunk grids, keeping the best least-squares fit.
+// stretched or shrunk grids, keeping the best least-squares fit. n ≤ 32.
 float fit_scale_symmetric(int n, int nmax, const float* x, int8_t* L) {
   float max = 0, amax = 0;
   for (int i = 0; i < n; ++i) {
@@ -101,33 +158,37 @@ float fit_scale_symmetric(int n, int nmax, const float* x, int8_t* L) {
     std::memset(L, 0, static_cast<size_t>(n));
     return 0.f;
   }
-  float iscale = -nmax / max;
-  float sumlx = 0, suml2 = 0;
+  // The 19 candidate grids do not depend on one another (only the choice among them does), so
+  // they are evaluated side by side, each with its own sums accumulated in ggml's order, and then
+  // chosen among in ggml's order. Candidate 0 is the grid through max; 1..18 are steps −9..−1, 1..9.
+  constexpr int kCandidates = 19, kLanes = 24;
+  alignas(64) float iscales[kLanes], sumlx[kLanes] = {}, suml2[kLanes] = {};
+  iscales[0] = -nmax / max;
+  for (int k = 1; k < kLanes; ++k) {
+    const int step = k <= 9 ? k - 10 : k - 9;
+    iscales[k] = -(nmax + 0.1f * step) / max;
+  }
   for (int i = 0; i < n; ++i) {
-    const int l = clamp_int(nearest_int(iscale * x[i]), -nmax, nmax - 1);
-    L[i] = static_cast<int8_t>(l + nmax);
-    const float w = x[i] * x[i];
-    sumlx += w * x[i] * l;
-    suml2 += w * l * l;
-  }
-  float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
-  float best = scale * sumlx;
-  for (int step = -9; step <= 9; ++step) {
-    if (step == 0) continue;
-    iscale = -(nmax + 0.1f * step) / max;
-    sumlx = suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-      const int l = clamp_int(nearest_int(iscale * x[i]), -nmax, nmax - 1);
-      const float w = x[i] * x[i];
-      sumlx += w * x[i] * l;
-      suml2 += w * l * l;
-    }
-    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-      for (int i = 0; i < n; ++i) L[i] = static_cast<int8_t>(nmax + clamp_int(nearest_int(iscale * x[i]), -nmax, nmax - 1));
-      scale = sumlx / suml2;
-      best = scale * sumlx;
+    const float xi = x[i], wx = x[i] * x[i] * x[i], w = x[i] * x[i];
+    for (int k = 0; k < kLanes; ++k) {
+      int l = nearest_int_lane(iscales[k] * xi);
+      l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
+      const float lf = static_cast<float>(l);
+      sumlx[k] += wx * lf;
+      suml2[k] += w * lf * lf;
     }
   }
+  float scale = suml2[0] != 0 ? sumlx[0] / suml2[0] : 0.0f;
+  float best = scale * sumlx[0];
+  int chosen = 0;
+  for (int k = 1; k < kCandidates; ++k) {
+    if (suml2[k] > 0 && sumlx[k] * sumlx[k] > best * suml2[k]) {
+      scale = sumlx[k] / suml2[k];
+      best = scale * sumlx[k];
+      chosen = k;
+    }
+  }
+  for (int i = 0; i < n; ++i) L[i] = static_cast<int8_t>(nmax + clamp_int(nearest_int(iscales[chosen] * x[i]), -nmax, nmax - 1));
   return scale;
 }
 
@@ -210,19 +271,12 @@ inline int unpack_scale_q3(int j, const uint8_t* packed) {
   return low | (((packed[8 + j % 4] >> (2 * (j / 4))) & 3) << 4);
 }
 
-// Shared by Q4_K and Q5_K: the eight sub-block fits, the 6-bit scales/mins and d/dmin of one
-// super-block, then L re-derived from the stored (rounded) scales. `head` points at d.
-void quantize_scale_min_block(const float* x, uint8_t* head, uint8_t* L, int nmax, float rmin, int nstep) {
-  float scales[8], mins[8], weights[32];
-  uint8_t L_try[32];
+// Shared by Q4_K and Q5_K, after the eight sub-block fits of one super-block (scales, neg_mins,
+// levels L): the 6-bit scales/mins and d/dmin, then L re-derived from the stored (rounded) scales.
+// `head` points at d.
+void finish_scale_min_block(const float* x, uint8_t* head, uint8_t* L, const float* scales, const float* mins, int nmax) {
   float max_scale = 0, max_min = 0;
   for (int j = 0; j < 8; ++j) {
-    const float* xs = x + 32 * j;
-    float sum_x2 = 0;
-    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
-    const float av_x = std::sqrt(sum_x2 / 32);
-    for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xs[l]);
-    scales[j] = fit_scale_min(32, nmax, xs, weights, L + 32 * j, &mins[j], L_try, rmin, 0.1f, nstep, false);
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
@@ -252,19 +306,76 @@ void quantize_scale_min_block(const float* x, uint8_t* head, uint8_t* L, int nma
   }
 }
 
+// A Q4_K/Q5_K row: the sub-block fits run four super-blocks (32 lanes) at a time where the row
+// has them, one super-block (8 lanes) otherwise; then each super-block is finished and packed.
+template <int kNmax, int64_t kBlockBytes>
+void quantize_scale_min_row(const float* x, uint8_t* y, int64_t n, float rmin, int nstep,
+                            void (*pack_levels)(const uint8_t* L, uint8_t* block)) {
+  const int64_t n_blocks = n / kQkK;
+  for (int64_t b = 0; b < n_blocks;) {
+    const int64_t group = n_blocks - b >= 4 ? 4 : 1;
+    uint8_t L[4 * kQkK];
+    float scales[32], mins[32];
+    if (group == 4) {
+      fit_scale_min<32, 32, false, true>(x + b * kQkK, kNmax, rmin, 0.1f, nstep, L, scales, mins);
+    } else {
+      fit_scale_min<32, 8, false, true>(x + b * kQkK, kNmax, rmin, 0.1f, nstep, L, scales, mins);
+    }
+    for (int64_t k = 0; k < group; ++k) {
+      uint8_t* block = y + (b + k) * kBlockBytes;
+      finish_scale_min_block(x + (b + k) * kQkK, block, L + k * kQkK, scales + 8 * k, mins + 8 * k, kNmax);
+      pack_levels(L + k * kQkK, block);
+    }
+    b += group;
+  }
+}
+
+// Q4_K levels: chunk c's 32 bytes hold outputs 64c+l (low nibble) and 64c+32+l (high nibble).
+void pack_q4_k_levels(const uint8_t* L, uint8_t* block) {
+  uint8_t* qs = block + 16;
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) qs[32 * c + l] = static_cast<uint8_t>(L[64 * c + l] | (L[64 * c + l + 32] << 4));
+}
+
+// Q5_K levels: as Q4_K for the low four bits; qh bit 2c / 2c+1 of byte l is the fifth bit of
+// output 64c+l / 64c+32+l.
+void pack_q5_k_levels(const uint8_t* L, uint8_t* block) {
+  uint8_t* qh = block + 16;
+  uint8_t* qs = block + 48;
+  std::memset(qh, 0, 32);
+  for (int c = 0; c < 4; ++c) {
+    for (int l = 0; l < 32; ++l) {
+      const int lo = L[64 * c + l], hi = L[64 * c + l + 32];
+      qh[l] |= static_cast<uint8_t>(((lo >> 4) << (2 * c)) | ((hi >> 4) << (2 * c + 1)));
+      qs[32 * c + l] = static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
+    }
+  }
+}
+
 }  // namespace
 
 // Q2_K (84 B): scales[16] (low nibble scale, high nibble min), qs[64] (2 bits), d, dmin.
 void quantize_q2_k(const float* x, uint8_t* y, int64_t n) {
-  for (int64_t b = 0; b < n / kQkK; ++b, x += kQkK, y += 84) {
+  uint8_t L_group[2 * kQkK];
+  float scales_group[32], mins_group[32];
+  const int64_t n_blocks = n / kQkK;
+  for (int64_t b = 0; b < n_blocks; ++b, x += kQkK, y += 84) {
+    // Sub-block fits two super-blocks (32 lanes) at a time where the row has them.
+    const int64_t k = b % 2;
+    if (k == 0) {
+      if (n_blocks - b >= 2) {
+        fit_scale_min<16, 32, true, false>(x, 3, -0.5f, 0.1f, 15, L_group, scales_group, mins_group);
+      } else {
+        fit_scale_min<16, 16, true, false>(x, 3, -0.5f, 0.1f, 15, L_group, scales_group, mins_group);
+      }
+    }
+    uint8_t* L = L_group + k * kQkK;
+    const float* scales = scales_group + 16 * k;
+    const float* mins = mins_group + 16 * k;
     uint8_t* scale_bytes = y;
     uint8_t* qs = y + 16;
-    uint8_t L[kQkK], L_try[16];
-    float weights[16], scales[16], mins[16];
     float max_scale = 0, max_min = 0;
     for (int j = 0; j < 16; ++j) {
-      for (int l = 0; l < 16; ++l) weights[l] = std::fabs(x[16 * j + l]);
-      scales[j] = fit_scale_min(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], L_try, -0.5f, 0.1f, 15, true);
       if (scales[j] > max_scale) max_scale = scales[j];
       if (mins[j] > max_min) max_min = mins[j];
     }
@@ -351,33 +462,14 @@ void quantize_q3_k(const float* x, uint8_t* y, int64_t n) {
   }
 }
 
-// Q4_K (144 B): d, dmin, scales[12], qs[128]; chunk c's 32 bytes hold outputs 64c+l (low) and 64c+32+l (high).
+// Q4_K (144 B): d, dmin, scales[12], qs[128].
 void quantize_q4_k(const float* x, uint8_t* y, int64_t n) {
-  for (int64_t b = 0; b < n / kQkK; ++b, x += kQkK, y += 144) {
-    uint8_t L[kQkK];
-    quantize_scale_min_block(x, y, L, 15, -1.f, 20);
-    uint8_t* qs = y + 16;
-    for (int c = 0; c < 4; ++c)
-      for (int l = 0; l < 32; ++l) qs[32 * c + l] = static_cast<uint8_t>(L[64 * c + l] | (L[64 * c + l + 32] << 4));
-  }
+  quantize_scale_min_row<15, 144>(x, y, n, -1.f, 20, pack_q4_k_levels);
 }
 
-// Q5_K (176 B): d, dmin, scales[12], qh[32] (bit 2c / 2c+1 = fifth bit of chunk c's low / high half), qs[128].
+// Q5_K (176 B): d, dmin, scales[12], qh[32], qs[128].
 void quantize_q5_k(const float* x, uint8_t* y, int64_t n) {
-  for (int64_t b = 0; b < n / kQkK; ++b, x += kQkK, y += 176) {
-    uint8_t L[kQkK];
-    quantize_scale_min_block(x, y, L, 31, -0.5f, 15);
-    uint8_t* qh = y + 16;
-    uint8_t* qs = y + 48;
-    std::memset(qh, 0, 32);
-    for (int c = 0; c < 4; ++c) {
-      for (int l = 0; l < 32; ++l) {
-        const int lo = L[64 * c + l], hi = L[64 * c + l + 32];
-        qh[l] |= static_cast<uint8_t>(((lo >> 4) << (2 * c)) | ((hi >> 4) << (2 * c + 1)));
-        qs[32 * c + l] = static_cast<uint8_t>((lo & 0xF) | ((hi & 0xF) << 4));
-      }
-    }
-  }
+  quantize_scale_min_row<31, 176>(x, y, n, -0.5f, 15, pack_q5_k_levels);
 }
 
 // Q6_K (210 B): ql[128], qh[64], scales int8[16], d (last).
