@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <random>
 
 #include "io/io_test_util.h"
 #include "llmtune/io/gguf.h"
@@ -265,6 +266,42 @@ TEST_F(GgufMalformed, EveryTruncationIsRefused) {
     write_bytes(path_, bytes.substr(0, n));
     EXPECT_NO_THROW(GgufFile::open(path_)) << n;
   }
+}
+
+// Random byte changes to a valid file: each either opens (a changed value or tensor byte) or is
+// refused with an IoError; nothing else (a crash, another exception, a sanitizer report).
+TEST_F(GgufMalformed, RandomByteChangesNeverCrash) {
+  const std::string good = Bytes()
+                               .header(2, 3)
+                               .kv_str("general.architecture", "llama")
+                               .str("tokens").u32(9).u32(8).u64(2).str("a").str("bc")
+                               .kv_u32("general.alignment", 32)
+                               .tensor("a", {8}, 0, 0)
+                               .tensor("q", {32, 2}, 8, 32)
+                               .pad()
+                               .data(32 + 68)
+                               .out;
+  ASSERT_EQ(accepted(good)->tensors().size(), 2u);
+  std::mt19937 rng(1234);
+  int refused = 0;
+  for (int i = 0; i < 1500; ++i) {
+    std::string bytes = good;
+    const int n_changes = 1 + static_cast<int>(rng() % 3);
+    for (int c = 0; c < n_changes; ++c) {
+      const size_t at = rng() % bytes.size();
+      // Mostly small values and all-ones bytes: those are the interesting lies for counts and types.
+      const uint32_t kind = rng() % 4;
+      bytes[at] = static_cast<char>(kind == 0 ? 0xFF : kind == 1 ? rng() % 16 : rng() & 0xFF);
+    }
+    write_bytes(path_, bytes);
+    try {
+      GgufFile::open(path_);
+    } catch (const IoError& e) {
+      ++refused;
+      ASSERT_EQ(std::string(e.what()).rfind(path_.string() + ": ", 0), 0u) << e.what();
+    }
+  }
+  EXPECT_GT(refused, 50);
 }
 
 TEST_F(GgufMalformed, NotARegularFile) {
