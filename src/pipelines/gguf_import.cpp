@@ -47,7 +47,7 @@ at::Tensor to_float(const io::GgufFile& f, const io::GgufTensorInfo& t, const st
 }
 
 // config.json's fields from the <arch>.* keys (FORMATS.md §6.5).
-nlohmann::json config_from_metadata(const io::GgufFile& f, const std::string& arch, const tokenizer::GgufVocab& vocab) {
+nlohmann::json config_from_metadata(const io::GgufFile& f, const std::string& arch) {
   const std::string p = arch + ".";
   nlohmann::json j;
   j["model_type"] = arch;
@@ -69,14 +69,11 @@ nlohmann::json config_from_metadata(const io::GgufFile& f, const std::string& ar
   }
   if (auto v = f.get_int_opt(p + "vocab_size")) j["vocab_size"] = *v;
   else if (const auto* t = f.find_tensor("token_embd.weight"); t && t->ne.size() == 2) j["vocab_size"] = t->ne[1];
-  else j["vocab_size"] = static_cast<int64_t>(vocab.tokens.size());
+  else throw ModelLoadError(f.path().string() + ": tensor 'token_embd.weight' is missing");
   j["tie_word_embeddings"] = f.find_tensor("output.weight") == nullptr;
   j["attention_bias"] = f.find_tensor("blk.0.attn_q.bias") != nullptr;
   j["mlp_bias"] = f.find_tensor("blk.0.ffn_gate.bias") != nullptr;
   if (arch == "gemma") j["hidden_activation"] = "gelu_pytorch_tanh";
-  if (vocab.bos_id) j["bos_token_id"] = *vocab.bos_id;
-  if (vocab.eos_id) j["eos_token_id"] = *vocab.eos_id;
-  if (vocab.pad_id) j["pad_token_id"] = *vocab.pad_id;
   return j;
 }
 
@@ -92,8 +89,11 @@ GgufModel load_gguf_model(const std::filesystem::path& path, c10::Device device,
     throw ModelLoadError(src + ": GGUF architecture '" + arch + "' is not supported (llama, qwen2, gemma)");
   const ArchInfo info = arch_for_model_type(arch, src);
 
+  model::ModelConfig c = model::ModelConfig::from_json(config_from_metadata(*file, arch), src);
   tokenizer::GgufVocab vocab = tokenizer::read_gguf_vocab(*file);
-  model::ModelConfig c = model::ModelConfig::from_json(config_from_metadata(*file, arch, vocab), src);
+  if (vocab.bos_id) c.bos_token_id = *vocab.bos_id;
+  if (vocab.eos_id) c.eos_token_ids = {*vocab.eos_id};
+  if (vocab.pad_id) c.pad_token_id = *vocab.pad_id;
   c.qkv_bias = file->find_tensor("blk.0.attn_q.bias") != nullptr;
   c.o_bias = file->find_tensor("blk.0.attn_output.bias") != nullptr;
   if (const auto* rf = file->find_tensor("rope_freqs.weight")) {
