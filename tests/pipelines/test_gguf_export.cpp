@@ -42,7 +42,7 @@ Shared& shared() {
     fs::create_directories(r.work);
     ordered_json req = {{"phase", "prepare"}, {"work", r.work.string()}, {"fixtures", fs::path(LLMTUNE_FIXTURES_DIR).string() + "/models"},
                         {"models", kFixtures}};
-    r.prep = testing::run_json_script(kScript, req);
+    r.prep = llmtune::testing::run_json_script(kScript, req);
     return r;
   }();
   return s;
@@ -144,7 +144,7 @@ TEST(GgufExport, FilesAgreeWithGgufPyTransformersAndPeft) {
                     {"base_gguf", gguf_path("llama3", "f32").string()}, {"merged_gguf", gguf_path("merged", "f32").string()}});
   }
 
-  ordered_json res = testing::run_json_script(kScript, {{"phase", "verify"}, {"files", files}, {"transformers", hf}, {"lora", lora}});
+  ordered_json res = llmtune::testing::run_json_script(kScript, {{"phase", "verify"}, {"files", files}, {"transformers", hf}, {"lora", lora}});
   for (const auto& e : res["errors"]) ADD_FAILURE() << e.get<std::string>();
 }
 
@@ -153,7 +153,7 @@ TEST(GgufExport, LoadGgufModelGivesTheTransformersLogits) {
   for (const auto& m : kFixtures) {
     const fs::path p = gguf_path(m, "f32");
     if (!fs::exists(p)) export_dir(fixture(m), p, "f32");
-    EXPECT_LE(testing::max_abs_diff(gguf_logits(p, m), ref_logits(m)), 1e-5) << m;
+    EXPECT_LE(llmtune::testing::max_abs_diff(gguf_logits(p, m), ref_logits(m)), 1e-5) << m;
   }
   // F16 / Q8_0: the same greedy token at every position of the probe.
   for (const auto& [m, type] : std::vector<std::pair<std::string, std::string>>{{"tinyllama", "f16"}, {"tinyllama", "q8_0"}, {"qwen2", "q8_0"}}) {
@@ -164,7 +164,7 @@ TEST(GgufExport, LoadGgufModelGivesTheTransformersLogits) {
   // A file written by gguf-py the way llama.cpp's converter writes it (F16 matrices).
   at::Tensor l = gguf_logits(shared().work / "gguf_py.gguf", "tinyllama");
   EXPECT_TRUE(at::equal(l.argmax(-1), ref_logits("tinyllama").argmax(-1)));
-  EXPECT_LE(testing::max_abs_diff(l, ref_logits("tinyllama")), 0.05);
+  EXPECT_LE(llmtune::testing::max_abs_diff(l, ref_logits("tinyllama")), 0.05);
 }
 
 TEST(GgufExportErrors, BadInputsAreNamed) {
