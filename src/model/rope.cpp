@@ -7,6 +7,7 @@
 #include <ATen/ops/pow.h>
 #include <ATen/ops/reciprocal.h>
 #include <ATen/ops/sin.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/where.h>
 
 #include <cmath>
@@ -17,6 +18,12 @@ at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t head_dim) {
   // 1 / theta^(2i/d), computed as torch does for `1.0 / (base ** (arange(0, d, 2).float() / d))`.
   at::Tensor exponents = at::arange(0, head_dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(head_dim);
   at::Tensor inv_freq = at::pow(rope.theta, exponents).reciprocal() * 1.0;
+  if (!rope.freq_factors.empty()) {
+    TORCH_CHECK(static_cast<int64_t>(rope.freq_factors.size()) == head_dim / 2, "rope freq_factors: ",
+                rope.freq_factors.size(), " values for head_dim ", head_dim);
+    inv_freq = inv_freq / at::tensor(rope.freq_factors, at::kFloat);
+    return rope.type == "linear" ? inv_freq / rope.factor : inv_freq;
+  }
   if (rope.type == "linear") return inv_freq / rope.factor;
   if (rope.type != "llama3") return inv_freq;
 

@@ -18,6 +18,9 @@ struct RopeConfig {
   double low_freq_factor = 1.0;   // llama3
   double high_freq_factor = 4.0;  // llama3
   int64_t original_max_position_embeddings = 8192;  // llama3
+  // Explicit per-frequency divisors (head_dim/2), as a GGUF's rope_freqs.weight stores them:
+  // inv_freq[i] = 1 / (theta^(2i/d) · freq_factors[i]). Empty: computed from `type`.
+  std::vector<float> freq_factors;
 };
 
 struct ModelConfig {

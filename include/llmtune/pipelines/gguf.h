@@ -19,9 +19,14 @@
 namespace llmtune::pipelines {
 
 struct GgufExportOptions {
-  // A ggml type for every quantizable 2-D weight ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1",
-  // "q5_0", "q5_1", "q4_k", "q6_k") or a llama.cpp file type mix ("q4_k_m", "q4_k_s", "q6_k" as
-  // llama-quantize's Q6_K, "q8_0" ...). "auto": as the converter (bf16 source → BF16, else F16).
+  // A llama.cpp file type, as llama-quantize names it (case-insensitive): f32, f16, bf16 (every
+  // matrix of that type, as convert_hf_to_gguf.py --outtype); q8_0 (every matrix Q8_0, the
+  // converter's, F16 where ne[0] % 32 != 0); q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m,
+  // q6_k, and q4_k / q5_k as aliases of q4_k_m / q5_k_m: llama-quantize's per-tensor mix
+  // (llama_tensor_get_type: output and tied token_embd → Q6_K, attn_v/ffn_down of use_more_bits
+  // layers → Q6_K in *_M, ... and its fallbacks where ne[0] does not fit the block), quantized
+  // from the source values. 1-D tensors and norms are F32. "auto": as the converter (bf16 source →
+  // bf16, else f16). QuantError for anything else.
   std::string type = "auto";
   std::string name;     // general.name; "" → the model directory's name
   bool ollama = false;  // also write <out dir>/Modelfile
@@ -48,7 +53,9 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
 
 // llama.cpp's GGUF LoRA adapter (convert_lora_to_gguf.py): general.type "adapter", adapter.type
 // "lora", adapter.lora.alpha, blk.N.<tensor>.weight.lora_a / .lora_b (q/k permuted like the base).
-// type: "f32" | "f16" | "bf16" | "q8_0". DoRA adapters are refused (llama.cpp has no DoRA).
+// type: "f32" | "f16" | "bf16" | "q8_0" | "auto". adapter.lora.alpha is chosen so that llama.cpp's
+// alpha / r equals PEFT's scaling (rsLoRA included); modules needing different values, DoRA,
+// embedding LoRA, lora_bias and modules_to_save are AdapterErrors.
 void export_gguf_lora(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir,
                       const std::filesystem::path& out, const std::string& type);
 

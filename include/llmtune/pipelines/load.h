@@ -20,7 +20,8 @@ struct LoadedModel {
   std::unique_ptr<model::CausalLM> model;
 };
 
-// `command` names the job in the log line. adapter: "" for none.
+// `command` names the job in the log line. `model`: a model directory, a hub repo id, or a .gguf
+// file (load_gguf_model; `dir` is then that file). adapter: "" for none.
 LoadedModel load_model(const std::string& command, const std::string& model, const std::string& adapter,
                        const std::string& device, const std::string& dtype);
 
