@@ -186,8 +186,9 @@ def test_existing_output_needs_force(llmtune, tmp_path):
     r = llmtune("merge", "--model", base, "--adapter", adapter, "--output", out, "--force")
     assert r.code == 0, r.err
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
-    r = llmtune("merge", "--model", base, "--adapter", adapter, "--output", base)
+    r = llmtune("merge", "--model", base, "--adapter", adapter, "--output", base, "--force")
     assert r.code == 2 and "overwrite" in errors(r)[0]
+    assert (base / "config.json").exists()
 
 
 def test_failed_write_leaves_no_partial_output(llmtune, tmp_path):
