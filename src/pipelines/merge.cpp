@@ -116,6 +116,18 @@ int copy_tokenizer_and_generation_files(const fs::path& base_dir, const fs::path
     ++copied;
   }
   if (copied == 0) spdlog::warn("merge: {} has no tokenizer files; the merged directory has none either", from.string());
+  // The template the adapter was trained with (finetune saves it there when it is not the base's).
+  if (!adapter_dir.empty() && from != adapter_dir && fs::exists(adapter_dir / "chat_template.jinja")) {
+    io::write_file_atomic(out_dir / "chat_template.jinja", read_text(adapter_dir / "chat_template.jinja"));
+    if (fs::exists(out_dir / "tokenizer_config.json")) {
+      auto tc = read_json_file(out_dir / "tokenizer_config.json");
+      if (tc.contains("chat_template")) {
+        tc.erase("chat_template");
+        io::write_file_atomic(out_dir / "tokenizer_config.json", tc.dump(2) + "\n");
+      }
+    }
+    spdlog::info("merge: chat template from the adapter directory (the one it was trained with)");
+  }
   if (fs::exists(base_dir / "generation_config.json")) {
     io::write_file_atomic(out_dir / "generation_config.json", read_text(base_dir / "generation_config.json"));
   } else {
