@@ -65,5 +65,7 @@ Command register_eval(CLI::App& root);
 Command register_infer(CLI::App& root);
 Command register_tokenize(CLI::App& root);
 Command register_finetune(CLI::App& root);
+Command register_merge(CLI::App& root);
+Command register_quantize(CLI::App& root);
 
 }  // namespace llmtune::cli

@@ -108,11 +108,19 @@ void save_safetensors(const fs::path& path, const std::vector<Named>& tensors,
 
 std::vector<fs::path> save_sharded(const fs::path& dir, const std::vector<Named>& tensors, uint64_t max_shard_bytes,
                                    const std::string& prefix) {
+  std::vector<std::pair<std::string, uint64_t>> sizes;
+  for (const auto& [name, t] : tensors) sizes.emplace_back(name, t.defined() ? t.nbytes() : 0);
+  return save_sharded_lazy(dir, sizes, [&](size_t i) { return tensors[i].second; }, max_shard_bytes, prefix);
+}
+
+std::vector<fs::path> save_sharded_lazy(const fs::path& dir, const std::vector<std::pair<std::string, uint64_t>>& sizes,
+                                        const std::function<at::Tensor(size_t)>& produce, uint64_t max_shard_bytes,
+                                        const std::string& prefix) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw IoError(dir.string() + ": cannot create the output directory: " + ec.message() + " (check permissions)");
   std::set<std::string> seen;
-  for (const auto& [name, t] : tensors)
+  for (const auto& [name, n_bytes] : sizes)
     if (!seen.insert(name).second) throw IoError(dir.string() + ": duplicate tensor name " + detail::quoted(name) + " (names must be unique)");
 
   // huggingface_hub split_state_dict_into_shards_factory: greedy in the given order; a tensor over
@@ -120,8 +128,8 @@ std::vector<fs::path> save_sharded(const fs::path& dir, const std::vector<Named>
   std::vector<std::vector<size_t>> shards;
   std::vector<size_t> current;
   uint64_t current_bytes = 0, total_bytes = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const uint64_t n_bytes = tensors[i].second.defined() ? tensors[i].second.nbytes() : 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const uint64_t n_bytes = sizes[i].second;
     total_bytes += n_bytes;
     if (n_bytes > max_shard_bytes) {
       shards.push_back({i});
@@ -137,25 +145,33 @@ std::vector<fs::path> save_sharded(const fs::path& dir, const std::vector<Named>
   }
   if (!current.empty() || shards.empty()) shards.push_back(std::move(current));
 
+  // One shard's tensors at a time, released before the next shard is produced.
+  auto materialize = [&](const std::vector<size_t>& shard) {
+    std::vector<Named> part;
+    for (size_t i : shard) {
+      at::Tensor t = produce(i);
+      if (t.defined() && t.nbytes() != sizes[i].second)
+        throw IoError(dir.string() + ": tensor " + detail::quoted(sizes[i].first) + " has " + std::to_string(t.nbytes()) +
+                      " bytes, planned " + std::to_string(sizes[i].second) + " (internal error)");
+      part.emplace_back(sizes[i].first, std::move(t));
+    }
+    return part;
+  };
   const fs::path index_path = dir / (prefix + ".safetensors.index.json");
   std::vector<fs::path> written;
   std::set<std::string> keep;
   if (shards.size() == 1) {
     written.push_back(dir / (prefix + ".safetensors"));
-    save_safetensors(written.back(), tensors);
+    save_safetensors(written.back(), materialize(shards[0]));
   } else {
     nlohmann::json weight_map = nlohmann::json::object();
     for (size_t s = 0; s < shards.size(); ++s) {
       char file[64];
       std::snprintf(file, sizeof file, "-%05zu-of-%05zu.safetensors", s + 1, shards.size());
       const std::string name = prefix + file;
-      std::vector<Named> part;
-      for (size_t i : shards[s]) {
-        part.push_back(tensors[i]);
-        weight_map[tensors[i].first] = name;
-      }
+      for (size_t i : shards[s]) weight_map[sizes[i].first] = name;
       written.push_back(dir / name);
-      save_safetensors(written.back(), part);
+      save_safetensors(written.back(), materialize(shards[s]));
     }
     nlohmann::json index{{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
     // Python's json.dumps(index, indent=2, sort_keys=True) + "\n", which ASCII-escapes like this.

@@ -19,13 +19,15 @@ namespace {
 
 constexpr std::string_view kPrefix = "base_model.model.";
 
-struct ModuleTensors {
-  at::Tensor a, b, magnitude;
-};
-
 }  // namespace
 
-int64_t apply_adapter(model::CausalLM& model, const std::filesystem::path& dir) {
+PeftAdapter read_adapter(const std::filesystem::path& dir_in) {
+  PeftAdapter adapter;
+  adapter.dir = dir_in;
+  // A finetune run directory holds its final adapter under adapter/.
+  if (!std::filesystem::exists(dir_in / "adapter_config.json") && std::filesystem::exists(dir_in / "adapter" / "adapter_config.json"))
+    adapter.dir = dir_in / "adapter";
+  const auto& dir = adapter.dir;
   auto config_path = dir / "adapter_config.json";
   std::ifstream in(config_path);
   if (!in) throw AdapterError(config_path.string() + ": cannot read adapter_config.json (is " + dir.string() + " a PEFT adapter directory?)");
@@ -35,9 +37,10 @@ int64_t apply_adapter(model::CausalLM& model, const std::filesystem::path& dir) 
   } catch (const nlohmann::json::parse_error& e) {
     throw AdapterError(config_path.string() + ": invalid JSON (" + e.what() + ")");
   }
-  LoraConfig config = LoraConfig::from_json(j, config_path.string());
+  adapter.config = LoraConfig::from_json(j, config_path.string());
 
-  auto weights_path = dir / "adapter_model.safetensors";
+  adapter.weights_path = dir / "adapter_model.safetensors";
+  const auto& weights_path = adapter.weights_path;
   if (!std::filesystem::exists(weights_path)) {
     if (std::filesystem::exists(dir / "adapter_model.bin"))
       throw AdapterError((dir / "adapter_model.bin").string() + ": pickled adapters are refused (loading them can run code); "
@@ -47,7 +50,7 @@ int64_t apply_adapter(model::CausalLM& model, const std::filesystem::path& dir) 
   auto file = io::SafetensorsFile::open(weights_path);
 
   // Group the tensors by module path.
-  std::map<std::string, ModuleTensors> modules;
+  auto& modules = adapter.modules;
   for (const auto& key : file->names()) {
     if (!key.starts_with(kPrefix))
       throw AdapterError(weights_path.string() + ": tensor '" + key + "' does not start with '" + std::string(kPrefix) + "' (not a PEFT adapter?)");
@@ -63,7 +66,32 @@ int64_t apply_adapter(model::CausalLM& model, const std::filesystem::path& dir) 
     else throw AdapterError(weights_path.string() + ": tensor '" + key + "' is not supported (embedding LoRA, lora_bias and saved modules are not yet)");
   }
   if (modules.empty()) throw AdapterError(weights_path.string() + ": holds no LoRA tensors");
+  for (const auto& [path, t] : modules) {
+    if (!t.a.defined() || !t.b.defined())
+      throw AdapterError(weights_path.string() + ": module '" + path + "' lacks lora_A or lora_B");
+    if (adapter.config.use_dora != t.magnitude.defined())
+      throw AdapterError(weights_path.string() + ": module '" + path + "': use_dora is " + (adapter.config.use_dora ? "true" : "false") +
+                         " but the magnitude vector is " + (t.magnitude.defined() ? "present" : "absent"));
+  }
+  return adapter;
+}
 
+void check_adapter_module(const PeftAdapter& adapter, const std::string& path, int64_t out_features, int64_t in_features) {
+  const auto& t = adapter.modules.at(path);
+  const int64_t r = t.a.size(0);
+  if (t.a.dim() != 2 || t.b.dim() != 2 || t.a.size(1) != in_features || t.b.size(0) != out_features || t.b.size(1) != r ||
+      (t.magnitude.defined() && (t.magnitude.dim() != 1 || t.magnitude.size(0) != out_features))) {
+    throw AdapterError(adapter.weights_path.string() + ": module '" + path + "': lora_A " + c10::str(t.a.sizes()) + " / lora_B " +
+                       c10::str(t.b.sizes()) + " do not fit the base layer [" + std::to_string(out_features) + ", " +
+                       std::to_string(in_features) + "] (adapter made for another base?)");
+  }
+}
+
+int64_t apply_adapter(model::CausalLM& model, const std::filesystem::path& dir_in) {
+  PeftAdapter adapter = read_adapter(dir_in);
+  const auto& config = adapter.config;
+  const auto& dir = adapter.dir;
+  const auto& modules = adapter.modules;
   std::map<std::string, model::LinearPtr*> slots;
   for (auto& [name, slot] : model.named_linears()) slots[name] = slot;
   const auto device = model.device();
@@ -71,22 +99,11 @@ int64_t apply_adapter(model::CausalLM& model, const std::filesystem::path& dir) 
   for (auto& [path, t] : modules) {
     auto it = slots.find(path);
     if (it == slots.end())
-      throw AdapterError(weights_path.string() + ": module '" + path + "' does not exist in this model (adapter made for another base?)");
-    if (!t.a.defined() || !t.b.defined())
-      throw AdapterError(weights_path.string() + ": module '" + path + "' lacks lora_A or lora_B");
-    if (config.use_dora != t.magnitude.defined())
-      throw AdapterError(weights_path.string() + ": module '" + path + "': use_dora is " + (config.use_dora ? "true" : "false") +
-                         " but the magnitude vector is " + (t.magnitude.defined() ? "present" : "absent"));
+      throw AdapterError(adapter.weights_path.string() + ": module '" + path + "' does not exist in this model (adapter made for another base?)");
     model::Linear& base = **it->second;
-    const int64_t r = t.a.size(0);
-    if (t.a.dim() != 2 || t.b.dim() != 2 || t.a.size(1) != base.in_features() || t.b.size(0) != base.out_features() ||
-        t.b.size(1) != r || (t.magnitude.defined() && (t.magnitude.dim() != 1 || t.magnitude.size(0) != base.out_features()))) {
-      throw AdapterError(weights_path.string() + ": module '" + path + "': lora_A " + c10::str(t.a.sizes()) + " / lora_B " +
-                         c10::str(t.b.sizes()) + " do not fit the base layer [" + std::to_string(base.out_features()) + ", " +
-                         std::to_string(base.in_features()) + "] (adapter made for another base?)");
-    }
+    check_adapter_module(adapter, path, base.out_features(), base.in_features());
     auto cast = [&](const at::Tensor& x) { return x.defined() ? x.to(device, dtype) : x; };
-    *it->second = std::make_shared<LoraLinear>(*it->second, cast(t.a), cast(t.b), config.scaling_for(path, r), cast(t.magnitude));
+    *it->second = std::make_shared<LoraLinear>(*it->second, cast(t.a), cast(t.b), config.scaling_for(path, t.a.size(0)), cast(t.magnitude));
   }
   spdlog::info("adapter {}: {} module(s), {}{}", dir.string(), modules.size(),
                config.use_dora ? "DoRA" : "LoRA", config.use_rslora ? " (rsLoRA scaling)" : "");

@@ -67,6 +67,23 @@ void copy_model_files(const fs::path& from, const fs::path& to, at::ScalarType s
   io::write_file_atomic(to / "config.json", config.dump(2) + "\n");
 }
 
+// The chat template the data was rendered with, when it is not the tokenizer's own (a named
+// template or a .jinja file): saved as chat_template.jinja next to the result, so that infer,
+// merge and GGUF/Ollama exports keep the layout the model learned. "" when nothing to save.
+std::string trained_template_source(const data::Dataset& dataset, const data::DataParams& params,
+                                    const tokenizer::Tokenizer& tok) {
+  if (dataset.template_name == "tokenizer" || dataset.template_name == "none") return "";
+  const std::string& name = params.chat_template;
+  std::string source;
+  if (name.ends_with(".jinja")) {
+    std::ifstream in(name, std::ios::binary);
+    source.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } else {
+    source = data::named_template_source(name);
+  }
+  return source == tok.chat_template ? "" : source;
+}
+
 at::ScalarType dtype_from_config_name(const std::string& name) {
   if (name == "bfloat16") return at::kBFloat16;
   if (name == "float16") return at::kHalf;
@@ -317,6 +334,8 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     peft::LoraConfig saved = p.lora;
     saved.base_model_name_or_path = p.model;
     peft::save_adapter(p.output / "adapter", saved, adapter);
+    if (auto source = trained_template_source(dataset, p.data, *tok); !source.empty())
+      io::write_file_atomic(p.output / "adapter" / "chat_template.jinja", source);
     spdlog::info("adapter: {}", (p.output / "adapter").string());
   } else {
     const std::string& config_dtype = model.config().torch_dtype;
@@ -327,6 +346,8 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     io::AtomicDir out(p.output / "model");
     io::save_sharded(out.staging(), tensors, uint64_t{5} << 30);
     copy_model_files(model_dir, out.staging(), save_dtype);
+    if (auto source = trained_template_source(dataset, p.data, *tok); !source.empty())
+      io::write_file_atomic(out.staging() / "chat_template.jinja", source);
     out.commit();
     spdlog::info("model: {} ({})", (p.output / "model").string(), dtype_name(save_dtype));
   }

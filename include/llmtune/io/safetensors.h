@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -91,5 +92,11 @@ void save_safetensors(const std::filesystem::path& path,
 std::vector<std::filesystem::path> save_sharded(const std::filesystem::path& dir,
                                                 const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                                                 uint64_t max_shard_bytes, const std::string& prefix = "model");
+// The same split, with the tensors produced one shard at a time so peak memory is about one shard:
+// `sizes` lists each tensor's name and byte size in order, produce(i) returns tensor i.
+std::vector<std::filesystem::path> save_sharded_lazy(const std::filesystem::path& dir,
+                                                     const std::vector<std::pair<std::string, uint64_t>>& sizes,
+                                                     const std::function<at::Tensor(size_t)>& produce,
+                                                     uint64_t max_shard_bytes, const std::string& prefix = "model");
 
 }  // namespace llmtune::io

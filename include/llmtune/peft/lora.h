@@ -110,6 +110,33 @@ void save_adapter(const std::filesystem::path& dir, const LoraConfig& config, co
 // a missing or unexpected tensor is an error naming it). Nothing is changed unless all fit.
 void load_adapter_into(const std::filesystem::path& dir, const std::vector<NamedTensor>& params);
 
+// A PEFT adapter directory in memory: its config and, per module path
+// ("model.layers.0.self_attn.q_proj"), the memory-mapped tensors.
+struct AdapterModuleTensors {
+  at::Tensor a, b;       // lora_A (r, in), lora_B (out, r)
+  at::Tensor magnitude;  // (out,), DoRA only
+};
+struct PeftAdapter {
+  std::filesystem::path dir, weights_path;
+  LoraConfig config;
+  std::map<std::string, AdapterModuleTensors> modules;
+};
+
+// Reads adapter_config.json + adapter_model.safetensors of `dir` (or of `dir`/adapter, a finetune
+// run directory). Pickled weights, foreign keys, a module without lora_A/lora_B, a magnitude
+// vector that use_dora does not match: AdapterErrors naming the file and tensor.
+PeftAdapter read_adapter(const std::filesystem::path& dir);
+
+// Checks a module's tensors against a base weight of shape (out, in); an AdapterError naming the
+// module and the shapes otherwise ("adapter made for another base?").
+void check_adapter_module(const PeftAdapter& adapter, const std::string& module_path, int64_t out_features,
+                          int64_t in_features);
+
+// The merged weight of one module, in float32: W + s·(B·A) (LoRA, rsLoRA), and with DoRA
+// m/‖W + s·B·A‖ · (W + s·B·A), the norm per output row, as PEFT's merge_and_unload computes it.
+// w: (out, in) any float dtype.
+at::Tensor merge_lora_weight(const at::Tensor& w, const AdapterModuleTensors& module, double scaling);
+
 // Loads a PEFT LoRA adapter directory and wraps the model's matching linears. Shapes, unknown
 // modules and unsupported features (embedding LoRA, modules_to_save, lora_bias) are AdapterErrors
 // naming the tensor or key. Returns the number of wrapped modules.

@@ -1,0 +1,95 @@
+// `llmtune merge`: a PEFT adapter folded into its base model, written as a standard Hugging Face
+// directory (sharded safetensors + index, config.json, tokenizer files, generation_config.json)
+// and/or a GGUF file, tensor by tensor; and llama.cpp's GGUF LoRA adapter export.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "llmtune/io/safetensors.h"
+#include "llmtune/model/config.h"
+#include "llmtune/peft/lora.h"
+#include "llmtune/pipelines/gguf.h"
+
+namespace llmtune::pipelines {
+
+// A base checkpoint with an optional adapter folded in, one tensor at a time (memory-mapped base,
+// merged weights computed on request in fp32 and cast to the output dtype).
+class MergedWeights {
+ public:
+  // adapter: "" for none. out_dtype: at::ScalarType::Undefined keeps each tensor's stored dtype.
+  // Every adapter module is checked against the base here (a missing module or a shape mismatch is
+  // an AdapterError naming the tensor), before anything is written.
+  MergedWeights(const std::filesystem::path& model_dir, const std::string& adapter, at::ScalarType out_dtype);
+
+  const std::filesystem::path& model_dir() const { return model_dir_; }
+  const model::ModelConfig& config() const { return config_; }
+  bool has_adapter() const { return adapter_ != nullptr; }
+  const peft::PeftAdapter& adapter() const { return *adapter_; }
+  const std::vector<std::string>& names() const { return names_; }  // layer-natural order
+  uint64_t n_bytes(const std::string& name) const;                  // in the output dtype
+  at::Tensor get(const std::string& name) const;                    // CPU, output dtype
+
+  // Modules whose merged weight (in the output dtype) came out bit-identical to the base weight,
+  // counted by get(); and how many of those have an all-zero lora_B.
+  int64_t unchanged_modules() const { return unchanged_; }
+  int64_t zero_b_modules() const { return zero_b_; }
+  int64_t adapter_modules() const { return adapter_ ? static_cast<int64_t>(adapter_->modules.size()) : 0; }
+
+ private:
+  at::ScalarType dtype_for(const io::TensorInfo& info) const;
+
+  std::filesystem::path model_dir_;
+  model::ModelConfig config_;
+  io::Checkpoint checkpoint_;
+  std::unique_ptr<peft::PeftAdapter> adapter_;
+  std::map<std::string, std::string> module_of_weight_;  // "<module>.weight" → module path
+  at::ScalarType out_dtype_;
+  std::vector<std::string> names_;
+  mutable int64_t unchanged_ = 0, zero_b_ = 0;
+};
+
+struct MergeParams {
+  std::string model;    // base model directory or hub-cache repo id; "" → adapter_config's base_model_name_or_path
+  std::string adapter;  // PEFT adapter directory, or a finetune run directory (its adapter/)
+  // Hugging Face output directory. "" → written to the default (next to the adapter: <run>/merged,
+  // or <adapter>-merged) unless only GGUF outputs were asked for.
+  std::filesystem::path output;
+  std::string dtype;  // "" → the base's dtype; bf16 | fp16 | fp32
+  uint64_t shard_size_bytes = 5'000'000'000;  // transformers' default max_shard_size "5GB"
+  bool force = false;                          // replace existing outputs
+  std::filesystem::path gguf;                  // also write the merged model as GGUF ("" none)
+  GgufExportOptions gguf_options;
+  std::filesystem::path lora_gguf;  // also write the adapter alone in llama.cpp's GGUF LoRA format
+  std::string lora_gguf_type = "f16";
+};
+
+struct MergeReport {
+  std::filesystem::path model_dir, adapter_dir;
+  std::filesystem::path output;  // "" when no HF directory was written
+  std::vector<std::filesystem::path> files;
+  std::string dtype;
+  int64_t tensors = 0, adapter_modules = 0, unchanged_modules = 0, zero_b_modules = 0;
+  double merge_seconds = 0;
+  std::filesystem::path gguf;
+  GgufExportReport gguf_report;
+  std::filesystem::path lora_gguf;
+  double seconds = 0;
+  uint64_t peak_rss_bytes = 0;
+};
+
+// Everything is validated (inputs, adapter vs base, existing outputs) before any output appears;
+// each output appears whole (AtomicDir / atomic files) or not at all.
+MergeReport run_merge(const MergeParams& params);
+
+// "5GB", "500MB", "2GiB", "1000000" → bytes (decimal units as transformers' max_shard_size); a
+// ConfigError naming `key` for anything else.
+uint64_t parse_byte_size(const std::string& text, const std::string& key);
+
+}  // namespace llmtune::pipelines

@@ -1,0 +1,338 @@
+// `llmtune merge`, written out: resolve the adapter and its base, check every output path and every
+// adapter tensor against the base, then stream the merged tensors shard by shard into a staging
+// directory (plus config, tokenizer and generation config), export GGUF from it if asked, and only
+// then move the outputs into place.
+#include "llmtune/pipelines/merge.h"
+
+#include <ATen/ops/count_nonzero.h>
+#include <ATen/ops/equal.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "llmtune/io/atomic_file.h"
+#include "llmtune/io/hf_dir.h"
+#include "llmtune/train/progress.h"
+#include "llmtune/util/device.h"
+#include "llmtune/util/error.h"
+
+namespace llmtune::pipelines {
+namespace {
+
+namespace fs = std::filesystem;
+
+// "model.layers.10.mlp" after "model.layers.9.mlp": numbers compare by value.
+bool natural_less(const std::string& a, const std::string& b) {
+  size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
+      size_t i2 = i, j2 = j;
+      while (i2 < a.size() && std::isdigit(static_cast<unsigned char>(a[i2]))) ++i2;
+      while (j2 < b.size() && std::isdigit(static_cast<unsigned char>(b[j2]))) ++j2;
+      const std::string na = a.substr(i, i2 - i), nb = b.substr(j, j2 - j);
+      if (na.size() != nb.size()) return na.size() < nb.size();
+      if (na != nb) return na < nb;
+      i = i2, j = j2;
+      continue;
+    }
+    if (a[i] != b[j]) return a[i] < b[j];
+    ++i, ++j;
+  }
+  return a.size() - i < b.size() - j;
+}
+
+at::ScalarType dtype_from_config_name(const std::string& name) {
+  if (name == "bfloat16") return at::kBFloat16;
+  if (name == "float16") return at::kHalf;
+  if (name == "float32") return at::kFloat;
+  return at::ScalarType::Undefined;
+}
+
+std::string config_dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    case at::kFloat: return "float32";
+    default: return "";
+  }
+}
+
+nlohmann::ordered_json read_json_file(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw ModelLoadError(path.string() + ": cannot read it");
+  try {
+    return nlohmann::ordered_json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw ModelLoadError(path.string() + ": invalid JSON (" + e.what() + ")");
+  }
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+bool same_or_inside(const fs::path& inner, const fs::path& outer) {
+  const fs::path a = fs::weakly_canonical(inner), b = fs::weakly_canonical(outer);
+  auto [end_b, end_a] = std::mismatch(b.begin(), b.end(), a.begin(), a.end());
+  return end_b == b.end();
+}
+
+// The files a Hugging Face directory needs next to its weights for tokenization and generation.
+constexpr const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                           "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                                           "chat_template.json", "vocab.json", "merges.txt"};
+
+// config.json of the base with the new dtype (the key spelled as the base spells it).
+void write_config(const fs::path& base_dir, const fs::path& out_dir, at::ScalarType dtype) {
+  auto config = read_json_file(base_dir / "config.json");
+  const std::string name = config_dtype_name(dtype);
+  if (!name.empty()) {
+    bool set = false;
+    for (const char* key : {"dtype", "torch_dtype"})
+      if (config.contains(key)) config[key] = name, set = true;
+    if (!set) config["dtype"] = name;
+  }
+  io::write_file_atomic(out_dir / "config.json", config.dump(2) + "\n");
+}
+
+// Tokenizer files: the adapter directory's when it carries its own (trainers save the tokenizer
+// they trained with, chat template included), else the base's. generation_config.json comes from
+// the base, or is derived from config.json as transformers derives it.
+int copy_tokenizer_and_generation_files(const fs::path& base_dir, const fs::path& adapter_dir, const fs::path& out_dir,
+                                        const model::ModelConfig& config) {
+  const bool adapter_has_tokenizer =
+      !adapter_dir.empty() && (fs::exists(adapter_dir / "tokenizer.json") || fs::exists(adapter_dir / "tokenizer.model"));
+  const fs::path from = adapter_has_tokenizer ? adapter_dir : base_dir;
+  if (adapter_has_tokenizer) spdlog::info("merge: tokenizer files from the adapter directory {}", adapter_dir.string());
+  int copied = 0;
+  for (const char* file : kTokenizerFiles) {
+    if (!fs::exists(from / file)) continue;
+    io::write_file_atomic(out_dir / file, read_text(from / file));
+    ++copied;
+  }
+  if (copied == 0) spdlog::warn("merge: {} has no tokenizer files; the merged directory has none either", from.string());
+  // The template the adapter was trained with (finetune saves it there when it is not the base's).
+  if (!adapter_dir.empty() && from != adapter_dir && fs::exists(adapter_dir / "chat_template.jinja")) {
+    io::write_file_atomic(out_dir / "chat_template.jinja", read_text(adapter_dir / "chat_template.jinja"));
+    if (fs::exists(out_dir / "tokenizer_config.json")) {
+      auto tc = read_json_file(out_dir / "tokenizer_config.json");
+      if (tc.contains("chat_template")) {
+        tc.erase("chat_template");
+        io::write_file_atomic(out_dir / "tokenizer_config.json", tc.dump(2) + "\n");
+      }
+    }
+    spdlog::info("merge: chat template from the adapter directory (the one it was trained with)");
+  }
+  if (fs::exists(base_dir / "generation_config.json")) {
+    io::write_file_atomic(out_dir / "generation_config.json", read_text(base_dir / "generation_config.json"));
+  } else {
+    nlohmann::ordered_json g{{"_from_model_config", true}};
+    if (config.bos_token_id) g["bos_token_id"] = *config.bos_token_id;
+    if (config.eos_token_ids.size() == 1) g["eos_token_id"] = config.eos_token_ids[0];
+    else if (!config.eos_token_ids.empty()) g["eos_token_id"] = config.eos_token_ids;
+    if (config.pad_token_id) g["pad_token_id"] = *config.pad_token_id;
+    io::write_file_atomic(out_dir / "generation_config.json", g.dump(2) + "\n");
+  }
+  return copied;
+}
+
+void refuse_existing(const fs::path& path, bool force, const char* what) {
+  if (!path.empty() && fs::exists(path) && !force)
+    throw ConfigError(path.string() + ": the " + std::string(what) + " already exists (pass --force to replace it)");
+}
+
+}  // namespace
+
+uint64_t parse_byte_size(const std::string& text, const std::string& key) {
+  size_t pos = 0;
+  while (pos < text.size() && (std::isdigit(static_cast<unsigned char>(text[pos])) || text[pos] == '.')) ++pos;
+  std::string unit = text.substr(pos);
+  std::transform(unit.begin(), unit.end(), unit.begin(), [](unsigned char c) { return std::toupper(c); });
+  double value = 0;
+  try {
+    value = pos == 0 ? -1 : std::stod(text.substr(0, pos));
+  } catch (const std::exception&) {
+    value = -1;
+  }
+  static const std::map<std::string, double> units{{"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+                                                   {"KIB", 1024.0}, {"MIB", 1048576.0}, {"GIB", 1073741824.0}};
+  auto it = units.find(unit);
+  if (value <= 0 || it == units.end())
+    throw ConfigError(key + ": '" + text + "' is not a size (use e.g. 5GB, 500MB, 2GiB or a byte count)");
+  return static_cast<uint64_t>(value * it->second);
+}
+
+MergedWeights::MergedWeights(const fs::path& model_dir, const std::string& adapter, at::ScalarType out_dtype)
+    : model_dir_(model_dir), config_(model::ModelConfig::load(model_dir)), checkpoint_(io::Checkpoint::open(model_dir)),
+      out_dtype_(out_dtype) {
+  auto raw_config = read_json_file(model_dir / "config.json");
+  if (raw_config.contains("quantization_config"))
+    throw ModelLoadError((model_dir / "config.json").string() +
+                         ": the base is a quantized checkpoint (quantization_config); merge into its full-precision original");
+  names_ = checkpoint_.names();
+  std::sort(names_.begin(), names_.end(), natural_less);
+  if (adapter.empty()) return;
+  adapter_ = std::make_unique<peft::PeftAdapter>(peft::read_adapter(adapter));
+  for (const auto& [path, t] : adapter_->modules) {
+    const std::string weight = path + ".weight";
+    if (!checkpoint_.contains(weight))
+      throw AdapterError(adapter_->weights_path.string() + ": module '" + path + "' has no weight '" + weight + "' in " +
+                         model_dir.string() + " (adapter made for another base?)");
+    const auto& shape = checkpoint_.info(weight).shape;
+    if (shape.size() != 2)
+      throw AdapterError(adapter_->weights_path.string() + ": module '" + path + "': the base weight is not a matrix");
+    peft::check_adapter_module(*adapter_, path, shape[0], shape[1]);
+    module_of_weight_[weight] = path;
+  }
+}
+
+at::ScalarType MergedWeights::dtype_for(const io::TensorInfo& info) const {
+  const at::ScalarType stored = io::dtype_from_safetensors(info.dtype);
+  if (out_dtype_ == at::ScalarType::Undefined || !at::isFloatingType(stored)) return stored;
+  return out_dtype_;
+}
+
+uint64_t MergedWeights::n_bytes(const std::string& name) const {
+  const auto& info = checkpoint_.info(name);
+  uint64_t n = 1;
+  for (int64_t d : info.shape) n *= static_cast<uint64_t>(d);
+  return n * c10::elementSize(dtype_for(info));
+}
+
+at::Tensor MergedWeights::get(const std::string& name) const {
+  at::Tensor base = checkpoint_.tensor(name);
+  const at::ScalarType dtype = dtype_for(checkpoint_.info(name));
+  auto it = module_of_weight_.find(name);
+  if (it == module_of_weight_.end()) return base.to(dtype);
+  const auto& module = adapter_->modules.at(it->second);
+  const double scaling = adapter_->config.scaling_for(it->second, module.a.size(0));
+  at::Tensor merged = peft::merge_lora_weight(base, module, scaling).to(dtype);
+  if (at::equal(merged, base.to(dtype))) {
+    ++unchanged_;
+    if (at::count_nonzero(module.b).item<int64_t>() == 0) ++zero_b_;
+  }
+  return merged;
+}
+
+MergeReport run_merge(const MergeParams& params) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto seconds_since = [](auto start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  MergeReport report;
+  if (params.adapter.empty()) throw ConfigError("adapter: required (a PEFT adapter directory or a finetune run directory)");
+
+  // Inputs: the adapter, then its base (named, or the one the adapter was trained on).
+  const peft::PeftAdapter adapter = peft::read_adapter(params.adapter);
+  std::string model = params.model;
+  if (model.empty()) {
+    model = adapter.config.base_model_name_or_path;
+    if (model.empty())
+      throw ConfigError(adapter.dir.string() + ": adapter_config.json names no base_model_name_or_path; pass --model");
+    spdlog::info("merge: base model {} (from adapter_config.json)", model);
+  }
+  report.model_dir = io::resolve_model_dir(model);
+  report.adapter_dir = adapter.dir;
+
+  // Outputs: where, and refused when they exist (without --force) or would overwrite an input.
+  fs::path hf_out = params.output;
+  if (hf_out.empty() && params.gguf.empty() && params.lora_gguf.empty()) {
+    hf_out = adapter.dir.filename() == "adapter" ? adapter.dir.parent_path() / "merged"
+                                                 : fs::path(adapter.dir.string() + "-merged");
+  }
+  for (const auto& [path, what] : {std::pair{hf_out, "output directory"}, {params.gguf, "GGUF file"},
+                                   {params.lora_gguf, "LoRA GGUF file"}}) {
+    if (path.empty()) continue;
+    refuse_existing(path, params.force, what);
+    if (same_or_inside(path, report.model_dir) || same_or_inside(path, adapter.dir) ||
+        same_or_inside(report.model_dir, path) || same_or_inside(adapter.dir, path))
+      throw ConfigError(path.string() + ": the " + std::string(what) + " would overwrite the base model or the adapter; choose another path");
+  }
+  if (!hf_out.empty() && !params.gguf.empty() && same_or_inside(params.gguf, hf_out))
+    throw ConfigError(params.gguf.string() + ": put the GGUF file outside the output directory " + hf_out.string());
+
+  at::ScalarType out_dtype = at::ScalarType::Undefined;
+  if (!params.dtype.empty()) {
+    if (params.dtype == "bf16" || params.dtype == "bfloat16") out_dtype = at::kBFloat16;
+    else if (params.dtype == "fp16" || params.dtype == "float16") out_dtype = at::kHalf;
+    else if (params.dtype == "fp32" || params.dtype == "float32") out_dtype = at::kFloat;
+    else throw ConfigError("dtype: '" + params.dtype + "' is not one of bf16, fp16, fp32");
+  } else {
+    out_dtype = dtype_from_config_name(model::ModelConfig::load(report.model_dir).torch_dtype);
+  }
+
+  // Every adapter tensor is checked against the base here, before anything is written.
+  MergedWeights weights(report.model_dir, adapter.dir.string(), out_dtype);
+  report.adapter_modules = weights.adapter_modules();
+  report.tensors = static_cast<int64_t>(weights.names().size());
+  report.dtype = out_dtype == at::ScalarType::Undefined ? "as stored" : dtype_name(out_dtype);
+  spdlog::info("merge: {} ({} tensors) + {} ({} {} modules, r {}, alpha {}) → {}", report.model_dir.string(), report.tensors,
+               adapter.dir.string(), report.adapter_modules, adapter.config.use_dora ? "DoRA" : "LoRA", adapter.config.r,
+               adapter.config.lora_alpha, report.dtype);
+
+  std::unique_ptr<io::AtomicDir> staged;
+  if (!hf_out.empty()) {
+    const auto t_merge = std::chrono::steady_clock::now();
+    staged = std::make_unique<io::AtomicDir>(hf_out);
+    std::vector<std::pair<std::string, uint64_t>> sizes;
+    for (const auto& name : weights.names()) sizes.emplace_back(name, weights.n_bytes(name));
+    auto files = io::save_sharded_lazy(staged->staging(), sizes, [&](size_t i) { return weights.get(weights.names()[i]); },
+                                       params.shard_size_bytes);
+    write_config(report.model_dir, staged->staging(), out_dtype);
+    copy_tokenizer_and_generation_files(report.model_dir, adapter.dir, staged->staging(), weights.config());
+    for (const auto& f : files) report.files.push_back(hf_out / f.filename());
+    report.merge_seconds = seconds_since(t_merge);
+  }
+
+  if (!params.gguf.empty()) {
+    if (staged) {
+      // From the staged directory: the GGUF holds exactly the merged weights written above.
+      auto checkpoint = io::Checkpoint::open(staged->staging());
+      std::vector<std::string> names = checkpoint.names();
+      std::sort(names.begin(), names.end(), natural_less);
+      report.gguf_report = export_gguf(staged->staging(), names, [&](const std::string& n) { return checkpoint.tensor(n); },
+                                       params.gguf, params.gguf_options);
+    } else {
+      const auto t_merge = std::chrono::steady_clock::now();
+      GgufExportOptions options = params.gguf_options;
+      if (options.name.empty()) options.name = report.model_dir.filename().string() + "-merged";
+      report.gguf_report = export_gguf(report.model_dir, weights.names(), [&](const std::string& n) { return weights.get(n); },
+                                       params.gguf, options);
+      report.merge_seconds = seconds_since(t_merge);
+    }
+    report.gguf = params.gguf;
+  }
+  if (!params.lora_gguf.empty()) {
+    export_gguf_lora(report.model_dir, adapter.dir, params.lora_gguf, params.lora_gguf_type);
+    report.lora_gguf = params.lora_gguf;
+  }
+  if (staged) {
+    staged->commit();
+    report.output = hf_out;
+  }
+
+  report.unchanged_modules = weights.unchanged_modules();
+  report.zero_b_modules = weights.zero_b_modules();
+  if (!hf_out.empty() || !params.gguf.empty()) {
+    if (report.adapter_modules > 0 && report.zero_b_modules == report.adapter_modules) {
+      spdlog::warn("merge: THE ADAPTER CHANGES NOTHING: every lora_B of {} is zero (an untrained adapter, or one saved "
+                   "before the first step); the merged model equals the base", adapter.dir.string());
+    } else if (report.adapter_modules > 0 && report.unchanged_modules == report.adapter_modules) {
+      spdlog::warn("merge: THE MERGED MODEL EQUALS THE BASE: every adapter delta is below {} precision; merge with --dtype fp32",
+                   report.dtype);
+    } else if (report.unchanged_modules > 0) {
+      spdlog::warn("merge: {} of {} adapted weights came out unchanged in {} ({} with an all-zero lora_B)",
+                   report.unchanged_modules, report.adapter_modules, report.dtype, report.zero_b_modules);
+    }
+  }
+  report.seconds = seconds_since(t0);
+  report.peak_rss_bytes = static_cast<uint64_t>(train::peak_memory_bytes(false, 0));
+  return report;
+}
+
+}  // namespace llmtune::pipelines
