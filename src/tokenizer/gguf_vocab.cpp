@@ -121,9 +121,11 @@ void vocab_from_sentencepiece(GgufVocab& v, const fs::path& dir, const json& con
     v.scores[id] = -1000.0f;
     v.token_types[id] = type;
   };
-  if (fs::exists(dir / "added_tokens.json"))
-    for (const auto& [content, id] : read_json_file(dir / "added_tokens.json").items())
+  if (fs::exists(dir / "added_tokens.json")) {
+    const json added = read_json_file(dir / "added_tokens.json");  // kept alive: items() refers into it
+    for (const auto& [content, id] : added.items())
       if (id.is_number_integer()) set_added(id.get<int64_t>(), content, kUserDefined);
+  }
   if (config.contains("added_tokens_decoder") && config["added_tokens_decoder"].is_object()) {
     for (const auto& [key, a] : config["added_tokens_decoder"].items()) {
       std::string content = a.value("content", std::string());
@@ -265,7 +267,8 @@ void vocab_from_gpt2(GgufVocab& v, const fs::path& dir, const json& tj, const js
   v.model = "gpt2";
   v.pre = byte_pre_name(tj.value("pre_tokenizer", json()), file);
   std::map<int32_t, std::string> by_id;
-  for (const auto& [token, id] : tj["model"].value("vocab", json::object()).items())
+  const json model_vocab = tj["model"].value("vocab", json::object());  // kept alive: items() refers into it
+  for (const auto& [token, id] : model_vocab.items())
     if (id.is_number_integer()) by_id[id.get<int32_t>()] = token;
   std::map<int32_t, AddedEntry> added = added_entries(tj, config);
   for (const auto& [id, a] : added) by_id[id] = a.content;

@@ -117,6 +117,8 @@ std::string show(const std::vector<int32_t>& ids) {
 // What a GGUF vocabulary cannot say, and so texts whose encoding legitimately differs:
 // * HF tokenizers that prepend "▁" to every piece of text (LlamaTokenizer legacy=true, the legacy
 //   Prepend normalizer) differ from prepend_scheme "first" on text that follows an added token;
+// * the legacy Prepend("▁") normalizer (PreTrainedTokenizerFast on an old tokenizer.json) adds
+//   "▁" even to text that starts with a space or "▁", where Metaspace "first" does not;
 // * lstrip / rstrip / single_word (GPT-2 fixture's <|sep|>, [WORD]) and normalized=true (Qwen2's
 //   "Ångström") are added-token flags GGUF does not store.
 bool lossy_text(const Case& c, const GgufVocab& v, const std::string& text) {
@@ -128,6 +130,7 @@ bool lossy_text(const Case& c, const GgufVocab& v, const std::string& text) {
       if (p != std::string::npos && p + v.tokens[i].size() < text.size()) return true;
     }
   }
+  if (c.name == "spm-legacy-fast" && (text.rfind(" ", 0) == 0 || text.rfind("\u2581", 0) == 0)) return true;
   if (c.name == "bpe-gpt2" || c.name == "model-llama-linear") return contains("<|sep|>") || contains("[WORD]");
   if (c.name == "bpe-qwen2" || c.name == "model-qwen2") return contains("A\u030a");
   return false;
@@ -162,7 +165,8 @@ TEST(GgufVocabTokenizer, EncodesLikeAutoTokenizer) {
         report("decode(skip_special_tokens)", i, json(d).dump(), hf["decoded_skip"][i].dump());
     }
     EXPECT_EQ(mismatches, 0) << c.name;
-    EXPECT_LT(skipped, 20) << c.name;  // the lossy cases are a handful of hard cases, never the corpus
+    // A handful of hard cases; for spm-legacy-fast also the corpus lines that start with a space.
+    EXPECT_LT(skipped, c.name == "spm-legacy-fast" ? 200 : 20) << c.name;
     if (skipped) std::printf("[gguf vocab] %-22s %d of %zu texts not compared (not representable in GGUF)\n",
                              c.name.c_str(), skipped, t.size());
   }
