@@ -9,7 +9,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/common.sh"
 
 # The parser suites, in gtest filter syntax (':'-separated). Add a new parser's suites here.
-ASAN_SUITES="Safetensors*:HfDir*:Config*:Tokenizer*:ChatTemplate*:CausalLMConfig*:DatasetTest*:Batcher*"
+ASAN_SUITES="Safetensors*:Gguf*:HfDir*:Config*:Tokenizer*:ChatTemplate*:CausalLMConfig*:DatasetTest*:Batcher*"
 
 build_dir=${LLMTUNE_ASAN_BUILD_DIR:-$LLMTUNE_ROOT/build-asan}
 # CUDA kernels are not parsers and nvcc does not take the sanitizer flags: leave them out.
