@@ -109,6 +109,12 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
   const ArchInfo arch = arch_for_model_type(c.model_type, src);
   if (c.rope.type == "llama3" && arch.arch != "llama")
     throw ModelLoadError(src + ": llama3 rope scaling can be exported to GGUF only for the llama architecture");
+  // llama.cpp's llama/qwen2/gemma architectures have no sliding window (its converter drops it too).
+  const int64_t window = c.sliding_window_per_layer.empty()
+                             ? 0 : *std::max_element(c.sliding_window_per_layer.begin(), c.sliding_window_per_layer.end());
+  if (window > 0 && window < c.max_position_embeddings)
+    spdlog::warn("GGUF export: the {} architecture has no sliding window; past {} tokens llama.cpp attends to the whole "
+                 "context where transformers attends to the last {} only", arch.arch, window, window);
 
   const std::set<std::string> present(hf_names.begin(), hf_names.end());
   // Gemma's converter drops lm_head; a tied model has no output tensor (llama.cpp reuses token_embd).
@@ -161,6 +167,11 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
                                                                    : model_dir.parent_path().filename().string();
   tokenizer::GgufVocab vocab = tokenizer::gguf_vocab_from_model_dir(model_dir, c.vocab_size);
 
+  if (out.has_parent_path()) {
+    std::error_code ec;
+    std::filesystem::create_directories(out.parent_path(), ec);
+    if (ec) throw IoError(out.parent_path().string() + ": cannot create the output directory: " + ec.message());
+  }
   io::GgufWriter writer(out);
   write_model_metadata(writer, c, raw, arch, ft, name);
   tokenizer::write_gguf_vocab(writer, vocab);

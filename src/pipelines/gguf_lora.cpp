@@ -115,6 +115,11 @@ void export_gguf_lora(const std::filesystem::path& model_dir, const std::filesys
     return bx != by ? gguf_name_less(bx, by) : x.name < y.name;
   });
 
+  if (out.has_parent_path()) {
+    std::error_code ec;
+    std::filesystem::create_directories(out.parent_path(), ec);
+    if (ec) throw IoError(out.parent_path().string() + ": cannot create the output directory: " + ec.message());
+  }
   io::GgufWriter writer(out);
   writer.add_string("general.architecture", arch.arch);
   writer.add_string("general.type", "adapter");

@@ -286,6 +286,8 @@ def check_lora(case, errors):
         if name not in tensors or not np.array_equal(gguf.quants.dequantize(tensors[name].data, tensors[name].tensor_type), want):
             errors.append(f"lora: {name} differs from {key}")
     # W_gguf + (alpha/r)·B·A in GGUF space equals the merged model's F32 GGUF.
+    if "merged_gguf" not in case:
+        return
     base = {t.name: t for t in gguf.GGUFReader(case["base_gguf"]).tensors}
     merged = {t.name: t for t in gguf.GGUFReader(case["merged_gguf"]).tensors}
     for name in tensors:
