@@ -9,9 +9,9 @@ import yaml
 def test_help_lists_only_working_commands(llmtune):
     r = llmtune("--help")
     assert r.code == 0
-    for present in ("env", "eval", "infer", "tokenize", "finetune"):
+    for present in ("env", "eval", "infer", "tokenize", "finetune", "merge", "quantize"):
         assert f"\n  {present} " in r.out, present
-    for missing in ("merge", "quantize", "distill", "prune"):
+    for missing in ("distill", "prune"):
         assert missing not in r.out
 
 
