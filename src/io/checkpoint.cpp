@@ -156,4 +156,9 @@ at::Tensor Checkpoint::tensor(const std::string& name) const {
   return where_.at(name)->tensor(name);
 }
 
+void Checkpoint::release(const std::string& name) const {
+  info(name);
+  where_.at(name)->release(name);
+}
+
 }  // namespace llmtune::io

@@ -266,4 +266,14 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   return out;
 }
 
+void SafetensorsFile::release(const std::string& name) const {
+  const TensorInfo& ti = info(name);
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t base = reinterpret_cast<uintptr_t>(map_);
+  // Whole pages inside [begin, end) only; neighbours' pages stay.
+  const uintptr_t begin = (base + data_start_ + ti.begin + page - 1) / page * page;
+  const uintptr_t end = (base + data_start_ + ti.end) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 }  // namespace llmtune::io

@@ -54,21 +54,31 @@ bool is_shard_name(const std::string& file, const std::string& prefix) {
 
 }  // namespace
 
-void save_safetensors(const fs::path& path, const std::vector<Named>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+namespace {
+
+// The writer proper: the header from the specs, then each tensor's bytes as produce(i) yields it,
+// so only one tensor needs to be in memory at a time.
+void write_safetensors(const fs::path& path, const std::vector<TensorSpec>& specs,
+                       const std::function<at::Tensor(size_t)>& produce, const std::map<std::string, std::string>& metadata) {
   std::set<std::string> seen;
   std::vector<const detail::DtypeRow*> rows;
-  for (const auto& [name, t] : tensors) {
+  for (const auto& spec : specs) {
+    const std::string& name = spec.name;
     if (name == "__metadata__") throw IoError(path.string() + ": \"__metadata__\" cannot be a tensor name (rename the tensor)");
     if (!seen.insert(name).second) throw IoError(path.string() + ": duplicate tensor name " + detail::quoted(name) + " (names must be unique)");
-    rows.push_back(&row_of(path, name, t));
+    const auto* row = detail::find_dtype(spec.dtype);
+    if (!row) {
+      throw IoError(path.string() + ": tensor " + detail::quoted(name) + " has dtype " + c10::toString(spec.dtype) +
+                    ", which safetensors cannot store (convert it with .to(...) first)");
+    }
+    rows.push_back(row);
   }
   // Rust prepare(): widest alignment first (dtype descending in enum order), then name ascending.
-  std::vector<size_t> order(tensors.size());
+  std::vector<size_t> order(specs.size());
   std::iota(order.begin(), order.end(), size_t{0});
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     if (rows[a]->rank != rows[b]->rank) return rows[a]->rank > rows[b]->rank;
-    return tensors[a].first < tensors[b].first;
+    return specs[a].name < specs[b].name;
   });
 
   // transformers refuses shards without a format; ours are always PyTorch-layout.
@@ -84,10 +94,10 @@ void save_safetensors(const fs::path& path, const std::vector<Named>& tensors,
   header += '}';
   uint64_t offset = 0;
   for (size_t i : order) {
-    const auto& [name, t] = tensors[i];
-    const uint64_t n_bytes = static_cast<uint64_t>(t.numel()) * (rows[i]->bits / 8);
-    header += ',' + json_string(path, name, "tensor name") + ":{\"dtype\":\"" + std::string(rows[i]->name) + "\",\"shape\":[";
-    for (int64_t d = 0; d < t.dim(); ++d) header += (d ? "," : "") + std::to_string(t.size(d));
+    const auto& spec = specs[i];
+    const uint64_t n_bytes = spec.n_bytes();
+    header += ',' + json_string(path, spec.name, "tensor name") + ":{\"dtype\":\"" + std::string(rows[i]->name) + "\",\"shape\":[";
+    for (size_t d = 0; d < spec.shape.size(); ++d) header += (d ? "," : "") + std::to_string(spec.shape[d]);
     header += "],\"data_offsets\":[" + std::to_string(offset) + ',' + std::to_string(offset + n_bytes) + "]}";
     offset += n_bytes;
   }
@@ -100,36 +110,61 @@ void save_safetensors(const fs::path& path, const std::vector<Named>& tensors,
   out.write(&header_size, 8);
   out.write(header.data(), header.size());
   for (size_t i : order) {
-    const at::Tensor t = tensors[i].second.detach().cpu().contiguous();
+    const at::Tensor t = produce(i).detach().cpu().contiguous();
+    if (t.scalar_type() != specs[i].dtype || t.sizes().vec() != specs[i].shape)
+      throw IoError(path.string() + ": tensor " + detail::quoted(specs[i].name) + " came out as " + c10::toString(t.scalar_type()) +
+                    " " + c10::str(t.sizes()) + ", planned " + c10::toString(specs[i].dtype) + " " + c10::str(specs[i].shape) +
+                    " (internal error)");
     if (t.numel() > 0) out.write(t.const_data_ptr(), t.nbytes());
   }
   out.commit();
 }
 
-std::vector<fs::path> save_sharded(const fs::path& dir, const std::vector<Named>& tensors, uint64_t max_shard_bytes,
-                                   const std::string& prefix) {
-  std::vector<std::pair<std::string, uint64_t>> sizes;
-  for (const auto& [name, t] : tensors) sizes.emplace_back(name, t.defined() ? t.nbytes() : 0);
-  return save_sharded_lazy(dir, sizes, [&](size_t i) { return tensors[i].second; }, max_shard_bytes, prefix);
+}  // namespace
+
+uint64_t TensorSpec::n_bytes() const {
+  uint64_t n = c10::elementSize(dtype);
+  for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+  return n;
 }
 
-std::vector<fs::path> save_sharded_lazy(const fs::path& dir, const std::vector<std::pair<std::string, uint64_t>>& sizes,
+void save_safetensors(const fs::path& path, const std::vector<Named>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorSpec> specs;
+  for (const auto& [name, t] : tensors) {
+    row_of(path, name, t);  // undefined / unsupported dtype: a named error
+    specs.push_back({name, t.scalar_type(), t.sizes().vec()});
+  }
+  write_safetensors(path, specs, [&](size_t i) { return tensors[i].second; }, metadata);
+}
+
+std::vector<fs::path> save_sharded(const fs::path& dir, const std::vector<Named>& tensors, uint64_t max_shard_bytes,
+                                   const std::string& prefix) {
+  std::vector<TensorSpec> specs;
+  for (const auto& [name, t] : tensors) {
+    row_of(dir, name, t);
+    specs.push_back({name, t.scalar_type(), t.sizes().vec()});
+  }
+  return save_sharded_lazy(dir, specs, [&](size_t i) { return tensors[i].second; }, max_shard_bytes, prefix);
+}
+
+std::vector<fs::path> save_sharded_lazy(const fs::path& dir, const std::vector<TensorSpec>& specs,
                                         const std::function<at::Tensor(size_t)>& produce, uint64_t max_shard_bytes,
                                         const std::string& prefix) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw IoError(dir.string() + ": cannot create the output directory: " + ec.message() + " (check permissions)");
   std::set<std::string> seen;
-  for (const auto& [name, n_bytes] : sizes)
-    if (!seen.insert(name).second) throw IoError(dir.string() + ": duplicate tensor name " + detail::quoted(name) + " (names must be unique)");
+  for (const auto& spec : specs)
+    if (!seen.insert(spec.name).second) throw IoError(dir.string() + ": duplicate tensor name " + detail::quoted(spec.name) + " (names must be unique)");
 
   // huggingface_hub split_state_dict_into_shards_factory: greedy in the given order; a tensor over
   // the limit gets a shard of its own, inserted before the shard being filled.
   std::vector<std::vector<size_t>> shards;
   std::vector<size_t> current;
   uint64_t current_bytes = 0, total_bytes = 0;
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    const uint64_t n_bytes = sizes[i].second;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const uint64_t n_bytes = specs[i].n_bytes();
     total_bytes += n_bytes;
     if (n_bytes > max_shard_bytes) {
       shards.push_back({i});
@@ -145,33 +180,27 @@ std::vector<fs::path> save_sharded_lazy(const fs::path& dir, const std::vector<s
   }
   if (!current.empty() || shards.empty()) shards.push_back(std::move(current));
 
-  // One shard's tensors at a time, released before the next shard is produced.
-  auto materialize = [&](const std::vector<size_t>& shard) {
-    std::vector<Named> part;
-    for (size_t i : shard) {
-      at::Tensor t = produce(i);
-      if (t.defined() && t.nbytes() != sizes[i].second)
-        throw IoError(dir.string() + ": tensor " + detail::quoted(sizes[i].first) + " has " + std::to_string(t.nbytes()) +
-                      " bytes, planned " + std::to_string(sizes[i].second) + " (internal error)");
-      part.emplace_back(sizes[i].first, std::move(t));
-    }
-    return part;
+  // One shard at a time, each tensor produced as its bytes are written.
+  auto write_shard = [&](const fs::path& file, const std::vector<size_t>& shard) {
+    std::vector<TensorSpec> part;
+    for (size_t i : shard) part.push_back(specs[i]);
+    write_safetensors(file, part, [&](size_t j) { return produce(shard[j]); }, {});
   };
   const fs::path index_path = dir / (prefix + ".safetensors.index.json");
   std::vector<fs::path> written;
   std::set<std::string> keep;
   if (shards.size() == 1) {
     written.push_back(dir / (prefix + ".safetensors"));
-    save_safetensors(written.back(), materialize(shards[0]));
+    write_shard(written.back(), shards[0]);
   } else {
     nlohmann::json weight_map = nlohmann::json::object();
     for (size_t s = 0; s < shards.size(); ++s) {
       char file[64];
       std::snprintf(file, sizeof file, "-%05zu-of-%05zu.safetensors", s + 1, shards.size());
       const std::string name = prefix + file;
-      for (size_t i : shards[s]) weight_map[sizes[i].first] = name;
+      for (size_t i : shards[s]) weight_map[specs[i].name] = name;
       written.push_back(dir / name);
-      save_safetensors(written.back(), materialize(shards[s]));
+      write_shard(written.back(), shards[s]);
     }
     nlohmann::json index{{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
     // Python's json.dumps(index, indent=2, sort_keys=True) + "\n", which ASCII-escapes like this.

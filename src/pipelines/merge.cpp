@@ -204,11 +204,20 @@ uint64_t MergedWeights::n_bytes(const std::string& name) const {
   return n * c10::elementSize(dtype_for(info));
 }
 
+io::TensorSpec MergedWeights::spec(const std::string& name) const {
+  const auto& info = checkpoint_.info(name);
+  return {name, dtype_for(info), info.shape};
+}
+
 at::Tensor MergedWeights::get(const std::string& name) const {
   at::Tensor base = checkpoint_.tensor(name);
   const at::ScalarType dtype = dtype_for(checkpoint_.info(name));
   auto it = module_of_weight_.find(name);
-  if (it == module_of_weight_.end()) return base.to(dtype);
+  if (it == module_of_weight_.end()) {
+    at::Tensor out = base.to(dtype, /*non_blocking=*/false, /*copy=*/true);
+    checkpoint_.release(name);
+    return out;
+  }
   const auto& module = adapter_->modules.at(it->second);
   const double scaling = adapter_->config.scaling_for(it->second, module.a.size(0));
   at::Tensor merged = peft::merge_lora_weight(base, module, scaling).to(dtype);
@@ -216,6 +225,7 @@ at::Tensor MergedWeights::get(const std::string& name) const {
     ++unchanged_;
     if (at::count_nonzero(module.b).item<int64_t>() == 0) ++zero_b_;
   }
+  checkpoint_.release(name);
   return merged;
 }
 
@@ -279,9 +289,9 @@ MergeReport run_merge(const MergeParams& params) {
   if (!hf_out.empty()) {
     const auto t_merge = std::chrono::steady_clock::now();
     staged = std::make_unique<io::AtomicDir>(hf_out);
-    std::vector<std::pair<std::string, uint64_t>> sizes;
-    for (const auto& name : weights.names()) sizes.emplace_back(name, weights.n_bytes(name));
-    auto files = io::save_sharded_lazy(staged->staging(), sizes, [&](size_t i) { return weights.get(weights.names()[i]); },
+    std::vector<io::TensorSpec> specs;
+    for (const auto& name : weights.names()) specs.push_back(weights.spec(name));
+    auto files = io::save_sharded_lazy(staged->staging(), specs, [&](size_t i) { return weights.get(weights.names()[i]); },
                                        params.shard_size_bytes);
     write_config(report.model_dir, staged->staging(), out_dtype);
     copy_tokenizer_and_generation_files(report.model_dir, adapter.dir, staged->staging(), weights.config());
@@ -295,8 +305,12 @@ MergeReport run_merge(const MergeParams& params) {
       auto checkpoint = io::Checkpoint::open(staged->staging());
       std::vector<std::string> names = checkpoint.names();
       std::sort(names.begin(), names.end(), natural_less);
-      report.gguf_report = export_gguf(staged->staging(), names, [&](const std::string& n) { return checkpoint.tensor(n); },
-                                       params.gguf, params.gguf_options);
+      auto read = [&](const std::string& n) {
+        at::Tensor t = checkpoint.tensor(n).clone();
+        checkpoint.release(n);
+        return t;
+      };
+      report.gguf_report = export_gguf(staged->staging(), names, read, params.gguf, params.gguf_options);
     } else {
       const auto t_merge = std::chrono::steady_clock::now();
       GgufExportOptions options = params.gguf_options;

@@ -36,6 +36,10 @@ class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
   bool contains(const std::string& name) const { return infos_.count(name) > 0; }
   const TensorInfo& info(const std::string& name) const;  // throws IoError for an unknown name
   at::Tensor tensor(const std::string& name) const;
+  // Drops the tensor's pages from this process's resident memory (a read-only private mapping:
+  // they are read from the file again if touched). Streaming writers call it once a tensor is
+  // consumed, so resident memory stays about one tensor rather than the whole file.
+  void release(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
@@ -64,6 +68,7 @@ class Checkpoint {
   bool contains(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;
   at::Tensor tensor(const std::string& name) const;  // throws IoError naming the missing tensor
+  void release(const std::string& name) const;        // SafetensorsFile::release
   const std::filesystem::path& path() const { return path_; }  // the file or directory opened
 
  private:
@@ -92,10 +97,17 @@ void save_safetensors(const std::filesystem::path& path,
 std::vector<std::filesystem::path> save_sharded(const std::filesystem::path& dir,
                                                 const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                                                 uint64_t max_shard_bytes, const std::string& prefix = "model");
-// The same split, with the tensors produced one shard at a time so peak memory is about one shard:
-// `sizes` lists each tensor's name and byte size in order, produce(i) returns tensor i.
+// A tensor to be written: its name, dtype and shape, known before its data exists.
+struct TensorSpec {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+  uint64_t n_bytes() const;
+};
+// The same split, with each tensor produced just as its bytes are written, so peak memory is about
+// one tensor: `specs` lists the tensors in order, produce(i) returns tensor i (matching specs[i]).
 std::vector<std::filesystem::path> save_sharded_lazy(const std::filesystem::path& dir,
-                                                     const std::vector<std::pair<std::string, uint64_t>>& sizes,
+                                                     const std::vector<TensorSpec>& specs,
                                                      const std::function<at::Tensor(size_t)>& produce,
                                                      uint64_t max_shard_bytes, const std::string& prefix = "model");
 

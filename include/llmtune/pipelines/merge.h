@@ -34,7 +34,9 @@ class MergedWeights {
   const peft::PeftAdapter& adapter() const { return *adapter_; }
   const std::vector<std::string>& names() const { return names_; }  // layer-natural order
   uint64_t n_bytes(const std::string& name) const;                  // in the output dtype
-  at::Tensor get(const std::string& name) const;                    // CPU, output dtype
+  io::TensorSpec spec(const std::string& name) const;               // name, output dtype, shape
+  // CPU, output dtype; a tensor of its own (the base's mapped pages are released once read).
+  at::Tensor get(const std::string& name) const;
 
   // Modules whose merged weight (in the output dtype) came out bit-identical to the base weight,
   // counted by get(); and how many of those have an all-zero lora_B.
