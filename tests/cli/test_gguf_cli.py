@@ -57,9 +57,9 @@ def test_gguf_package_reads_the_merged_export(llmtune, tmp_path):
 
 
 def test_q4_exports_stay_within_the_perplexity_budget(llmtune, tmp_path):
-    """On the bundled demo model (a trained 0.9M Llama): Q8_0 costs < 1% perplexity, Q4_0 and the
-    Q4_K_M mix (which falls back to Q5_0/Q8_0 at hidden 128) < 10%."""
-    data = DEMO / "data" / "val.jsonl"
+    """The bundled demo model (a trained 0.9M Llama) on its held-out prose: F16 costs < 0.1%
+    perplexity, Q8_0 < 0.5%, Q4_0 and the Q4_K_M mix (Q5_0/Q8_0 fallbacks at hidden 128) < 3%."""
+    data = DEMO / "data" / "pretrain_val.jsonl"
     results = {}
     for t in ("f16", "q8_0", "q4_0", "q4_k_m"):
         r = llmtune("quantize", "--model", DEMO / "model", "--output", tmp_path / f"{t}.gguf", "--type", t,
@@ -68,9 +68,9 @@ def test_q4_exports_stay_within_the_perplexity_budget(llmtune, tmp_path):
         results[t] = json.loads(r.out)
     source = results["f16"]["source_perplexity"]
     cost = {t: results[t]["gguf_perplexity"] / source - 1 for t in results}
-    assert abs(cost["f16"]) < 0.002, cost
-    assert abs(cost["q8_0"]) < 0.01, cost
-    assert cost["q4_0"] < 0.10 and cost["q4_k_m"] < 0.10, cost
+    assert abs(cost["f16"]) < 0.001, cost
+    assert abs(cost["q8_0"]) < 0.005, cost
+    assert abs(cost["q4_0"]) < 0.03 and abs(cost["q4_k_m"]) < 0.03, cost
     assert results["q4_0"]["bytes"] < results["q8_0"]["bytes"] < results["f16"]["bytes"]
 
 
