@@ -34,4 +34,16 @@ std::string quoted(std::string_view s);
 // Throws IoError "<path>: <what> (<remedy>)", with line breaks escaped so it stays one line.
 [[noreturn]] void fail(const std::filesystem::path& path, const std::string& what, const std::string& remedy);
 
+// A whole file mapped read-only (MAP_PRIVATE); the descriptor is already closed, the mapping lasts
+// until munmap(data, size).
+struct Mapping {
+  void* data = nullptr;
+  uint64_t size = 0;
+};
+// Maps `path`, failing (IoError naming the file) when it cannot be opened, is not a regular file
+// ("not a regular file (<pass_what>)") or is shorter than min_bytes ("file is N bytes, <too_short>
+// (<remedy>)").
+Mapping map_file(const std::filesystem::path& path, uint64_t min_bytes, const std::string& pass_what,
+                 const std::string& too_short, const std::string& remedy);
+
 }  // namespace llmtune::io::detail

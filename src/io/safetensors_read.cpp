@@ -176,22 +176,9 @@ void check_layout(const std::filesystem::path& path, const std::map<std::string,
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
   std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(path, std::string("cannot open: ") + std::strerror(errno), "check the path and its permissions");
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(path, "not a regular file", "pass a .safetensors file");
-  }
-  const auto file_size = static_cast<uint64_t>(st.st_size);
-  if (file_size < 8) {
-    ::close(fd);
-    fail(path, "file is " + std::to_string(file_size) + " bytes, too short for the 8-byte header length", kTruncated);
-  }
-  void* map = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-  int map_errno = errno;
-  ::close(fd);  // the mapping stays valid without the descriptor
-  if (map == MAP_FAILED) fail(path, std::string("cannot map the file: ") + std::strerror(map_errno), "check free memory and ulimit -v");
+  const detail::Mapping mapping = detail::map_file(path, 8, "pass a .safetensors file", "too short for the 8-byte header length", kTruncated);
+  void* map = mapping.data;
+  const uint64_t file_size = mapping.size;
   file->map_ = map;
   file->map_size_ = file_size;
 
