@@ -12,19 +12,6 @@ namespace {
 
 constexpr int64_t kQk = 32;  // elements per block for every format in this file
 
-// The block-wide scale of the symmetric formats: the signed value of largest magnitude (the first
-// one on ties, as ggml keeps it).
-float signed_absmax(const float* x) {
-  float amax = 0.0f, max = 0.0f;
-  for (int64_t j = 0; j < kQk; ++j) {
-    if (amax < std::fabs(x[j])) {
-      amax = std::fabs(x[j]);
-      max = x[j];
-    }
-  }
-  return max;
-}
-
 void min_max(const float* x, float& min, float& max) {
   min = FLT_MAX;
   max = -FLT_MAX;
@@ -79,7 +66,7 @@ void quantize_bf16(const float* x, uint8_t* y, int64_t n) {
 // Q4_0 (18 B): d, then 16 bytes of nibbles; x ≈ (q − 8)·d with d = max/−8.
 void quantize_q4_0(const float* x, uint8_t* y, int64_t n) {
   for (int64_t b = 0; b < n / kQk; ++b, x += kQk, y += 18) {
-    const float d = signed_absmax(x) / -8;
+    const float d = signed_absmax(x, kQk) / -8;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     store_fp16(y, d);
     uint8_t q[kQk];
@@ -106,7 +93,7 @@ void quantize_q4_1(const float* x, uint8_t* y, int64_t n) {
 // Q5_0 (22 B): d, qh (u32), nibbles; x ≈ (q − 16)·d with d = max/−16.
 void quantize_q5_0(const float* x, uint8_t* y, int64_t n) {
   for (int64_t b = 0; b < n / kQk; ++b, x += kQk, y += 22) {
-    const float d = signed_absmax(x) / -16;
+    const float d = signed_absmax(x, kQk) / -16;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     store_fp16(y, d);
     uint8_t q[kQk];

@@ -4,6 +4,7 @@
 
 #include <c10/util/Half.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -28,6 +29,20 @@ inline int nearest_int(float f) {
   int32_t bits;
   std::memcpy(&bits, &biased, sizeof bits);
   return (bits & 0x007fffff) - 0x00400000;
+}
+
+inline int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// The element of x[0..n) with the largest |x|, signed (the first such, as ggml's loops keep it).
+inline float signed_absmax(const float* x, int64_t n) {
+  float amax = 0.0f, max = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    if (amax < std::fabs(x[j])) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  }
+  return max;
 }
 
 // x: n floats → y: n/block_size blocks (legacy: gguf_quants_legacy.cpp; K-quants: gguf_quants_k.cpp).
