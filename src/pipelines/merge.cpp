@@ -197,12 +197,7 @@ at::ScalarType MergedWeights::dtype_for(const io::TensorInfo& info) const {
   return out_dtype_;
 }
 
-uint64_t MergedWeights::n_bytes(const std::string& name) const {
-  const auto& info = checkpoint_.info(name);
-  uint64_t n = 1;
-  for (int64_t d : info.shape) n *= static_cast<uint64_t>(d);
-  return n * c10::elementSize(dtype_for(info));
-}
+uint64_t MergedWeights::n_bytes(const std::string& name) const { return spec(name).n_bytes(); }
 
 io::TensorSpec MergedWeights::spec(const std::string& name) const {
   const auto& info = checkpoint_.info(name);
