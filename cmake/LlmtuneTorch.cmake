@@ -39,11 +39,13 @@ message(STATUS "llmtune: torch ${LLMTUNE_TORCH_VERSION} (CUDA '${LLMTUNE_TORCH_C
 
 # Which GPUs the CUDA code is compiled for: Hopper plus the common Ampere/Ada parts unless
 # TORCH_CUDA_ARCH_LIST (environment or cache) says otherwise. Torch's config turns it into -gencode.
+# "+PTX" on the newest also embeds its PTX, which the driver compiles for GPUs newer than the list
+# (Blackwell), instead of failing with "no kernel image is available".
 if(NOT TORCH_CUDA_ARCH_LIST)
   if(DEFINED ENV{TORCH_CUDA_ARCH_LIST})
     set(TORCH_CUDA_ARCH_LIST "$ENV{TORCH_CUDA_ARCH_LIST}")
   else()
-    set(TORCH_CUDA_ARCH_LIST "8.0;8.6;8.9;9.0")
+    set(TORCH_CUDA_ARCH_LIST "8.0;8.6;8.9;9.0+PTX")
   endif()
 endif()
 set(TORCH_CUDA_ARCH_LIST "${TORCH_CUDA_ARCH_LIST}" CACHE STRING "GPU architectures for the CUDA kernels")

@@ -10,7 +10,7 @@ namespace llmtune::kernels {
 
 bool cuda_kernels_compiled() { return false; }
 
-std::vector<CudaDeviceInfo> cuda_devices() {
+std::vector<CudaDeviceInfo> cuda_devices(bool) {
   // Without the CUDA runtime headers only the count is known; libtorch still drives the devices.
   std::vector<CudaDeviceInfo> out;
   if (!at::hasCUDA()) return out;
@@ -19,7 +19,6 @@ std::vector<CudaDeviceInfo> cuda_devices() {
   return out;
 }
 
-int64_t cuda_peak_allocated_bytes(int) { return -1; }
 
 at::Tensor rms_norm_forward_cuda(const at::Tensor&, const at::Tensor&, double, bool) {
   throw DeviceError("rms_norm: llmtune was built without its CUDA kernels; rebuild with -DLLMTUNE_CUDA=ON");

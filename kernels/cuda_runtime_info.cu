@@ -1,6 +1,4 @@
-// Device properties straight from the CUDA runtime (names, memory, compute capability), and the
-// caching allocator's peak.
-#include <c10/cuda/CUDACachingAllocator.h>
+// Device properties straight from the CUDA runtime (names, memory, compute capability).
 #include <cuda_runtime_api.h>
 
 #include "cuda_runtime_info.h"
@@ -9,7 +7,7 @@ namespace llmtune::kernels {
 
 bool cuda_kernels_compiled() { return true; }
 
-std::vector<CudaDeviceInfo> cuda_devices() {
+std::vector<CudaDeviceInfo> cuda_devices(bool with_free_memory) {
   std::vector<CudaDeviceInfo> out;
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {
@@ -26,22 +24,19 @@ std::vector<CudaDeviceInfo> cuda_devices() {
     info.compute_minor = prop.minor;
     info.multiprocessors = prop.multiProcessorCount;
     info.total_memory_bytes = static_cast<int64_t>(prop.totalGlobalMem);
-    int previous = 0;
-    size_t free_bytes = 0, total_bytes = 0;
-    if (cudaGetDevice(&previous) == cudaSuccess && cudaSetDevice(i) == cudaSuccess &&
-        cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
-      info.free_memory_bytes = static_cast<int64_t>(free_bytes);
+    if (with_free_memory) {
+      int previous = 0;
+      size_t free_bytes = 0, total_bytes = 0;
+      if (cudaGetDevice(&previous) == cudaSuccess && cudaSetDevice(i) == cudaSuccess &&
+          cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+        info.free_memory_bytes = static_cast<int64_t>(free_bytes);
+      }
+      cudaSetDevice(previous);
     }
-    cudaSetDevice(previous);
     cudaGetLastError();
     out.push_back(info);
   }
   return out;
-}
-
-int64_t cuda_peak_allocated_bytes(int device_index) {
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device_index));
-  return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
 }
 
 }  // namespace llmtune::kernels

@@ -21,11 +21,8 @@ struct CudaDeviceInfo {
 // True when llmtune's own CUDA kernels are linked into this binary.
 bool cuda_kernels_compiled();
 
-// One entry per visible CUDA device; empty when there is none (or no driver).
-std::vector<CudaDeviceInfo> cuda_devices();
-
-// Peak bytes allocated through libtorch's CUDA caching allocator on a device since start; -1 when
-// unknown (no CUDA kernels compiled).
-int64_t cuda_peak_allocated_bytes(int device_index);
+// One entry per visible CUDA device; empty when there is none (or no driver). Free memory is read
+// only when asked (`env`): reading it creates a CUDA context on every device.
+std::vector<CudaDeviceInfo> cuda_devices(bool with_free_memory);
 
 }  // namespace llmtune::kernels

@@ -4,19 +4,31 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
 #include <iostream>
+#include <tuple>
 
+#include "llmtune/data/dataset.h"
 #include "llmtune/util/device.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
 
 namespace llmtune::cli {
 
-void add_common_options(CLI::App* command, CommonOptions& o) {
+void add_common_options(CLI::App* command, CommonOptions& o, const CommonUse& use) {
+  o.command = command->get_name();
+  o.use = use;
+  // An option the command does not use is still parsed (so that it is refused with a reason rather
+  // than CLI11's "not expected"), but kept out of --help: group "" hides it.
+  auto offer = [](CLI::Option* option, bool used) {
+    if (!used) option->group("");
+  };
   command->add_option("args", o.positionals, "CONFIG.yaml and/or key=value overrides");
-  command->add_option("--device", o.device, "auto|cuda|cuda:N|mps|cpu (default auto: CUDA, then MPS, then CPU)");
-  command->add_option("--dtype", o.dtype, "auto|fp32|bf16|fp16 (default auto: bf16 on CUDA, fp32 elsewhere)");
-  command->add_option("--seed", o.seed, "random seed");
+  offer(command->add_option("--device", o.device, "auto|cuda|cuda:N|mps|cpu (default auto: CUDA, then MPS, then CPU)"),
+        use.device);
+  offer(command->add_option("--dtype", o.dtype, "auto|fp32|bf16|fp16 (default auto: bf16 on CUDA, fp32 elsewhere)"),
+        use.dtype);
+  offer(command->add_option("--seed", o.seed, "random seed"), use.seed);
   command->add_option("--log-level", o.log_level, "trace|debug|info|warn|error|off");
   command->add_flag("--json", o.json, "print machine-readable JSON on stdout");
   command->add_flag("--print-config", o.print_config, "print the resolved config as YAML and exit");
@@ -38,12 +50,37 @@ void add_common_keys(config::Schema& schema) {
               .choices = {"trace", "debug", "info", "warn", "error", "off"}});
 }
 
+std::string check_chat_template(const config::Value& value) {
+  const std::string& name = std::get<std::string>(value);
+  if (name == "auto") return "";
+  for (const auto& known : data::named_templates())
+    if (name == known) return "";
+  if (name.ends_with(".jinja")) {
+    std::error_code ec;
+    return std::filesystem::is_regular_file(name, ec) ? "" : "'" + name + "': no such template file";
+  }
+  std::string names = "auto";
+  for (const auto& known : data::named_templates()) names += ", " + known;
+  return "'" + name + "' is not a chat template: use " + names + ", or a path to a .jinja file";
+}
+
 bool print_config_if_asked(const config::Config& config, const CommonOptions& options) {
   if (options.print_config) std::cout << config.to_yaml();
   return options.print_config;
 }
 
 config::Config resolve_config(const config::Schema& schema, const CommonOptions& o, FlagValues extra_flags) {
+  // The shared options this command does not use: refused, whether given as a flag or as key=value.
+  for (const auto& [used, key, given] : {std::tuple{o.use.device, "device", o.device.has_value()},
+                                         {o.use.dtype, "dtype", o.dtype.has_value()},
+                                         {o.use.seed, "seed", o.seed.has_value()}}) {
+    if (used) continue;
+    bool as_override = false;
+    for (const auto& arg : o.positionals) as_override |= arg.starts_with(std::string(key) + "=");
+    if (given || as_override)
+      throw UsageError(std::string(given ? "--" : "") + key + (given ? "" : "=...") + " has no effect for " + o.command +
+                       (*o.use.why_not ? std::string(" (") + o.use.why_not + ")" : std::string()) + "; drop it");
+  }
   config::Sources sources;
   for (const auto& arg : o.positionals) {
     bool is_yaml = (arg.ends_with(".yaml") || arg.ends_with(".yml")) && arg.find('=') == std::string::npos;
@@ -63,6 +100,9 @@ config::Config resolve_config(const config::Schema& schema, const CommonOptions&
   for (auto& f : extra_flags) sources.flags.push_back(std::move(f));
   config::Config cfg = config::Config::resolve(schema, sources);
   log::set_level(cfg.get_string("log_level"));
+  for (const auto& [used, key] : {std::pair{o.use.device, "device"}, {o.use.dtype, "dtype"}, {o.use.seed, "seed"}})
+    if (!used && cfg.has(key) && cfg.origin(key).kind == config::Origin::Kind::File)
+      spdlog::info("{}: {} (from {}) has no effect for {}", o.command, key, cfg.origin(key).describe(), o.command);
   return cfg;
 }
 

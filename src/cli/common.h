@@ -15,22 +15,40 @@
 
 namespace llmtune::cli {
 
+// Which of the shared --device, --dtype, --seed a command uses. The others stay out of its --help
+// and are refused, as flags and as key=value, with "--seed has no effect for <command> (<why>)";
+// their keys stay in the schema so that one shared YAML (configs/common.yaml) serves every command,
+// and a value from such a file is logged as unused.
+struct CommonUse {
+  bool device = true, dtype = true, seed = true;
+  const char* why_not = "";  // why the unused ones would do nothing
+};
+inline const CommonUse kEveryCommonOption{};
+
 struct CommonOptions {
   std::vector<std::string> positionals;  // CONFIG.yaml and key=value overrides, in any order
   std::optional<std::string> device, dtype, log_level;
   std::optional<int64_t> seed;
   bool json = false;
   bool print_config = false;
+  std::string command;  // the command's name, for messages
+  CommonUse use;        // set by add_common_options
 };
 
 // (key, value) pairs from command-specific flags, the highest config layer.
 using FlagValues = std::vector<std::pair<std::string, std::string>>;
 
-// Adds the shared options to a command.
-void add_common_options(CLI::App* command, CommonOptions& options);
+// Adds the shared options to a command (those `use` leaves out are hidden and refused).
+void add_common_options(CLI::App* command, CommonOptions& options, const CommonUse& use = kEveryCommonOption);
 
 // Adds the keys behind the shared flags (device, dtype, seed, log_level) to a command's schema.
 void add_common_keys(config::Schema& schema);
+
+// The chat template keys (finetune's data.template, eval's template): auto (the tokenizer's own), a
+// template shipped in the binary, or a path to a .jinja file. check_chat_template is their `check`.
+std::string check_chat_template(const config::Value& value);
+inline constexpr const char* kChatTemplateHelp =
+    "chat template: auto (the tokenizer's), alpaca, chatml, llama3, mistral, zephyr, or a path to a .jinja file";
 
 // Resolves the command's config from its YAML file, overrides and flags, applies log_level, and
 // returns it. `extra_flags` are (key, value) pairs from command-specific flags.

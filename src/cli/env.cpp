@@ -9,10 +9,14 @@
 
 namespace llmtune::cli {
 
+namespace {
+const CommonUse kEnvUse{.seed = false, .why_not = "env only reports what --device and --dtype would resolve to"};
+}  // namespace
+
 Command register_env(CLI::App& root) {
   auto* app = root.add_subcommand("env", "What this machine offers: CUDA/MPS/CPU, devices, libtorch, CUDA kernels, the default device and dtype");
   auto options = std::make_shared<CommonOptions>();
-  add_common_options(app, *options);
+  add_common_options(app, *options, kEnvUse);
   return {app, [options] {
             config::Schema schema;
             add_common_keys(schema);

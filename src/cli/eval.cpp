@@ -13,6 +13,8 @@ namespace llmtune::cli {
 
 namespace {
 
+const CommonUse kEvalUse{.seed = false, .why_not = "eval scores every token, it draws nothing at random"};
+
 struct EvalFlags {
   std::optional<std::string> model, adapter, data, format, chat_template;
   std::optional<int64_t> max_seq_len, batch_size;
@@ -28,8 +30,9 @@ config::Schema eval_schema() {
   s.add({.name = "format", .type = Type::String, .default_value = std::string("auto"),
          .help = "row format of .jsonl data (as finetune's data.format)", .choices = {"auto", "alpaca", "messages", "tools", "completion", "text"}});
   s.add({.name = "template", .type = Type::String, .default_value = std::string("auto"),
-         .help = "chat template for instruction/chat rows (as finetune's data.template)",
-         .choices = {"auto", "alpaca", "chatml", "llama3", "mistral", "zephyr"}});
+         .help = std::string(kChatTemplateHelp) + ", for instruction/chat rows (as finetune's data.template; auto: the "
+                 "one saved with --adapter, else the tokenizer's)",
+         .check = check_chat_template});
   s.add({.name = "max_seq_len", .type = Type::Int, .default_value = int64_t{2048}, .help = "window / row length in tokens", .min = 2});
   s.add({.name = "batch_size", .type = Type::Int, .default_value = int64_t{8}, .help = "sequences per forward pass", .min = 1});
   return s;
@@ -41,12 +44,13 @@ Command register_eval(CLI::App& root) {
   auto* app = root.add_subcommand("eval", "Loss and perplexity of a model on a dataset (.txt, or .jsonl text / instruction / chat rows)");
   auto options = std::make_shared<CommonOptions>();
   auto flags = std::make_shared<EvalFlags>();
-  add_common_options(app, *options);
+  add_common_options(app, *options, kEvalUse);
   app->add_option("--model", flags->model, "model directory or Hugging Face cache repo id (org/name)");
   app->add_option("--adapter", flags->adapter, "LoRA adapter directory");
   app->add_option("--data", flags->data, "evaluation data: .txt, or .jsonl/.json rows (\"text\", or finetune's instruction/chat formats: assistant tokens scored)");
   app->add_option("--format", flags->format, "row format of .jsonl data: auto|alpaca|messages|tools|completion|text");
-  app->add_option("--template", flags->chat_template, "chat template for instruction/chat rows: auto|alpaca|chatml|llama3|mistral|zephyr");
+  app->add_option("--template", flags->chat_template,
+                  "chat template for instruction/chat rows: auto|alpaca|chatml|llama3|mistral|zephyr|FILE.jinja");
   app->add_option("--max-seq-len", flags->max_seq_len, "window (.txt) or truncation (.jsonl) length in tokens [2048]");
   app->add_option("--batch-size", flags->batch_size, "sequences per forward pass [8]");
   return {app, [options, flags] {

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "llmtune/peft/method.h"
 #include "llmtune/pipelines/finetune.h"
 #include "llmtune/util/error.h"
 
@@ -31,16 +32,14 @@ config::Schema finetune_schema() {
          .help = "pretrained: load the weights; random: transformers' init from config.json (full fine-tuning from scratch)",
          .choices = {"pretrained", "random"}});
   s.add({.name = "output", .type = Type::String, .help = "run directory (config.yaml, adapter/ or model/, checkpoints/, metrics.jsonl, summary.json, train.log)", .required = true});
-  s.add({.name = "method", .type = Type::String, .default_value = std::string("lora"), .help = "lora (LoRA, rsLoRA, DoRA) or full fine-tuning",
-         .choices = {"lora", "full"}});
-
-  s.add({.name = "lora.r", .type = Type::Int, .default_value = int64_t{16}, .help = "LoRA rank", .min = 1});
-  s.add({.name = "lora.alpha", .type = Type::Float, .default_value = 32.0, .help = "LoRA alpha (scaling alpha/r, or alpha/sqrt(r) with rsLoRA)", .min = 0, .min_exclusive = true});
-  s.add({.name = "lora.dropout", .type = Type::Float, .default_value = 0.05, .help = "dropout on the adapter input while training", .min = 0, .max = 0.999});
-  s.add({.name = "lora.target_modules", .type = Type::StringList, .default_value = std::vector<std::string>{"all-linear"},
-         .help = "module names matched as path suffixes (q_proj, v_proj, ...), one regular expression matched against the whole path, or all-linear (every linear but lm_head)"});
-  s.add({.name = "lora.use_rslora", .type = Type::Bool, .default_value = false, .help = "rank-stabilized scaling alpha/sqrt(r)"});
-  s.add({.name = "lora.use_dora", .type = Type::Bool, .default_value = false, .help = "DoRA: weight-decomposed LoRA (a trained magnitude per output row)"});
+  // `method`: every registered adapter method (each adds its own config section) or full.
+  std::vector<std::string> methods = peft::adapter_method_names();
+  std::string method_help;
+  for (const auto& name : methods) method_help += peft::find_adapter_method(name)->help + ", ";
+  methods.push_back("full");
+  s.add({.name = "method", .type = Type::String, .default_value = std::string("lora"), .help = method_help + "or full fine-tuning",
+         .choices = methods});
+  for (const auto& name : peft::adapter_method_names()) peft::find_adapter_method(name)->add_config_keys(s);
   s.add({.name = "full.freeze", .type = Type::StringList, .default_value = std::vector<std::string>{},
          .help = "method full: regular expressions of weight names kept frozen (e.g. embed_tokens, 'layers\\.[0-3]\\.')"});
 
@@ -48,8 +47,7 @@ config::Schema finetune_schema() {
   s.add({.name = "data.format", .type = Type::String, .default_value = std::string("auto"), .help = "row format",
          .choices = {"auto", "alpaca", "messages", "tools", "completion", "text"}});
   s.add({.name = "data.template", .type = Type::String, .default_value = std::string("auto"),
-         .help = "chat template: auto (the tokenizer's) or a named one for base models",
-         .choices = {"auto", "alpaca", "chatml", "llama3", "mistral", "zephyr"}});
+         .help = kChatTemplateHelp, .check = check_chat_template});
   s.add({.name = "data.train_on", .type = Type::String, .default_value = std::string("assistant"),
          .help = "assistant: loss on assistant responses (+ their end-of-turn token) only; all: every token", .choices = {"assistant", "all"}});
   s.add({.name = "data.max_seq_len", .type = Type::Int, .default_value = int64_t{2048}, .help = "tokens per example / packed row", .min = 8});
@@ -77,6 +75,9 @@ config::Schema finetune_schema() {
   s.add({.name = "train.adam_beta1", .type = Type::Float, .default_value = 0.9, .help = "AdamW beta1", .min = 0, .max = 0.999999});
   s.add({.name = "train.adam_beta2", .type = Type::Float, .default_value = 0.999, .help = "AdamW beta2", .min = 0, .max = 0.999999});
   s.add({.name = "train.adam_eps", .type = Type::Float, .default_value = 1e-8, .help = "AdamW epsilon", .min = 0, .min_exclusive = true});
+  s.add({.name = "train.loss_chunk_rows", .type = Type::Int, .default_value = int64_t{0},
+         .help = "trained positions per chunk of the LM head + loss (0: auto, at most 64 MiB of fp32 logits; -1: unchunked, the full logits)",
+         .min = -1});
   s.add({.name = "train.grad_checkpointing", .type = Type::Bool, .default_value = false,
          .help = "recompute each decoder layer in backward (less memory, ~30% more compute)"});
 
@@ -86,15 +87,6 @@ config::Schema finetune_schema() {
   s.add({.name = "checkpoint.keep", .type = Type::Int, .default_value = int64_t{2}, .help = "newest checkpoints kept (0: all)", .min = 0});
   s.add({.name = "log.every_steps", .type = Type::Int, .default_value = int64_t{10}, .help = "log-line interval when stderr is not a terminal", .min = 1});
   return s;
-}
-
-// PEFT's convention: a list is matched as name suffixes, a single string as a regular expression.
-void set_targets(peft::LoraConfig& lora, const std::vector<std::string>& targets) {
-  static const std::string regex_chars = "\\^$.|?*+()[]{}";
-  if (targets.size() == 1 && targets[0] != "all-linear" && targets[0].find_first_of(regex_chars) != std::string::npos)
-    lora.target_regex = targets[0];
-  else
-    lora.target_modules = targets;
 }
 
 }  // namespace
@@ -124,13 +116,21 @@ Command register_finetune(CLI::App& root) {
             p.model_init = cfg.get_string("model.init");
             p.output = cfg.get_string("output");
             p.method = cfg.get_string("method");
-            p.lora.r = cfg.get_int("lora.r");
-            p.lora.lora_alpha = cfg.get_float("lora.alpha");
-            p.lora.lora_dropout = cfg.get_float("lora.dropout");
-            set_targets(p.lora, cfg.get_list("lora.target_modules"));
-            p.lora.use_rslora = cfg.get_bool("lora.use_rslora");
-            p.lora.use_dora = cfg.get_bool("lora.use_dora");
-            p.lora.validate("lora settings");
+            if (p.method != "full") p.adapter = peft::find_adapter_method(p.method)->from_config(cfg);
+            // Settings of a method that is not the one chosen would be silently ignored: refuse them.
+            std::vector<std::string> sections = peft::adapter_method_names();
+            sections.push_back("full");
+            // (A saved config.yaml lists every key at its default: only values that differ count.)
+            const config::Schema schema = finetune_schema();
+            for (const auto& section : sections) {
+              if (section == p.method) continue;
+              for (const auto& key : schema.keys()) {
+                if (!key.name.starts_with(section + ".") || !cfg.has(key.name) || !key.default_value) continue;
+                if (cfg.value(key.name) != *key.default_value)
+                  throw ConfigError(key.name + " is set (" + cfg.origin(key.name).describe() + ") but method is " +
+                                    p.method + ": remove it, or set method: " + section);
+              }
+            }
             p.freeze = cfg.get_list("full.freeze");
             if (p.model_init == "random" && p.method != "full")
               throw ConfigError("model.init: random needs method: full (an adapter on random weights learns nothing useful)");
@@ -162,6 +162,7 @@ Command register_finetune(CLI::App& root) {
             p.adam.eps = cfg.get_float("train.adam_eps");
             p.max_grad_norm = cfg.get_float("train.max_grad_norm");
             p.gradient_checkpointing = cfg.get_bool("train.grad_checkpointing");
+            p.loss_chunk_rows = cfg.get_int("train.loss_chunk_rows");
             p.eval_every_steps = cfg.get_int("eval.every_steps");
             p.eval_max_batches = cfg.get_int("eval.max_batches");
             p.checkpoint_every_steps = cfg.get_int("checkpoint.every_steps");

@@ -1,6 +1,8 @@
 // `llmtune infer`: parse, resolve the config, run the infer pipeline.
 #include <CLI/CLI.hpp>
 
+#include <spdlog/spdlog.h>
+
 #include <iostream>
 #include <memory>
 
@@ -103,6 +105,12 @@ Command register_infer(CLI::App& root) {
             p.sampling.min_p = cfg.get_float("min_p");
             p.sampling.repetition_penalty = cfg.get_float("repetition_penalty");
             p.sampling.seed = static_cast<uint64_t>(cfg.get_int("seed"));
+            // Greedy decoding (temperature 0) draws nothing: say so for each sampling setting given.
+            if (p.sampling.temperature == 0.0) {
+              for (const char* key : {"seed", "top_k", "top_p", "min_p"})
+                if (cfg.origin(key).kind != config::Origin::Kind::Default)
+                  spdlog::warn("infer: {} has no effect with temperature 0 (greedy decoding); set a temperature to sample", key);
+            }
             p.device = cfg.get_string("device");
             p.dtype = cfg.get_string("dtype");
             p.json = options->json;

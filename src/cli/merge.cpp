@@ -8,11 +8,15 @@
 
 #include "common.h"
 #include "llmtune/pipelines/merge.h"
+#include "llmtune/util/byte_size.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::cli {
 
 namespace {
+
+const CommonUse kMergeUse{.device = false, .seed = false,
+                          .why_not = "merge folds the adapter in on the CPU, tensor by tensor, and draws nothing at random"};
 
 struct MergeFlags {
   std::optional<std::string> model, adapter, output, shard_size, gguf, gguf_type, name, lora_gguf, lora_gguf_type;
@@ -55,7 +59,7 @@ Command register_merge(CLI::App& root) {
   auto* app = root.add_subcommand("merge", "Fold a LoRA/DoRA adapter into its base: a Hugging Face directory and/or GGUF");
   auto options = std::make_shared<CommonOptions>();
   auto flags = std::make_shared<MergeFlags>();
-  add_common_options(app, *options);
+  add_common_options(app, *options, kMergeUse);
   app->get_option("--dtype")->description("dtype of the merged weights: auto (the base's)|fp32|bf16|fp16");
   app->add_option("--model", flags->model, "base model directory or HF cache repo id [the adapter's base_model_name_or_path]");
   app->add_option("--adapter", flags->adapter, "PEFT adapter directory, or a finetune run directory");
@@ -90,7 +94,7 @@ Command register_merge(CLI::App& root) {
             p.output = opt("output");
             const std::string dtype = cfg.get_string("dtype");
             p.dtype = dtype == "auto" ? "" : dtype;
-            p.shard_size_bytes = pipelines::parse_byte_size(cfg.get_string("shard_size"), "shard_size");
+            p.shard_size_bytes = parse_byte_size(cfg.get_string("shard_size"), "shard_size");
             p.force = cfg.get_bool("force");
             p.gguf = opt("gguf");
             p.gguf_options.type = cfg.get_string("gguf_type");

@@ -13,6 +13,8 @@ namespace llmtune::cli {
 
 namespace {
 
+const CommonUse kQuantizeUse{.seed = false, .why_not = "quantizing and evaluating draw nothing at random"};
+
 struct QuantizeFlags {
   std::optional<std::string> model, adapter, output, type, name, eval_data;
   std::optional<int64_t> max_seq_len, batch_size;
@@ -45,7 +47,7 @@ Command register_quantize(CLI::App& root) {
   auto* app = root.add_subcommand("quantize", "Quantize a model (+ adapter) to a GGUF file, and report the perplexity cost");
   auto options = std::make_shared<CommonOptions>();
   auto flags = std::make_shared<QuantizeFlags>();
-  add_common_options(app, *options);
+  add_common_options(app, *options, kQuantizeUse);
   app->add_option("--model", flags->model, "model directory or HF cache repo id");
   app->add_option("--adapter", flags->adapter, "LoRA adapter folded in before quantizing");
   app->add_option("--output", flags->output, "the .gguf file to write");

@@ -10,13 +10,13 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
-#include "llmtune/data/dataset.h"
-#include "llmtune/io/hf_dir.h"
-#include "llmtune/tokenizer/tokenizer.h"
-#include "llmtune/util/error.h"
+#include "llmtune/pipelines/tokenize.h"
 
 namespace llmtune::cli {
 namespace {
+
+const CommonUse kTokenizeUse{.device = false, .dtype = false, .seed = false,
+                             .why_not = "tokenize loads the tokenizer only: no weights, no device, nothing random"};
 
 // The text with trained spans in green on a terminal, or between « and » otherwise.
 std::string mark_spans(const std::string& text, const std::vector<std::pair<size_t, size_t>>& spans, bool color) {
@@ -32,95 +32,69 @@ std::string mark_spans(const std::string& text, const std::vector<std::pair<size
   return out + text.substr(at);
 }
 
+void print_text(const pipelines::TokenizeResult& r, bool json) {
+  if (json) {
+    nlohmann::ordered_json j;
+    j["text"] = r.text;
+    j["ids"] = r.ids;
+    j["pieces"] = r.pieces;
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  std::cout << fmt::format("{} tokens\n", r.ids.size());
+  for (size_t i = 0; i < r.ids.size(); ++i)
+    std::cout << fmt::format("{:>8}  {}{}\n", r.ids[i], r.pieces[i], r.special[i] ? "  (special)" : "");
+}
+
+void print_row(const pipelines::TokenizeResult& r, bool json) {
+  if (json) {
+    nlohmann::ordered_json j;
+    j["text"] = r.text;
+    j["trained_spans"] = nlohmann::json::array();
+    for (auto [b, e] : r.trained_spans) j["trained_spans"].push_back({b, e});
+    j["input_ids"] = r.ids;
+    j["labels"] = r.labels;
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  const bool color = ::isatty(STDOUT_FILENO);
+  std::cout << mark_spans(r.text, r.trained_spans, color) << "\n\n";
+  std::cout << fmt::format("{} tokens, {} trained\n{:>6}  {:>8}  {:>8}  piece\n", r.ids.size(), r.trained_tokens, "pos",
+                           "id", "label");
+  for (size_t i = 0; i < r.ids.size(); ++i) {
+    const bool t = r.labels[i] != -100;
+    std::cout << fmt::format("{:>6}  {:>8}  {:>8}  {}{}{}\n", i, r.ids[i], r.labels[i], color && t ? "\x1b[32m" : "",
+                             nlohmann::json(r.pieces[i]).dump(), color && t ? "\x1b[0m" : "");
+  }
+}
+
 }  // namespace
 
 Command register_tokenize(CLI::App& root) {
   auto* app = root.add_subcommand("tokenize", "Show the token ids and pieces of a text, or a dataset row with its labels");
   auto options = std::make_shared<CommonOptions>();
-  struct Flags {
-    std::string model, text, data, format = "auto", chat_template = "auto", train_on = "assistant";
-    int64_t row = 0, max_seq_len = 0;
-    bool no_special = false;
-  };
-  auto f = std::make_shared<Flags>();
-  add_common_options(app, *options);
-  app->add_option("--model", f->model, "model directory or Hugging Face cache repo id")->required();
-  app->add_option("--text", f->text, "the text to tokenize");
-  app->add_option("--data", f->data, "a .jsonl or .json dataset: show one row rendered, with its trained spans and labels");
-  app->add_option("--row", f->row, "1-based row number in --data [1]");
-  app->add_option("--format", f->format, "row format: auto, alpaca, messages, tools, completion, text [auto]");
-  app->add_option("--template", f->chat_template,
+  auto p = std::make_shared<pipelines::TokenizeParams>();
+  auto no_special = std::make_shared<bool>(false);
+  add_common_options(app, *options, kTokenizeUse);
+  app->add_option("--model", p->model, "model directory or Hugging Face cache repo id")->required();
+  app->add_option("--text", p->text, "the text to tokenize");
+  app->add_option("--data", p->data, "a .jsonl or .json dataset: show one row rendered, with its trained spans and labels");
+  app->add_option("--row", p->row, "1-based row number in --data [1]");
+  app->add_option("--format", p->format, "row format: auto, alpaca, messages, tools, completion, text [auto]");
+  app->add_option("--template", p->chat_template,
                   "chat template: auto (the tokenizer's), alpaca, chatml, llama3, mistral, zephyr, or a .jinja file [auto]");
-  app->add_option("--train-on", f->train_on, "assistant or all [assistant]");
-  app->add_option("--max-seq-len", f->max_seq_len, "truncate the row to this many tokens, as finetune would [no limit]");
-  app->add_flag("--no-special-tokens", f->no_special, "with --text: do not add BOS/EOS");
-  return {app, [options, f] {
+  app->add_option("--train-on", p->train_on, "assistant or all [assistant]");
+  app->add_option("--max-seq-len", p->max_seq_len, "truncate the row to this many tokens, as finetune would [no limit]");
+  app->add_flag("--no-special-tokens", *no_special, "with --text: do not add BOS/EOS");
+  return {app, [options, p, no_special] {
             config::Schema schema;
             add_common_keys(schema);
             config::Config cfg = resolve_config(schema, *options);
             if (print_config_if_asked(cfg, *options)) return 0;
-            if (f->text.empty() == f->data.empty()) throw UsageError("tokenize needs exactly one of --text or --data");
-            if (f->max_seq_len < 0) throw UsageError("--max-seq-len must be positive");
-            auto tok = tokenizer::load_tokenizer(io::resolve_model_dir(f->model));
-            if (!f->text.empty()) {
-              std::vector<int32_t> ids = tok->encode(f->text, !f->no_special);
-              if (options->json) {
-                nlohmann::ordered_json j;
-                j["text"] = f->text;
-                j["ids"] = ids;
-                j["pieces"] = nlohmann::json::array();
-                for (int32_t id : ids) j["pieces"].push_back(tok->id_to_piece(id));
-                std::cout << j.dump(2) << "\n";
-              } else {
-                std::cout << fmt::format("{} tokens\n", ids.size());
-                for (int32_t id : ids)
-                  std::cout << fmt::format("{:>8}  {}{}\n", id, tok->id_to_piece(id), tok->is_special(id) ? "  (special)" : "");
-              }
-              return 0;
-            }
-            data::DataParams params;
-            params.path = f->data;
-            params.format = f->format;
-            params.chat_template = f->chat_template;
-            params.train_on = f->train_on;
-            const int64_t want = f->row > 0 ? f->row : 1;
-            int64_t seen = 0;
-            std::optional<data::RenderedRow> rendered;
-            data::read_rows(f->data, [&](int64_t line, const nlohmann::ordered_json& row) {
-              if (++seen != want) return;
-              rendered = data::render_row(row, params, *tok, f->data + ":" + std::to_string(line));
-            });
-            if (!rendered)
-              throw DataError(f->data + ": has " + std::to_string(seen) + " row(s); --row " + std::to_string(want) +
-                              " is past the end");
-            data::Example& ex = rendered->example;
-            if (f->max_seq_len > 0 && static_cast<int64_t>(ex.input_ids.size()) > f->max_seq_len) {
-              ex.input_ids.resize(f->max_seq_len);
-              ex.labels.resize(f->max_seq_len);
-            }
-            if (options->json) {
-              nlohmann::ordered_json j;
-              j["text"] = rendered->text;
-              j["trained_spans"] = nlohmann::json::array();
-              for (auto [b, e] : rendered->trained_spans) j["trained_spans"].push_back({b, e});
-              j["input_ids"] = ex.input_ids;
-              j["labels"] = ex.labels;
-              std::cout << j.dump(2) << "\n";
-              return 0;
-            }
-            const bool color = ::isatty(STDOUT_FILENO);
-            int64_t trained = 0;
-            for (int32_t l : ex.labels) trained += l != data::kIgnoreIndex;
-            std::cout << mark_spans(rendered->text, rendered->trained_spans, color) << "\n\n";
-            std::cout << fmt::format("{} tokens, {} trained\n{:>6}  {:>8}  {:>8}  piece\n", ex.input_ids.size(), trained,
-                                     "pos", "id", "label");
-            for (size_t i = 0; i < ex.input_ids.size(); ++i) {
-              bool t = ex.labels[i] != data::kIgnoreIndex;
-              std::cout << fmt::format("{:>6}  {:>8}  {:>8}  {}{}{}\n", i, ex.input_ids[i],
-                                       t ? std::to_string(ex.labels[i]) : std::string("-100"),
-                                       color && t ? "\x1b[32m" : "", nlohmann::json(tok->id_to_piece(ex.input_ids[i])).dump(),
-                                       color && t ? "\x1b[0m" : "");
-            }
+            p->add_special_tokens = !*no_special;
+            const pipelines::TokenizeResult r = pipelines::run_tokenize(*p);
+            if (r.is_row) print_row(r, options->json);
+            else print_text(r, options->json);
             return 0;
           }};
 }

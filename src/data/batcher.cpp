@@ -3,6 +3,7 @@
 #include "llmtune/data/batcher.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -143,13 +144,11 @@ Batch Batcher::next() {
   int64_t* ids = batch.input_ids.data_ptr<int64_t>();
   int64_t* labels = batch.labels.data_ptr<int64_t>();
   int64_t* pos = batch.positions.data_ptr<int64_t>();
-  bool* mask = nullptr;
-  if (multi) {
-    batch.attention_mask = at::zeros({B, 1, T, T}, at::kBool);
-    mask = batch.attention_mask.data_ptr<bool>();
-  }
+  auto packed = multi ? std::make_shared<model::PackedSegments>() : nullptr;
+  std::vector<int64_t> target_index, target_ids;
   for (int64_t b = 0; b < B; ++b) {
     int64_t t = 0;
+    if (packed) packed->lengths.emplace_back();
     for (int64_t idx : rows[b]) {
       const Example& ex = examples_[idx];
       const int64_t len = static_cast<int64_t>(ex.input_ids.size());
@@ -158,17 +157,46 @@ Batch Batcher::next() {
         // The first token of an example is never a target: it would be predicted from the example before.
         labels[b * T + t + k] = k == 0 ? kIgnoreIndex : ex.labels[k];
         pos[b * T + t + k] = k;
-        if (mask)  // block-diagonal causal: row t+k sees t..t+k
-          std::fill(mask + (b * T + t + k) * T + t, mask + (b * T + t + k) * T + t + k + 1, true);
       }
+      if (packed) packed->lengths.back().push_back(len);
       t += len;
       batch.n_tokens += len;
     }
-    if (mask)  // padding attends to itself only, so no attention row is all false (SDPA would give NaN)
-      for (int64_t p = t; p < T; ++p) mask[(b * T + p) * T + p] = true;
-    for (int64_t k = 1; k < T; ++k) batch.n_targets += labels[b * T + k] != kIgnoreIndex;
+    for (int64_t k = 1; k < T; ++k) {
+      if (labels[b * T + k] == kIgnoreIndex) continue;
+      target_index.push_back(b * T + k - 1);
+      target_ids.push_back(labels[b * T + k]);
+    }
   }
+  batch.packed = packed;
+  batch.n_targets = static_cast<int64_t>(target_index.size());
+  batch.target_index = at::tensor(target_index, at::kLong);
+  batch.target_ids = at::tensor(target_ids, at::kLong);
   return batch;
+}
+
+at::Tensor block_diagonal_mask(const model::PackedSegments& packed, int64_t tokens) {
+  const auto B = static_cast<int64_t>(packed.lengths.size()), T = tokens;
+  at::Tensor mask = at::zeros({B, 1, T, T}, at::kBool);
+  bool* m = mask.data_ptr<bool>();
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t t = 0;
+    for (int64_t len : packed.lengths[b]) {
+      for (int64_t k = 0; k < len; ++k)  // row t+k sees t..t+k
+        std::fill(m + (b * T + t + k) * T + t, m + (b * T + t + k) * T + t + k + 1, true);
+      t += len;
+    }
+    for (int64_t p = t; p < T; ++p) m[(b * T + p) * T + p] = true;  // padding: itself only
+  }
+  return mask;
+}
+
+Batch to_device(const Batch& batch, c10::Device device) {
+  if (device.is_cpu()) return batch;
+  Batch out = batch;
+  for (at::Tensor* t : {&out.input_ids, &out.labels, &out.positions, &out.target_index, &out.target_ids, &out.attention_mask})
+    if (t->defined()) *t = t->pin_memory().to(device, /*non_blocking=*/true);
+  return out;
 }
 
 void to_json(nlohmann::json& j, const Batcher::Position& p) { j = nlohmann::json{{"epoch", p.epoch}, {"batch", p.batch}}; }

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "llmtune/io/read_file.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
 
@@ -88,13 +89,7 @@ size_t trim_end(const std::string& text, size_t begin, size_t end) {
   return end;
 }
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw DataError("chat template file " + path + " cannot be read (check the path)");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_text_file(const std::string& path) { return io::read_text_file<DataError>(path, "the chat template file"); }
 
 }  // namespace
 

@@ -1,5 +1,6 @@
 // Model directory resolution: a path, or a repo id in the local Hugging Face hub cache
-// (huggingface_hub's layout: models--org--name/{refs/main, snapshots/<commit>/}).
+// (huggingface_hub's layout: models--org--name/{refs/main, snapshots/<commit>/}); config.json's
+// dtype and the tokenizer files, as every writer of a model directory handles them.
 #include "llmtune/io/hf_dir.h"
 
 #include <cctype>
@@ -8,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "llmtune/io/atomic_file.h"
+#include "llmtune/io/read_file.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
 
@@ -102,6 +105,54 @@ fs::path resolve_model_dir(const std::string& spec) {
              (looks_like_repo_id(spec) ? spec : std::string("org/name")) +
              "` or pass a local model directory)";
   throw ModelLoadError(message);
+}
+
+c10::ScalarType dtype_from_config_name(const std::string& name, c10::ScalarType fallback) {
+  if (name == "bfloat16") return c10::kBFloat16;
+  if (name == "float16") return c10::kHalf;
+  if (name == "float32") return c10::kFloat;
+  if (!name.empty() && log::first_time("config_dtype." + name))
+    spdlog::warn("config.json dtype '{}' is not one of bfloat16, float16, float32; using {}", name,
+                 fallback == c10::ScalarType::Undefined ? std::string("each tensor's stored dtype") : c10::toString(fallback));
+  return fallback;
+}
+
+std::string config_dtype_name(c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::kBFloat16: return "bfloat16";
+    case c10::kHalf: return "float16";
+    case c10::kFloat: return "float32";
+    default: return "";
+  }
+}
+
+void write_config_with_dtype(const fs::path& base_dir, const fs::path& out_dir, c10::ScalarType dtype) {
+  auto config = read_json_file<ModelLoadError>(base_dir / "config.json", "config.json");
+  const std::string name = config_dtype_name(dtype);
+  if (!name.empty()) {
+    bool set = false;
+    for (const char* key : {"dtype", "torch_dtype"})
+      if (config.contains(key)) config[key] = name, set = true;
+    if (!set) config["dtype"] = name;
+  }
+  write_file_atomic(out_dir / "config.json", config.dump(2) + "\n");
+}
+
+const std::vector<std::string>& tokenizer_files() {
+  static const std::vector<std::string> files{"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                                              "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                                              "chat_template.json", "vocab.json", "merges.txt"};
+  return files;
+}
+
+int copy_tokenizer_files(const fs::path& from, const fs::path& to) {
+  int copied = 0;
+  for (const auto& name : tokenizer_files()) {
+    if (!fs::exists(from / name)) continue;
+    fs::copy_file(from / name, to / name, fs::copy_options::overwrite_existing);
+    ++copied;
+  }
+  return copied;
 }
 
 }  // namespace llmtune::io

@@ -4,6 +4,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "llmtune/io/read_file.h"
+#include "llmtune/model/family.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::model {
@@ -76,22 +78,11 @@ RopeConfig parse_rope(const json& j, const std::string& source) {
 
 }  // namespace
 
-const std::vector<std::string>& supported_model_types() {
-  static const std::vector<std::string> types{"llama", "mistral", "qwen2", "gemma"};
-  return types;
-}
-
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (!j.is_object()) fail(source, "config.json must be a JSON object");
   ModelConfig c;
   c.model_type = get_or<std::string>(j, "model_type", "", source);
-  bool known = false;
-  for (const auto& t : supported_model_types()) known |= t == c.model_type;
-  if (!known) {
-    std::string names;
-    for (const auto& t : supported_model_types()) names += (names.empty() ? "" : ", ") + t;
-    fail(source, "model_type '" + c.model_type + "' is not supported (supported: " + names + ")");
-  }
+  const FamilyDesc& family = family_for(c.model_type, source);
   c.vocab_size = get_int(j, "vocab_size", source);
   c.hidden_size = get_int(j, "hidden_size", source);
   c.intermediate_size = get_int(j, "intermediate_size", source);
@@ -121,10 +112,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.eos_token_ids = id_list(j, "eos_token_id", source);
   c.torch_dtype = get_or<std::string>(j, "dtype", get_or<std::string>(j, "torch_dtype", "", source), source);
 
-  if (c.model_type == "llama") configure_llama(c, j, source);
-  else if (c.model_type == "mistral") configure_mistral(c, j, source);
-  else if (c.model_type == "qwen2") configure_qwen2(c, j, source);
-  else configure_gemma(c, j, source);
+  family.configure(c, j, source);
   if (c.hidden_act != "silu" && c.hidden_act != "gelu_pytorch_tanh")
     fail(source, "activation '" + c.hidden_act + "' is not supported (silu, gelu_pytorch_tanh)");
   return c;
@@ -134,13 +122,7 @@ ModelConfig ModelConfig::load(const std::filesystem::path& model_dir) {
   auto path = model_dir / "config.json";
   std::ifstream in(path);
   if (!in) throw ModelLoadError(path.string() + ": cannot read config.json (is " + model_dir.string() + " a Hugging Face model directory?)");
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::parse_error& e) {
-    throw ModelLoadError(path.string() + ": invalid JSON (" + std::string(e.what()) + ")");
-  }
-  return from_json(j, path.string());
+  return from_json(io::read_json_file<ModelLoadError, json>(path, "config.json"), path.string());
 }
 
 }  // namespace llmtune::model

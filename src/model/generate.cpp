@@ -17,16 +17,9 @@
 #include <limits>
 
 #include "llmtune/util/error.h"
+#include "llmtune/util/timing.h"
 
 namespace llmtune::model {
-namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-}  // namespace
-
 int64_t choose_token(at::Tensor logits, const std::vector<int64_t>& history, const SamplingParams& p,
                      at::Generator& generator) {
   logits = logits.to(at::kFloat).clone();

@@ -1,4 +1,4 @@
-// The dense linear layer.
+// The dense linear layer and the default linear factory.
 #include "llmtune/model/linear.h"
 
 #include <ATen/ops/linear.h>
@@ -19,6 +19,18 @@ at::Tensor DenseLinear::forward(const at::Tensor& x) const {
 std::vector<at::Tensor> DenseLinear::tensors() const {
   if (bias_.defined()) return {weight_, bias_};
   return {weight_};
+}
+
+std::vector<std::pair<std::string, at::Tensor*>> DenseLinear::parameter_slots() {
+  std::vector<std::pair<std::string, at::Tensor*>> out{{"weight", &weight_}};
+  if (bias_.defined()) out.emplace_back("bias", &bias_);
+  return out;
+}
+
+LinearPtr make_dense_linear(const LinearRequest& r, const TensorSource& get) {
+  at::Tensor w = get(r.path + ".weight", {r.out_features, r.in_features});
+  at::Tensor b = r.bias ? get(r.path + ".bias", {r.out_features}) : at::Tensor();
+  return std::make_shared<DenseLinear>(std::move(w), std::move(b));
 }
 
 }  // namespace llmtune::model

@@ -1,10 +1,8 @@
-// Llama 1/2/3/3.1/3.2 and TinyLlama: the shared defaults are Llama's; nothing further differs.
-#include <nlohmann/json.hpp>
-
-#include "llmtune/model/config.h"
+// Llama 1/2/3/3.1/3.2 and TinyLlama: the shared layout is Llama's; nothing further differs.
+#include "families.h"
 
 namespace llmtune::model {
 
-void configure_llama(ModelConfig&, const nlohmann::json&, const std::string&) {}
+FamilyDesc llama_family() { return llama_layout("llama"); }
 
 }  // namespace llmtune::model

@@ -20,7 +20,7 @@ namespace {
 
 class WeightLoader {
  public:
-  WeightLoader(const io::Checkpoint& ckpt, const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype)
+  WeightLoader(const io::WeightFiles& ckpt, const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype)
       : ckpt_(ckpt), dir_(dir), device_(device), dtype_(dtype) {}
 
   at::Tensor get(const std::string& name, std::vector<int64_t> shape) {
@@ -49,7 +49,7 @@ class WeightLoader {
   }
 
  private:
-  const io::Checkpoint& ckpt_;
+  const io::WeightFiles& ckpt_;
   std::filesystem::path dir_;
   c10::Device device_;
   at::ScalarType dtype_;
@@ -59,77 +59,83 @@ class WeightLoader {
 }  // namespace
 
 CausalLM CausalLM::assemble(ModelConfig config, c10::Device device, at::ScalarType dtype, const TensorSource& get,
-                            bool untied_lm_head) {
+                            bool untied_lm_head, const LinearFactory& linear) {
   CausalLM m;
   m.config_ = std::move(config);
   m.device_ = device;
   m.dtype_ = dtype;
   const ModelConfig& c = m.config_;
-  auto linear = [&](const std::string& prefix, int64_t out, int64_t in, bool bias) {
-    at::Tensor w = get(prefix + ".weight", {out, in});
-    at::Tensor b = bias ? get(prefix + ".bias", {out}) : at::Tensor();
-    return std::make_shared<DenseLinear>(w, b);
-  };
-  const int64_t hidden = c.hidden_size, q_out = c.n_heads * c.head_dim, kv_out = c.n_heads_kv * c.head_dim;
-  m.embed_ = get("model.embed_tokens.weight", {c.vocab_size, hidden});
+  const FamilyDesc& f = family_for(c.model_type, "model");
+  m.family_ = &f;
+  for (size_t k = 0; k < f.norms.size(); ++k) {
+    if (f.norms[k].role == NormRole::Input) m.norm_input_ = static_cast<int>(k);
+    if (f.norms[k].role == NormRole::PostAttention) m.norm_post_attention_ = static_cast<int>(k);
+  }
+  const int64_t hidden = c.hidden_size;
+  // Tensors are requested in checkpoint order (random init draws in this order).
+  m.embed_ = get(f.embed + ".weight", {c.vocab_size, hidden});
   for (int64_t i = 0; i < c.n_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
+    const std::string p = f.layers_prefix + std::to_string(i) + ".";
     DecoderLayer layer;
-    layer.input_norm = get(p + "input_layernorm.weight", {hidden});
-    layer.post_attention_norm = get(p + "post_attention_layernorm.weight", {hidden});
-    layer.q_proj = linear(p + "self_attn.q_proj", q_out, hidden, c.qkv_bias);
-    layer.k_proj = linear(p + "self_attn.k_proj", kv_out, hidden, c.qkv_bias);
-    layer.v_proj = linear(p + "self_attn.v_proj", kv_out, hidden, c.qkv_bias);
-    layer.o_proj = linear(p + "self_attn.o_proj", hidden, q_out, c.o_bias);
-    layer.gate_proj = linear(p + "mlp.gate_proj", c.intermediate_size, hidden, c.mlp_bias);
-    layer.up_proj = linear(p + "mlp.up_proj", c.intermediate_size, hidden, c.mlp_bias);
-    layer.down_proj = linear(p + "mlp.down_proj", hidden, c.intermediate_size, c.mlp_bias);
+    for (const auto& n : f.norms) layer.norms.push_back(get(p + n.name + ".weight", {hidden}));
+    for (const auto& d : f.linears) {
+      LinearShape s = linear_shape(f, c, i, d);
+      layer.linears.push_back(linear({s.path, s.out_features, s.in_features, s.bias}, get));
+    }
     m.layers_.push_back(std::move(layer));
   }
-  m.final_norm_ = get("model.norm.weight", {hidden});
+  m.final_norm_ = get(f.final_norm + ".weight", {hidden});
   m.tied_ = !untied_lm_head;
-  m.lm_head_ = m.tied_ ? std::make_shared<DenseLinear>(m.embed_) : linear("lm_head", c.vocab_size, hidden, false);
+  m.lm_head_ = m.tied_ ? std::make_shared<DenseLinear>(m.embed_)
+                       : linear({f.lm_head, c.vocab_size, hidden, false}, get);
   m.inv_freq_ = rope_inv_freq(c.rope, c.head_dim);
   return m;
 }
 
-CausalLM CausalLM::load(const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype) {
+CausalLM CausalLM::load(const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype,
+                        const LinearFactory& linear) {
   ModelConfig config = ModelConfig::load(dir);
-  io::Checkpoint ckpt = io::Checkpoint::open(dir);
+  io::WeightFiles ckpt = io::WeightFiles::open(dir);
   WeightLoader w(ckpt, dir, device, dtype);
-  const bool untied = !config.tie_word_embeddings && ckpt.contains("lm_head.weight");
+  const std::string lm_head = family_for(config.model_type, dir.string()).lm_head + ".weight";
+  const bool untied = !config.tie_word_embeddings && ckpt.contains(lm_head);
   if (!config.tie_word_embeddings && !untied)
-    spdlog::warn("{}: no lm_head.weight; using the input embeddings (tied)", dir.string());
+    spdlog::warn("{}: no {}; using the input embeddings (tied)", dir.string(), lm_head);
   CausalLM m = assemble(std::move(config), device, dtype,
                         [&](const std::string& name, const std::vector<int64_t>& shape) { return w.get(name, shape); },
-                        untied);
+                        untied, linear);
   w.report_unused();
   return m;
 }
 
 CausalLM CausalLM::init_random(const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype,
-                               uint64_t seed) {
+                               uint64_t seed, const LinearFactory& linear) {
   ModelConfig config = ModelConfig::load(dir);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   const double std = config.initializer_range;
   const bool gemma = config.norm_unit_offset;
   const std::optional<int64_t> pad = config.pad_token_id;
+  const FamilyDesc& family = family_for(config.model_type, dir.string());
+  const std::string embed = family.embed + ".weight";
+  std::set<std::string> norms{family.final_norm + ".weight"};
+  for (int64_t i = 0; i < config.n_layers; ++i)
+    for (const auto& n : family.norms) norms.insert(family.layers_prefix + std::to_string(i) + "." + n.name + ".weight");
   // Drawn in fp32 on the CPU (the same numbers on every device), then moved.
   auto make = [&](const std::string& name, const std::vector<int64_t>& shape) {
     at::Tensor t;
-    if (name.ends_with("norm.weight")) {
+    if (norms.count(name)) {
       t = gemma ? at::zeros(shape, at::kFloat) : at::ones(shape, at::kFloat);
     } else if (name.ends_with(".bias")) {
       t = at::zeros(shape, at::kFloat);
     } else {
       t = at::empty(shape, at::kFloat);
       t.normal_(0.0, std, gen);
-      if (name == "model.embed_tokens.weight" && pad && *pad >= 0 && *pad < shape[0]) t[*pad].zero_();
+      if (name == embed && pad && *pad >= 0 && *pad < shape[0]) t[*pad].zero_();
     }
     return t.to(device, dtype);
   };
   const bool untied = !config.tie_word_embeddings;
-  return assemble(std::move(config), device, dtype, make, untied);
+  return assemble(std::move(config), device, dtype, make, untied, linear);
 }
 
 }  // namespace llmtune::model

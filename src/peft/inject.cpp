@@ -124,9 +124,6 @@ std::vector<NamedTensor> inject_lora(model::CausalLM& model, const LoraConfig& c
     model::LinearPtr& slot = *slots.at(path);
     if (std::dynamic_pointer_cast<LoraLinear>(slot))
       throw AdapterError("module '" + path + "' already has a LoRA adapter; inject_lora once per model");
-    const auto* dense = dynamic_cast<const model::DenseLinear*>(slot.get());
-    if (config.use_dora && !dense)
-      throw AdapterError("module '" + path + "': DoRA needs a dense base weight (use_dora=false for quantized bases)");
     const int64_t r = config.rank_for(path), in = slot->in_features(), out = slot->out_features();
     const double scaling = config.scaling_for(path, r);
 
@@ -147,7 +144,7 @@ std::vector<NamedTensor> inject_lora(model::CausalLM& model, const LoraConfig& c
     at::Tensor magnitude;
     if (config.use_dora) {
       // ‖W + s·BA‖ per output row, in the adapter dtype (PEFT's DoraLinearLayer.update_layer).
-      at::Tensor w = dense->weight().to(options) + b.matmul(a) * scaling;
+      at::Tensor w = slot->dense_weight().to(options) + b.matmul(a) * scaling;
       magnitude = at::linalg_vector_norm(w, 2, {1}).to(param_dtype);
     }
     a.requires_grad_(true);

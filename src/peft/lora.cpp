@@ -196,10 +196,7 @@ double LoraConfig::scaling_for(const std::string& module_path, int64_t r) const 
 LoraLinear::LoraLinear(model::LinearPtr base, at::Tensor a, at::Tensor b, double scaling, at::Tensor magnitude,
                        double dropout)
     : base_(std::move(base)), a_(std::move(a)), b_(std::move(b)), magnitude_(std::move(magnitude)), scaling_(scaling),
-      dropout_(dropout) {
-  if (magnitude_.defined() && !dynamic_cast<const model::DenseLinear*>(base_.get()))
-    throw AdapterError("DoRA needs a dense base weight");
-}
+      dropout_(dropout) {}
 
 std::vector<at::Tensor> LoraLinear::tensors() const {
   std::vector<at::Tensor> out = base_->tensors();
@@ -221,8 +218,7 @@ at::Tensor LoraLinear::forward(const at::Tensor& x) const {
 
   // DoRA (PEFT's DoraLinearVariant / DoraLinearLayer): the row norm of the adapted weight is a
   // constant (detached), and the low-rank product inside it is detached too.
-  const auto& dense = static_cast<const model::DenseLinear&>(*base_);
-  at::Tensor weight = dense.weight().to(xa.scalar_type());
+  at::Tensor weight = base_->dense_weight().to(xa.scalar_type());
   at::Tensor lora_weight = b_.detach().matmul(a_.detach());
   at::Tensor norm = at::linalg_vector_norm(weight + lora_weight * scaling_, 2, {1}).detach();
   at::Tensor scale = (magnitude_ / norm).view({1, -1});
@@ -232,7 +228,8 @@ at::Tensor LoraLinear::forward(const at::Tensor& x) const {
     xa = at::dropout(xa, dropout_, true);
     base_result = at::linear(xa, weight);
   } else {
-    base_result = dense.bias().defined() ? result - dense.bias() : result;
+    const at::Tensor bias = base_->bias();
+    base_result = bias.defined() ? result - bias : result;
   }
   at::Tensor lora = at::linear(at::linear(xa, a_), b_);
   return (result + ((scale - 1) * base_result + scale * lora * scaling_)).to(result_dtype);

@@ -8,8 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "../../kernels/cuda_runtime_info.h"
 #include "llmtune/build_info.h"
+#include "llmtune/ops/runtime.h"
 #include "llmtune/util/device.h"
 
 namespace llmtune::pipelines {
@@ -35,11 +35,11 @@ EnvReport collect_env(const EnvParams& params) {
   r.git_rev = build_info::git_rev;
   r.libtorch_version = fmt::format("{}.{}.{}", TORCH_VERSION_MAJOR, TORCH_VERSION_MINOR, TORCH_VERSION_PATCH);
   r.libtorch_cuda_version = libtorch_cuda_version();
-  r.cuda_kernels_compiled = kernels::cuda_kernels_compiled();
+  r.cuda_kernels_compiled = ops::kernels_built();
   r.cuda_kernel_archs = r.cuda_kernels_compiled ? build_info::cuda_archs : "";
   r.cuda_available = at::hasCUDA();
   if (r.cuda_available) {
-    for (const auto& d : kernels::cuda_devices()) {
+    for (const auto& d : ops::cuda_devices(/*with_free_memory=*/true)) {
       std::string cc = d.compute_major > 0 ? fmt::format("{}.{}", d.compute_major, d.compute_minor) : "";
       r.cuda_devices.push_back({d.index, d.name, cc, d.total_memory_bytes, d.free_memory_bytes});
     }

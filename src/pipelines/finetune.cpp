@@ -5,11 +5,12 @@
 #include "llmtune/pipelines/finetune.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/exp.h>
+#include <ATen/ops/zeros.h>
 #include <spdlog/spdlog.h>
 
-#include <chrono>
 #include <csignal>
 #include <cmath>
 #include <fstream>
@@ -18,24 +19,26 @@
 #include "llmtune/data/batcher.h"
 #include "llmtune/io/atomic_file.h"
 #include "llmtune/io/hf_dir.h"
+#include "llmtune/io/read_file.h"
 #include "llmtune/io/safetensors.h"
 #include "llmtune/model/causal_lm.h"
+#include "llmtune/ops/runtime.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "llmtune/train/checkpoint.h"
 #include "llmtune/train/loss.h"
+#include "llmtune/train/loss_scale.h"
 #include "llmtune/train/lr_schedule.h"
 #include "llmtune/train/progress.h"
 #include "llmtune/util/device.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
+#include "llmtune/util/timing.h"
 
 namespace llmtune::pipelines {
 namespace fs = std::filesystem;
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+using Clock = SteadyClock;
 
 // A new run must not mix its files with an earlier one; a resumed run needs a checkpoint.
 std::optional<fs::path> check_run_directory(const FinetuneParams& p) {
@@ -54,17 +57,10 @@ std::optional<fs::path> check_run_directory(const FinetuneParams& p) {
 
 // Files of the base model directory that a full fine-tune's output needs besides the weights.
 void copy_model_files(const fs::path& from, const fs::path& to, at::ScalarType saved_dtype) {
-  for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                           "chat_template.jinja", "generation_config.json", "added_tokens.json", "vocab.json",
-                           "merges.txt"}) {
-    if (fs::exists(from / name)) fs::copy_file(from / name, to / name, fs::copy_options::overwrite_existing);
-  }
-  std::ifstream in(from / "config.json");
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(in);
-  const std::string dtype = saved_dtype == at::kBFloat16 ? "bfloat16" : saved_dtype == at::kHalf ? "float16" : "float32";
-  if (config.contains("torch_dtype")) config["torch_dtype"] = dtype;
-  config["dtype"] = dtype;
-  io::write_file_atomic(to / "config.json", config.dump(2) + "\n");
+  io::copy_tokenizer_files(from, to);
+  if (fs::exists(from / "generation_config.json"))
+    fs::copy_file(from / "generation_config.json", to / "generation_config.json", fs::copy_options::overwrite_existing);
+  io::write_config_with_dtype(from, to, saved_dtype);
 }
 
 // The chat template the data was rendered with, when it is not the tokenizer's own (a named
@@ -76,18 +72,11 @@ std::string trained_template_source(const data::Dataset& dataset, const data::Da
   const std::string& name = params.chat_template;
   std::string source;
   if (name.ends_with(".jinja")) {
-    std::ifstream in(name, std::ios::binary);
-    source.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    source = io::read_text_file<DataError>(name, "the chat template");
   } else {
     source = data::named_template_source(name);
   }
   return source == tok.chat_template ? "" : source;
-}
-
-at::ScalarType dtype_from_config_name(const std::string& name) {
-  if (name == "bfloat16") return at::kBFloat16;
-  if (name == "float16") return at::kHalf;
-  return at::kFloat;
 }
 
 struct EvalStats {
@@ -95,21 +84,23 @@ struct EvalStats {
   int64_t targets = 0;
 };
 
-EvalStats evaluate(model::CausalLM& model, data::Batcher& batches, int64_t max_batches, bool lora) {
+// `adapter`: the trained method (its dropout is off while evaluating), or nullptr.
+EvalStats evaluate(model::CausalLM& model, data::Batcher& batches, int64_t max_batches, const peft::AdapterMethod* adapter,
+                   int64_t chunk_rows) {
   at::NoGradGuard no_grad;
-  if (lora) peft::set_training(model, false);
-  double loss_sum = 0;
+  if (adapter) adapter->set_training(model, false);
+  at::Tensor loss_acc = at::zeros({}, at::TensorOptions().dtype(model.device().is_mps() ? at::kFloat : at::kDouble).device(model.device()));
   int64_t targets = 0;
   int64_t n = batches.batches_per_epoch();
   if (max_batches > 0) n = std::min(n, max_batches);
   batches.seek({});
   for (int64_t i = 0; i < n; ++i) {
-    data::Batch b = batches.next();
-    model::ForwardOptions fo{.positions = b.positions, .attention_mask = b.attention_mask};
-    loss_sum += train::causal_lm_loss_sum(model.forward(b.input_ids, fo), b.labels).item<double>();
+    const data::Batch b = data::to_device(batches.next(), model.device());
+    loss_acc += train::batch_loss_sum(model, b, chunk_rows);
     targets += b.n_targets;
   }
-  if (lora) peft::set_training(model, true);
+  const double loss_sum = loss_acc.item<double>();  // one host sync per evaluation
+  if (adapter) adapter->set_training(model, true);
   EvalStats s;
   s.targets = targets;
   s.loss = targets > 0 ? loss_sum / static_cast<double>(targets) : 0.0;
@@ -138,13 +129,15 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
   model.set_gradient_checkpointing(p.gradient_checkpointing);
 
   // Trainable tensors: fp32 adapters (LoRA) or fp32 copies of the unfrozen weights (full).
-  const bool lora = p.method == "lora";
+  // An adapter method (lora, ...) or full fine-tuning (p.adapter is null).
+  const peft::AdapterMethod* adapter = p.adapter.get();
+  const bool use_adapter = adapter != nullptr;
   int64_t n_total = 0;  // the base model's parameters, before any adapter
   for (auto& [name, slot] : model.named_weights()) n_total += slot->numel();
   std::vector<train::NamedParameter> trainable;
-  if (lora) {
-    for (auto& t : peft::inject_lora(model, p.lora, at::kFloat)) trainable.push_back({t.name, t.tensor});
-    peft::set_training(model, true);
+  if (use_adapter) {
+    for (auto& t : p.adapter->inject(model, at::kFloat)) trainable.push_back({t.name, t.tensor});
+    adapter->set_training(model, true);
   } else {
     std::vector<std::regex> freeze;
     for (const auto& f : p.freeze) {
@@ -194,6 +187,9 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
                warmup_steps);
 
   train::AdamW optimizer(trainable, p.adam);
+  // fp16 compute: dynamic loss scaling (bf16 and fp32 need none).
+  train::LossScaler scaler(dtype.dtype == at::kHalf);
+  if (scaler.enabled()) spdlog::info("fp16: dynamic loss scaling from {}", scaler.scale());
 
   // Resume: tensors, optimizer moments, RNG, data position, counters.
   int64_t step = 0, tokens_seen = 0;
@@ -215,8 +211,19 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
                             std::to_string(trainable.size()) + " (another configuration?)");
     step = ck.state.at("step").get<int64_t>();
     optimizer.load_state(ck.optimizer, ck.state.at("optimizer_steps").get<int64_t>(), resume_dir->string());
+    scaler.restore(ck.state.value("loss_scale", scaler.scale()), ck.state.value("loss_scale_good_steps", int64_t{0}));
     at::Generator cpu_gen = at::detail::getDefaultCPUGenerator();
     cpu_gen.set_state(ck.rng_state);
+    for (const auto& [name, state] : ck.device_rng_states) {
+      if (name != device.device.str())
+        throw CheckpointError(resume_dir->string() + ": the run drew random numbers on " + name + ", this one runs on " +
+                              device.device.str() + "; resume on the same device (--device " + name + ")");
+      at::Generator gen = at::globalContext().defaultGenerator(device.device);
+      gen.set_state(state);
+    }
+    if (ck.device_rng_states.empty() && !device.device.is_cpu())
+      throw CheckpointError(resume_dir->string() + ": the run was on the CPU, this one runs on " + device.device.str() +
+                            "; resume on the same device (--device cpu)");
     batches.seek({ck.state.at("data_epoch").get<int64_t>(), ck.state.at("data_batch").get<int64_t>()});
     tokens_seen = ck.state.value("tokens_seen", int64_t{0});
     elapsed_before = ck.state.value("elapsed_seconds", 0.0);
@@ -231,25 +238,25 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
 
   train::MetricsLog metrics(p.output / "metrics.jsonl", resume_dir ? step : -1);
   train::Progress progress(total_steps, p.log_every_steps, p.quiet);
-  const bool cuda = device.device.is_cuda();
-  const int device_index = cuda ? device.device.index() : 0;
-  auto peak_memory = [&] { return train::peak_memory_bytes(cuda, std::max(device_index, 0)); };
+  auto peak_memory = [&] { return ops::peak_memory_bytes(device.device); };
 
   auto save = [&](int64_t at_step) {
     train::CheckpointContents ck;
     for (const auto& t : trainable) ck.trainable.emplace_back(t.name, t.tensor.detach());
     ck.optimizer = optimizer.state();
     ck.rng_state = at::detail::getDefaultCPUGenerator().get_state();
+    if (!device.device.is_cpu())
+      ck.device_rng_states.emplace_back(device.device.str(), at::globalContext().defaultGenerator(device.device).get_state());
     const auto pos = batches.position();
     ck.state = {{"step", at_step}, {"optimizer_steps", optimizer.step_count()}, {"data_epoch", pos.epoch},
                 {"data_batch", pos.batch}, {"tokens_seen", tokens_seen},
                 {"elapsed_seconds", elapsed_before + seconds_since(t_start)}, {"total_steps", total_steps},
-                {"method", p.method}};
+                {"method", p.method}, {"loss_scale", scaler.scale()}, {"loss_scale_good_steps", scaler.good_steps()}};
     auto write_adapter = [&](const fs::path& staging) {
-      if (!lora) return;
-      std::vector<peft::NamedTensor> adapter;
-      for (const auto& t : trainable) adapter.push_back({t.name, t.tensor.detach()});
-      peft::save_adapter(staging / "adapter", p.lora, adapter);
+      if (!use_adapter) return;
+      std::vector<peft::NamedTensor> tensors;
+      for (const auto& t : trainable) tensors.push_back({t.name, t.tensor.detach()});
+      peft::save_adapter(staging / "adapter", *p.adapter, tensors);
     };
     fs::path dir = train::save_checkpoint(p.output / "checkpoints", at_step, ck, write_adapter, p.checkpoint_keep);
     progress.message("checkpoint: " + dir.string());
@@ -273,17 +280,23 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
       targets += micro.back().n_targets;
       step_tokens += micro.back().n_tokens;
     }
-    double loss_sum = 0;
-    for (const auto& b : micro) {
-      if (b.n_targets == 0) continue;
-      model::ForwardOptions fo{.positions = b.positions, .attention_mask = b.attention_mask};
-      at::Tensor loss = train::causal_lm_loss_sum(model.forward(b.input_ids, fo), b.labels) / static_cast<double>(targets);
-      loss.backward();
-      loss_sum += loss.item<double>();
+    // Losses stay on the device until the step is done: one host sync per step, not per micro-batch.
+    at::Tensor loss_acc = at::zeros({}, at::TensorOptions().dtype(model.device().is_mps() ? at::kFloat : at::kDouble).device(model.device()));
+    for (const auto& host_batch : micro) {
+      if (host_batch.n_targets == 0) continue;
+      const data::Batch b = data::to_device(host_batch, model.device());
+      at::Tensor loss = train::batch_loss_sum(model, b, p.loss_chunk_rows) / static_cast<double>(targets);
+      (scaler.enabled() ? loss * scaler.scale() : loss).backward();
+      loss_acc += loss.detach();
     }
-    const double grad_norm = train::clip_grad_norm(trainable, p.max_grad_norm);
+    const bool finite = scaler.unscale_and_check(trainable);
+    const double grad_norm = finite ? train::clip_grad_norm(trainable, p.max_grad_norm) : std::nan("");
+    const double loss_sum = loss_acc.item<double>();
     const double lr = p.lr * train::lr_multiplier(schedule, step, warmup_steps, total_steps);
-    optimizer.step(lr);
+    if (finite) optimizer.step(lr);
+    else progress.message(fmt::format("fp16: inf/nan gradients at step {}: update skipped, loss scale {} → {}", step + 1,
+                                      scaler.scale(), scaler.scale() / 2));
+    scaler.update(!finite);
     optimizer.zero_grad();
     ++step;
     tokens_seen += step_tokens;
@@ -295,14 +308,19 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     step_seconds_sum += step_seconds;
     const double tokens_per_second = static_cast<double>(step_tokens) / std::max(step_seconds, 1e-9);
     const double elapsed = elapsed_before + seconds_since(t_start);
-    metrics.write({{"step", step}, {"epoch", static_cast<double>(step * p.grad_accum_steps) / static_cast<double>(per_epoch)},
-                   {"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", step_tokens},
-                   {"tokens_per_second", tokens_per_second}, {"peak_memory_bytes", peak_memory()},
-                   {"elapsed_seconds", elapsed}});
+    nlohmann::json record = {{"step", step}, {"epoch", static_cast<double>(step * p.grad_accum_steps) / static_cast<double>(per_epoch)},
+                             {"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", step_tokens},
+                             {"tokens_per_second", tokens_per_second}, {"peak_memory_bytes", peak_memory()},
+                             {"elapsed_seconds", elapsed}};
+    if (scaler.enabled()) {
+      record["loss_scale"] = scaler.scale();
+      record["skipped"] = !finite;
+    }
+    metrics.write(record);
     progress.update(step, loss_sum, lr, grad_norm, tokens_per_second, elapsed, run_seconds, step - first_step);
 
     if (val_batches && p.eval_every_steps > 0 && step % p.eval_every_steps == 0 && step < total_steps) {
-      last_eval = evaluate(model, *val_batches, p.eval_max_batches, lora);
+      last_eval = evaluate(model, *val_batches, p.eval_max_batches, adapter, p.loss_chunk_rows);
       metrics.write({{"step", step}, {"eval_loss", last_eval->loss}, {"eval_perplexity", last_eval->perplexity}});
       progress.message(fmt::format("step {}: eval loss {:.4f}, perplexity {:.3f}", step, last_eval->loss, last_eval->perplexity));
     }
@@ -328,18 +346,16 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
   }
 
   // The result: the adapter (PEFT format) or the full model (a Hugging Face directory).
-  if (lora) {
-    std::vector<peft::NamedTensor> adapter;
-    for (const auto& t : trainable) adapter.push_back({t.name, t.tensor.detach()});
-    peft::LoraConfig saved = p.lora;
-    saved.base_model_name_or_path = p.model;
-    peft::save_adapter(p.output / "adapter", saved, adapter);
+  if (use_adapter) {
+    std::vector<peft::NamedTensor> tensors;
+    for (const auto& t : trainable) tensors.push_back({t.name, t.tensor.detach()});
+    p.adapter->set_base_model(p.model);
+    peft::save_adapter(p.output / "adapter", *p.adapter, tensors);
     if (auto source = trained_template_source(dataset, p.data, *tok); !source.empty())
       io::write_file_atomic(p.output / "adapter" / "chat_template.jinja", source);
     spdlog::info("adapter: {}", (p.output / "adapter").string());
   } else {
-    const std::string& config_dtype = model.config().torch_dtype;
-    const at::ScalarType save_dtype = config_dtype.empty() ? at::kFloat : dtype_from_config_name(config_dtype);
+    const at::ScalarType save_dtype = io::dtype_from_config_name(model.config().torch_dtype, at::kFloat);
     std::vector<std::pair<std::string, at::Tensor>> tensors;
     for (auto& [name, slot] : model.named_weights())
       tensors.emplace_back(name, slot->detach().to(at::kCPU, save_dtype).contiguous());
@@ -352,7 +368,7 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     spdlog::info("model: {} ({})", (p.output / "model").string(), dtype_name(save_dtype));
   }
   if (val_batches) {
-    last_eval = evaluate(model, *val_batches, p.eval_max_batches, lora);
+    last_eval = evaluate(model, *val_batches, p.eval_max_batches, adapter, p.loss_chunk_rows);
     metrics.write({{"step", step}, {"eval_loss", last_eval->loss}, {"eval_perplexity", last_eval->perplexity}});
     spdlog::info("final eval: loss {:.4f}, perplexity {:.3f}", last_eval->loss, last_eval->perplexity);
   }
@@ -371,7 +387,7 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
              {"wall_seconds", elapsed_before + seconds_since(t_start)},
              {"device", device.device.str()},
              {"dtype", dtype_name(dtype.dtype)},
-             {"output", lora ? (p.output / "adapter").string() : (p.output / "model").string()}};
+             {"output", use_adapter ? (p.output / "adapter").string() : (p.output / "model").string()}};
   io::write_file_atomic(p.output / "summary.json", summary.dump(2) + "\n");
   return summary;
 }

@@ -14,37 +14,32 @@
 
 #include "gguf_arch.h"
 #include "llmtune/io/gguf.h"
+#include "llmtune/io/read_file.h"
 #include "llmtune/pipelines/gguf.h"
+#include "llmtune/quant/gguf_policy.h"
 #include "llmtune/quant/gguf_quants.h"
 #include "llmtune/tokenizer/gguf_vocab.h"
 #include "llmtune/util/error.h"
+#include "llmtune/util/timing.h"
 
 namespace llmtune::pipelines {
 namespace {
 
 using namespace gguf_detail;
 using io::GgmlType;
-
-nlohmann::json read_config_json(const std::filesystem::path& dir) {
-  std::ifstream in(dir / "config.json");
-  if (!in) throw ModelLoadError((dir / "config.json").string() + ": cannot read config.json");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw ModelLoadError((dir / "config.json").string() + ": invalid JSON (" + e.what() + ")");
-  }
-}
+using quant::FileType;
 
 // The general.* and <arch>.* keys, in the converter's order (FORMATS.md §6.5).
-void write_model_metadata(io::GgufWriter& w, const model::ModelConfig& c, const nlohmann::json& raw, const ArchInfo& a,
+void write_model_metadata(io::GgufWriter& w, const model::ModelConfig& c, const nlohmann::json& raw, const model::FamilyDesc& family,
                           const FileType& ft, const std::string& name) {
+  const model::GgufDesc& a = family.gguf;
   const std::string p = a.arch + ".";
   auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
   w.add_string("general.architecture", a.arch);
   w.add_string("general.type", "model");
   w.add_string("general.name", name);
   const bool explicit_head_dim = raw.contains("head_dim") && !raw["head_dim"].is_null();
-  if (a.arch == "gemma") {
+  if (a.keys == model::GgufKeys::Gemma) {
     w.add_u32(p + "context_length", u32(c.max_position_embeddings));
     w.add_u32(p + "embedding_length", u32(c.hidden_size));
     w.add_u32(p + "block_count", u32(c.n_layers));
@@ -74,7 +69,7 @@ void write_model_metadata(io::GgufWriter& w, const model::ModelConfig& c, const 
       w.add_u32(p + "attention.value_length", u32(c.head_dim));
     }
     w.add_u32("general.file_type", ft.id);
-    if (a.arch == "llama") {
+    if (a.keys == model::GgufKeys::Llama) {
       w.add_u32(p + "vocab_size", u32(c.vocab_size));
       w.add_u32(p + "rope.dimension_count", u32(c.head_dim));
     }
@@ -102,11 +97,12 @@ struct Entry {
 GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::vector<std::string>& hf_names,
                              const HfTensorSource& source, const std::filesystem::path& out,
                              const GgufExportOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = SteadyClock::now();
   const std::string src = (model_dir / "config.json").string();
-  const nlohmann::json raw = read_config_json(model_dir);
+  const nlohmann::json raw = io::read_json_file<ModelLoadError, nlohmann::json>(model_dir / "config.json", "config.json");
   const model::ModelConfig c = model::ModelConfig::from_json(raw, src);
-  const ArchInfo arch = arch_for_model_type(c.model_type, src);
+  const model::FamilyDesc& family = gguf_family(c.model_type, src);
+  const model::GgufDesc& arch = family.gguf;
   if (c.rope.type == "llama3" && arch.arch != "llama")
     throw ModelLoadError(src + ": llama3 rope scaling can be exported to GGUF only for the llama architecture");
   // llama.cpp's llama/qwen2/gemma architectures have no sliding window (its converter drops it too).
@@ -118,32 +114,33 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
 
   const std::set<std::string> present(hf_names.begin(), hf_names.end());
   // Gemma's converter drops lm_head; a tied model has no output tensor (llama.cpp reuses token_embd).
-  const bool untied = arch.arch != "gemma" && !c.tie_word_embeddings && present.count("lm_head.weight");
-  if (arch.arch != "gemma" && !c.tie_word_embeddings && !untied)
-    spdlog::warn("{}: no lm_head.weight; the GGUF reuses the input embeddings (tied)", model_dir.string());
+  const std::string lm_head = family.lm_head + ".weight";
+  const bool untied = !arch.drop_lm_head && !c.tie_word_embeddings && present.count(lm_head);
+  if (!arch.drop_lm_head && !c.tie_word_embeddings && !untied)
+    spdlog::warn("{}: no {}; the GGUF reuses the input embeddings (tied)", model_dir.string(), lm_head);
 
   FileType ft;
   if (options.type == "auto" || options.type.empty()) {
     at::ScalarType first = at::kFloat;
     for (const auto& n : hf_names) {
-      if (hf_to_gguf_name(n).empty()) continue;
+      if (model::hf_to_gguf_name(family, n).empty()) continue;
       at::Tensor t = source(n);
       if (t.dim() >= 2) {
         first = t.scalar_type();
         break;
       }
     }
-    ft = file_type_for_source(first);
+    ft = quant::file_type_for_source(first);
   } else {
-    ft = parse_file_type(options.type);
+    ft = quant::parse_file_type(options.type);
   }
 
   std::vector<Entry> entries;
   std::set<std::string> used;
-  for (const auto& [name, shape] : expected_hf_tensors(c, untied)) {
+  for (const auto& [name, shape] : model::checkpoint_tensors(family, c, untied)) {
     if (!present.count(name))
       throw ModelLoadError(model_dir.string() + ": tensor '" + name + "' is missing from the checkpoint");
-    entries.push_back({hf_to_gguf_name(name), name, shape});
+    entries.push_back({model::hf_to_gguf_name(family, name), name, shape});
     used.insert(name);
   }
   if (c.rope.type == "llama3") entries.push_back({"rope_freqs.weight", "", {c.head_dim / 2}});
@@ -156,7 +153,7 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
   int64_t n_fallback = 0;
   for (auto& e : entries) {
     std::vector<int64_t> ne(e.shape.rbegin(), e.shape.rend());
-    e.type = choose_tensor_type(ft, e.gguf_name, ne, block_of(e.gguf_name), c.n_layers, tied, &n_fallback);
+    e.type = quant::choose_tensor_type(ft, e.gguf_name, ne, block_of(e.gguf_name), c.n_layers, tied, &n_fallback);
   }
   if (n_fallback)
     spdlog::warn("GGUF export: {} tensor(s) have a first dimension the {} types cannot hold; llama.cpp's fallback types used",
@@ -173,7 +170,7 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
     if (ec) throw IoError(out.parent_path().string() + ": cannot create the output directory: " + ec.message());
   }
   io::GgufWriter writer(out);
-  write_model_metadata(writer, c, raw, arch, ft, name);
+  write_model_metadata(writer, c, raw, family, ft, name);
   tokenizer::write_gguf_vocab(writer, vocab);
   GgufExportReport report;
   for (const auto& e : entries) {
@@ -193,9 +190,7 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
       t = t.cpu();
       // As the converter: dtypes other than f16/f32 go to f32 first; edits happen in that dtype.
       if (t.scalar_type() != at::kHalf && t.scalar_type() != at::kFloat) t = t.to(at::kFloat);
-      bool is_k = false;
-      if (arch.permute_qk && is_q_or_k(e.hf_name, &is_k)) t = permute_qk(t, is_k ? c.n_heads_kv : c.n_heads);
-      if (arch.norm_plus_one && e.hf_name.ends_with("norm.weight")) t = t + 1;
+      t = to_gguf_layout(family, c, e.hf_name, t);
     }
     at::Tensor bytes = encode(t, e.type);
     const uint64_t n = bytes.numel() * bytes.element_size();
@@ -210,7 +205,7 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
   report.bytes = std::filesystem::file_size(out);
   report.file_type = ft.name;
   if (options.ollama) report.modelfile = write_ollama_modelfile(*tokenizer::load_tokenizer(model_dir), out);
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.seconds = seconds_since(start);
   std::string counts;
   for (const auto& [type, count] : report.tensors_per_type) counts += (counts.empty() ? "" : ", ") + fmt::format("{} {}", count, type);
   spdlog::info("GGUF: {} ({}, {} tensors: {}; {:.1f} MiB) in {:.1f} s", out.string(), ft.name, entries.size(), counts,

@@ -47,10 +47,11 @@ at::Tensor to_float(const io::GgufFile& f, const io::GgufTensorInfo& t, const st
 }
 
 // config.json's fields from the <arch>.* keys (FORMATS.md §6.5).
-nlohmann::json config_from_metadata(const io::GgufFile& f, const std::string& arch) {
+nlohmann::json config_from_metadata(const io::GgufFile& f, const model::FamilyDesc& family) {
+  const std::string& arch = family.gguf.arch;
   const std::string p = arch + ".";
   nlohmann::json j;
-  j["model_type"] = arch;
+  j["model_type"] = family.model_type;
   j["hidden_size"] = f.get_int(p + "embedding_length");
   j["num_hidden_layers"] = f.get_int(p + "block_count");
   j["intermediate_size"] = f.get_int(p + "feed_forward_length");
@@ -73,7 +74,7 @@ nlohmann::json config_from_metadata(const io::GgufFile& f, const std::string& ar
   j["tie_word_embeddings"] = f.find_tensor("output.weight") == nullptr;
   j["attention_bias"] = f.find_tensor("blk.0.attn_q.bias") != nullptr;
   j["mlp_bias"] = f.find_tensor("blk.0.ffn_gate.bias") != nullptr;
-  if (arch == "gemma") j["hidden_activation"] = "gelu_pytorch_tanh";
+  if (family.gguf.keys == model::GgufKeys::Gemma) j["hidden_activation"] = "gelu_pytorch_tanh";
   return j;
 }
 
@@ -85,11 +86,13 @@ GgufModel load_gguf_model(const std::filesystem::path& path, c10::Device device,
   const std::string arch = file->get_string("general.architecture");
   if (file->get_string_opt("general.type").value_or("model") == "adapter")
     throw ModelLoadError(src + ": this GGUF is a LoRA adapter, not a model");
-  if (arch != "llama" && arch != "qwen2" && arch != "gemma")
-    throw ModelLoadError(src + ": GGUF architecture '" + arch + "' is not supported (llama, qwen2, gemma)");
-  const ArchInfo info = arch_for_model_type(arch, src);
-
-  model::ModelConfig c = model::ModelConfig::from_json(config_from_metadata(*file, arch), src);
+  const model::FamilyDesc* family = model::family_for_gguf_arch(arch);
+  if (!family) {
+    std::string names;
+    for (const auto& a : model::supported_gguf_archs()) names += (names.empty() ? "" : ", ") + a;
+    throw ModelLoadError(src + ": GGUF architecture '" + arch + "' is not supported (" + names + ")");
+  }
+  model::ModelConfig c = model::ModelConfig::from_json(config_from_metadata(*file, *family), src);
   tokenizer::GgufVocab vocab = tokenizer::read_gguf_vocab(*file);
   if (vocab.bos_id) c.bos_token_id = *vocab.bos_id;
   if (vocab.eos_id) c.eos_token_ids = {*vocab.eos_id};
@@ -107,7 +110,7 @@ GgufModel load_gguf_model(const std::filesystem::path& path, c10::Device device,
 
   std::set<std::string> used;
   auto get = [&](const std::string& name, const std::vector<int64_t>& shape) {
-    const std::string gname = hf_to_gguf_name(name);
+    const std::string gname = model::hf_to_gguf_name(*family, name);
     const io::GgufTensorInfo* t = file->find_tensor(gname);
     if (!t) throw ModelLoadError(src + ": tensor '" + gname + "' is missing (the metadata implies it)");
     if (t->shape() != shape)
@@ -115,10 +118,7 @@ GgufModel load_gguf_model(const std::filesystem::path& path, c10::Device device,
                            " but the metadata implies " + c10::str(at::IntArrayRef(shape)));
     used.insert(gname);
     at::Tensor w = to_float(*file, *t, shape);
-    bool is_k = false;
-    if (info.permute_qk && is_q_or_k(name, &is_k)) w = unpermute_qk(w, is_k ? c.n_heads_kv : c.n_heads);
-    if (info.norm_plus_one && name.ends_with("norm.weight")) w = w - 1;
-    return w.to(device, dtype);
+    return from_gguf_layout(*family, c, name, w).to(device, dtype);
   };
   GgufModel out;
   out.model = std::make_unique<model::CausalLM>(model::CausalLM::assemble(c, device, dtype, get, untied));

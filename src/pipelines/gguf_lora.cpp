@@ -12,6 +12,7 @@
 
 #include "gguf_arch.h"
 #include "llmtune/io/gguf.h"
+#include "llmtune/io/read_file.h"
 #include "llmtune/io/safetensors.h"
 #include "llmtune/peft/lora.h"
 #include "llmtune/pipelines/gguf.h"
@@ -45,17 +46,10 @@ GgmlType lora_tensor_type(const std::string& type, at::ScalarType first_dtype, i
 void export_gguf_lora(const std::filesystem::path& model_dir, const std::filesystem::path& adapter_dir,
                       const std::filesystem::path& out, const std::string& type) {
   const model::ModelConfig c = model::ModelConfig::load(model_dir);
-  const ArchInfo arch = arch_for_model_type(c.model_type, (model_dir / "config.json").string());
+  const model::FamilyDesc& family = gguf_family(c.model_type, (model_dir / "config.json").string());
 
   const auto config_path = adapter_dir / "adapter_config.json";
-  std::ifstream in(config_path);
-  if (!in) throw AdapterError(config_path.string() + ": cannot read adapter_config.json");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw AdapterError(config_path.string() + ": invalid JSON (" + e.what() + ")");
-  }
+  const nlohmann::json j = io::read_json_file<AdapterError, nlohmann::json>(config_path, "adapter_config.json");
   const peft::LoraConfig cfg = peft::LoraConfig::from_json(j, config_path.string());
   if (cfg.use_dora)
     throw AdapterError(config_path.string() + ": DoRA adapters cannot be exported to GGUF (llama.cpp has no DoRA); "
@@ -89,9 +83,9 @@ void export_gguf_lora(const std::filesystem::path& model_dir, const std::filesys
   for (auto& [module, p] : pairs) {
     if (!p.a.defined() || !p.b.defined())
       throw AdapterError(weights_path.string() + ": module '" + module + "' lacks lora_" + (p.a.defined() ? "B" : "A"));
-    const std::string base = hf_to_gguf_name(module + ".weight");
+    const std::string base = model::hf_to_gguf_name(family, module + ".weight");
     if (base.empty()) throw AdapterError(weights_path.string() + ": module '" + module + "' has no GGUF counterpart");
-    if (base == "output.weight" && (c.tie_word_embeddings || arch.arch == "gemma"))
+    if (base == "output.weight" && (c.tie_word_embeddings || family.gguf.drop_lm_head))
       throw AdapterError(weights_path.string() + ": the adapter targets lm_head, which the GGUF model does not have (tied embeddings)");
     const int64_t r = p.a.size(0);
     if (p.a.dim() != 2 || p.b.dim() != 2 || p.b.size(1) != r)
@@ -105,8 +99,7 @@ void export_gguf_lora(const std::filesystem::path& model_dir, const std::filesys
     at::Tensor a = p.a, b = p.b;
     if (a.scalar_type() != at::kHalf && a.scalar_type() != at::kFloat) a = a.to(at::kFloat);
     if (b.scalar_type() != at::kHalf && b.scalar_type() != at::kFloat) b = b.to(at::kFloat);
-    bool is_k = false;
-    if (arch.permute_qk && is_q_or_k(module + ".weight", &is_k)) b = permute_qk(b, is_k ? c.n_heads_kv : c.n_heads);
+    b = to_gguf_layout(family, c, module + ".weight", b);
     outs.push_back({base + ".lora_a", a});
     outs.push_back({base + ".lora_b", b});
   }
@@ -121,7 +114,7 @@ void export_gguf_lora(const std::filesystem::path& model_dir, const std::filesys
     if (ec) throw IoError(out.parent_path().string() + ": cannot create the output directory: " + ec.message());
   }
   io::GgufWriter writer(out);
-  writer.add_string("general.architecture", arch.arch);
+  writer.add_string("general.architecture", family.gguf.arch);
   writer.add_string("general.type", "adapter");
   writer.add_string("adapter.type", "lora");
   const std::string name = adapter_dir.filename().empty() ? adapter_dir.parent_path().filename().string()

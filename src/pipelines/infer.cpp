@@ -12,6 +12,7 @@
 
 #include "llmtune/io/atomic_file.h"
 #include "llmtune/io/jsonl.h"
+#include "llmtune/io/read_file.h"
 #include "llmtune/model/causal_lm.h"
 #include "llmtune/pipelines/load.h"
 #include "llmtune/tokenizer/chat_template.h"
@@ -19,6 +20,7 @@
 #include "llmtune/util/device.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
+#include "saved_template.h"
 
 namespace llmtune::pipelines {
 namespace {
@@ -35,6 +37,9 @@ struct Engine {
     if (params->raw || tok->chat_template.empty()) {
       if (!params->raw && log::first_time("infer.no_template"))
         spdlog::warn("the tokenizer has no chat template: prompts are used as raw text (--raw)");
+      if (!params->system.empty())
+        throw UsageError("--system needs a chat template to place the system prompt, and the tokenizer has none "
+                         "(an adapter trained with one saves it as chat_template.jinja)");
       std::string plain = text;
       if (plain.empty())
         for (const auto& m : messages) plain += m.value("content", "");
@@ -111,10 +116,17 @@ void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
   int modes = !p.prompt.empty() + !p.prompts_file.empty() + p.chat;
   if (modes != 1) throw UsageError("infer needs exactly one of --prompt, --prompts-file or --chat");
   if (!p.prompts_file.empty() && p.output.empty()) throw UsageError("--prompts-file needs --output FILE.jsonl");
+  if (p.raw && !p.system.empty())
+    throw UsageError("--system has no effect with --raw (no chat template places it): drop one of them");
 
   LoadedModel loaded = load_model("infer", p.model, p.adapter, p.device, p.dtype);
   Engine e;
   e.tok = std::move(loaded.tokenizer);
+  // The template the adapter was trained with (finetune saves it next to the adapter).
+  if (auto saved = saved_chat_template(p.adapter); saved && !p.raw) {
+    e.tok->chat_template = io::read_text_file<TokenizerError>(*saved, "the chat template");
+    spdlog::info("infer: chat template {} (saved with the adapter, the one it was trained with)", saved->string());
+  }
   e.model = std::move(loaded.model);
   InferParams q = p;
   if (q.sampling.stop_ids.empty()) {
@@ -135,8 +147,14 @@ void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
     io::read_jsonl(p.prompts_file, [&](int64_t line, const json& row) {
       json messages = json::array();
       std::string text;
-      if (row.contains("messages") && row["messages"].is_array()) messages = row["messages"];
-      else if (row.contains("prompt") && row["prompt"].is_string()) text = row["prompt"].get<std::string>();
+      if (row.contains("messages") && row["messages"].is_array()) {
+        messages = row["messages"];
+        // --system goes first in a conversation that has no system message of its own.
+        const bool has_system = !messages.empty() && messages[0].is_object() && messages[0].value("role", "") == "system";
+        if (!p.system.empty() && !has_system) messages.insert(messages.begin(), json{{"role", "system"}, {"content", p.system}});
+        else if (!p.system.empty() && log::first_time("infer.row_system"))
+          spdlog::info("infer: rows with a system message of their own keep it; --system applies to the others");
+      } else if (row.contains("prompt") && row["prompt"].is_string()) text = row["prompt"].get<std::string>();
       else throw DataError(p.prompts_file + ":" + std::to_string(line) + ": expected \"prompt\" (string) or \"messages\" (list)");
       auto o = e.complete(e.encode_prompt(messages, text), nullptr);
       json rec = row;

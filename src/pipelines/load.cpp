@@ -4,7 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include "llmtune/io/hf_dir.h"
-#include "llmtune/peft/lora.h"
+#include "llmtune/peft/method.h"
 #include "llmtune/pipelines/gguf.h"
 #include "llmtune/util/error.h"
 

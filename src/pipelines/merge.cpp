@@ -10,15 +10,16 @@
 
 #include <algorithm>
 #include <cctype>
-#include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "llmtune/io/atomic_file.h"
 #include "llmtune/io/hf_dir.h"
-#include "llmtune/train/progress.h"
+#include "llmtune/io/read_file.h"
+#include "llmtune/ops/runtime.h"
 #include "llmtune/util/device.h"
 #include "llmtune/util/error.h"
+#include "llmtune/util/timing.h"
 
 namespace llmtune::pipelines {
 namespace {
@@ -45,59 +46,10 @@ bool natural_less(const std::string& a, const std::string& b) {
   return a.size() - i < b.size() - j;
 }
 
-at::ScalarType dtype_from_config_name(const std::string& name) {
-  if (name == "bfloat16") return at::kBFloat16;
-  if (name == "float16") return at::kHalf;
-  if (name == "float32") return at::kFloat;
-  return at::ScalarType::Undefined;
-}
-
-std::string config_dtype_name(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    case at::kFloat: return "float32";
-    default: return "";
-  }
-}
-
-nlohmann::ordered_json read_json_file(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw ModelLoadError(path.string() + ": cannot read it");
-  try {
-    return nlohmann::ordered_json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw ModelLoadError(path.string() + ": invalid JSON (" + e.what() + ")");
-  }
-}
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 bool same_or_inside(const fs::path& inner, const fs::path& outer) {
   const fs::path a = fs::weakly_canonical(inner), b = fs::weakly_canonical(outer);
   auto [end_b, end_a] = std::mismatch(b.begin(), b.end(), a.begin(), a.end());
   return end_b == b.end();
-}
-
-// The files a Hugging Face directory needs next to its weights for tokenization and generation.
-constexpr const char* kTokenizerFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                                           "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
-                                           "chat_template.json", "vocab.json", "merges.txt"};
-
-// config.json of the base with the new dtype (the key spelled as the base spells it).
-void write_config(const fs::path& base_dir, const fs::path& out_dir, at::ScalarType dtype) {
-  auto config = read_json_file(base_dir / "config.json");
-  const std::string name = config_dtype_name(dtype);
-  if (!name.empty()) {
-    bool set = false;
-    for (const char* key : {"dtype", "torch_dtype"})
-      if (config.contains(key)) config[key] = name, set = true;
-    if (!set) config["dtype"] = name;
-  }
-  io::write_file_atomic(out_dir / "config.json", config.dump(2) + "\n");
 }
 
 // Tokenizer files: the adapter directory's when it carries its own (trainers save the tokenizer
@@ -109,18 +61,13 @@ int copy_tokenizer_and_generation_files(const fs::path& base_dir, const fs::path
       !adapter_dir.empty() && (fs::exists(adapter_dir / "tokenizer.json") || fs::exists(adapter_dir / "tokenizer.model"));
   const fs::path from = adapter_has_tokenizer ? adapter_dir : base_dir;
   if (adapter_has_tokenizer) spdlog::info("merge: tokenizer files from the adapter directory {}", adapter_dir.string());
-  int copied = 0;
-  for (const char* file : kTokenizerFiles) {
-    if (!fs::exists(from / file)) continue;
-    io::write_file_atomic(out_dir / file, read_text(from / file));
-    ++copied;
-  }
+  const int copied = io::copy_tokenizer_files(from, out_dir);
   if (copied == 0) spdlog::warn("merge: {} has no tokenizer files; the merged directory has none either", from.string());
   // The template the adapter was trained with (finetune saves it there when it is not the base's).
   if (!adapter_dir.empty() && from != adapter_dir && fs::exists(adapter_dir / "chat_template.jinja")) {
-    io::write_file_atomic(out_dir / "chat_template.jinja", read_text(adapter_dir / "chat_template.jinja"));
+    io::write_file_atomic(out_dir / "chat_template.jinja", io::read_text_file<AdapterError>(adapter_dir / "chat_template.jinja", "the chat template"));
     if (fs::exists(out_dir / "tokenizer_config.json")) {
-      auto tc = read_json_file(out_dir / "tokenizer_config.json");
+      auto tc = io::read_json_file<ModelLoadError>(out_dir / "tokenizer_config.json", "tokenizer_config.json");
       if (tc.contains("chat_template")) {
         tc.erase("chat_template");
         io::write_file_atomic(out_dir / "tokenizer_config.json", tc.dump(2) + "\n");
@@ -129,7 +76,7 @@ int copy_tokenizer_and_generation_files(const fs::path& base_dir, const fs::path
     spdlog::info("merge: chat template from the adapter directory (the one it was trained with)");
   }
   if (fs::exists(base_dir / "generation_config.json")) {
-    io::write_file_atomic(out_dir / "generation_config.json", read_text(base_dir / "generation_config.json"));
+    io::write_file_atomic(out_dir / "generation_config.json", io::read_text_file<ModelLoadError>(base_dir / "generation_config.json", "generation_config.json"));
   } else {
     nlohmann::ordered_json g{{"_from_model_config", true}};
     if (config.bos_token_id) g["bos_token_id"] = *config.bos_token_id;
@@ -148,37 +95,21 @@ void refuse_existing(const fs::path& path, bool force, const char* what) {
 
 }  // namespace
 
-uint64_t parse_byte_size(const std::string& text, const std::string& key) {
-  size_t pos = 0;
-  while (pos < text.size() && (std::isdigit(static_cast<unsigned char>(text[pos])) || text[pos] == '.')) ++pos;
-  std::string unit = text.substr(pos);
-  std::transform(unit.begin(), unit.end(), unit.begin(), [](unsigned char c) { return std::toupper(c); });
-  double value = 0;
-  try {
-    value = pos == 0 ? -1 : std::stod(text.substr(0, pos));
-  } catch (const std::exception&) {
-    value = -1;
-  }
-  static const std::map<std::string, double> units{{"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-                                                   {"KIB", 1024.0}, {"MIB", 1048576.0}, {"GIB", 1073741824.0}};
-  auto it = units.find(unit);
-  if (value <= 0 || it == units.end())
-    throw ConfigError(key + ": '" + text + "' is not a size (use e.g. 5GB, 500MB, 2GiB or a byte count)");
-  return static_cast<uint64_t>(value * it->second);
-}
-
 MergedWeights::MergedWeights(const fs::path& model_dir, const std::string& adapter, at::ScalarType out_dtype)
-    : model_dir_(model_dir), config_(model::ModelConfig::load(model_dir)), checkpoint_(io::Checkpoint::open(model_dir)),
+    : model_dir_(model_dir), config_(model::ModelConfig::load(model_dir)), checkpoint_(io::WeightFiles::open(model_dir)),
       out_dtype_(out_dtype) {
-  auto raw_config = read_json_file(model_dir / "config.json");
+  auto raw_config = io::read_json_file<ModelLoadError>(model_dir / "config.json", "config.json");
   if (raw_config.contains("quantization_config"))
     throw ModelLoadError((model_dir / "config.json").string() +
                          ": the base is a quantized checkpoint (quantization_config); merge into its full-precision original");
   names_ = checkpoint_.names();
   std::sort(names_.begin(), names_.end(), natural_less);
   if (adapter.empty()) return;
-  adapter_ = std::make_unique<peft::PeftAdapter>(peft::read_adapter(adapter));
-  for (const auto& [path, t] : adapter_->modules) {
+  adapter_ = std::make_unique<peft::SavedAdapter>(peft::open_adapter(adapter));
+  if (!adapter_->method->mergeable())
+    throw AdapterError(adapter_->dir.string() + ": " + adapter_->method->peft_type() +
+                       " adapters cannot be merged into the base weights; load them with --adapter instead");
+  for (const auto& path : adapter_->modules) {
     const std::string weight = path + ".weight";
     if (!checkpoint_.contains(weight))
       throw AdapterError(adapter_->weights_path.string() + ": module '" + path + "' has no weight '" + weight + "' in " +
@@ -186,7 +117,7 @@ MergedWeights::MergedWeights(const fs::path& model_dir, const std::string& adapt
     const auto& shape = checkpoint_.info(weight).shape;
     if (shape.size() != 2)
       throw AdapterError(adapter_->weights_path.string() + ": module '" + path + "': the base weight is not a matrix");
-    peft::check_adapter_module(*adapter_, path, shape[0], shape[1]);
+    adapter_->method->check_module_fits(adapter_->tensors, path, shape[0], shape[1], adapter_->weights_path.string());
     module_of_weight_[weight] = path;
   }
 }
@@ -213,30 +144,25 @@ at::Tensor MergedWeights::get(const std::string& name) const {
     checkpoint_.release(name);
     return out;
   }
-  const auto& module = adapter_->modules.at(it->second);
-  const double scaling = adapter_->config.scaling_for(it->second, module.a.size(0));
-  at::Tensor merged = peft::merge_lora_weight(base, module, scaling).to(dtype);
+  at::Tensor merged = adapter_->method->merged_weight(adapter_->tensors, it->second, base).to(dtype);
   if (at::equal(merged, base.to(dtype))) {
     ++unchanged_;
-    if (at::count_nonzero(module.b).item<int64_t>() == 0) ++zero_b_;
+    if (adapter_->method->update_is_zero(adapter_->tensors, it->second)) ++zero_b_;
   }
   checkpoint_.release(name);
   return merged;
 }
 
 MergeReport run_merge(const MergeParams& params) {
-  const auto t0 = std::chrono::steady_clock::now();
-  auto seconds_since = [](auto start) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  };
+  const auto t0 = SteadyClock::now();
   MergeReport report;
   if (params.adapter.empty()) throw ConfigError("adapter: required (a PEFT adapter directory or a finetune run directory)");
 
   // Inputs: the adapter, then its base (named, or the one the adapter was trained on).
-  const peft::PeftAdapter adapter = peft::read_adapter(params.adapter);
+  const peft::SavedAdapter adapter = peft::open_adapter(params.adapter);
   std::string model = params.model;
   if (model.empty()) {
-    model = adapter.config.base_model_name_or_path;
+    model = adapter.method->base_model();
     if (model.empty())
       throw ConfigError(adapter.dir.string() + ": adapter_config.json names no base_model_name_or_path; pass --model");
     spdlog::info("merge: base model {} (from adapter_config.json)", model);
@@ -268,7 +194,7 @@ MergeReport run_merge(const MergeParams& params) {
     else if (params.dtype == "fp32" || params.dtype == "float32") out_dtype = at::kFloat;
     else throw ConfigError("dtype: '" + params.dtype + "' is not one of bf16, fp16, fp32");
   } else {
-    out_dtype = dtype_from_config_name(model::ModelConfig::load(report.model_dir).torch_dtype);
+    out_dtype = io::dtype_from_config_name(model::ModelConfig::load(report.model_dir).torch_dtype, at::ScalarType::Undefined);
   }
 
   // Every adapter tensor is checked against the base here, before anything is written.
@@ -276,19 +202,18 @@ MergeReport run_merge(const MergeParams& params) {
   report.adapter_modules = weights.adapter_modules();
   report.tensors = static_cast<int64_t>(weights.names().size());
   report.dtype = out_dtype == at::ScalarType::Undefined ? "as stored" : dtype_name(out_dtype);
-  spdlog::info("merge: {} ({} tensors) + {} ({} {} modules, r {}, alpha {}) → {}", report.model_dir.string(), report.tensors,
-               adapter.dir.string(), report.adapter_modules, adapter.config.use_dora ? "DoRA" : "LoRA", adapter.config.r,
-               adapter.config.lora_alpha, report.dtype);
+  spdlog::info("merge: {} ({} tensors) + {} ({} modules, {}) → {}", report.model_dir.string(), report.tensors,
+               adapter.dir.string(), report.adapter_modules, adapter.method->describe(), report.dtype);
 
   std::unique_ptr<io::AtomicDir> staged;
   if (!hf_out.empty()) {
-    const auto t_merge = std::chrono::steady_clock::now();
+    const auto t_merge = SteadyClock::now();
     staged = std::make_unique<io::AtomicDir>(hf_out);
     std::vector<io::TensorSpec> specs;
     for (const auto& name : weights.names()) specs.push_back(weights.spec(name));
     auto files = io::save_sharded_lazy(staged->staging(), specs, [&](size_t i) { return weights.get(weights.names()[i]); },
                                        params.shard_size_bytes);
-    write_config(report.model_dir, staged->staging(), out_dtype);
+    io::write_config_with_dtype(report.model_dir, staged->staging(), out_dtype);
     copy_tokenizer_and_generation_files(report.model_dir, adapter.dir, staged->staging(), weights.config());
     for (const auto& f : files) report.files.push_back(hf_out / f.filename());
     report.merge_seconds = seconds_since(t_merge);
@@ -297,7 +222,7 @@ MergeReport run_merge(const MergeParams& params) {
   if (!params.gguf.empty()) {
     if (staged) {
       // From the staged directory: the GGUF holds exactly the merged weights written above.
-      auto checkpoint = io::Checkpoint::open(staged->staging());
+      auto checkpoint = io::WeightFiles::open(staged->staging());
       std::vector<std::string> names = checkpoint.names();
       std::sort(names.begin(), names.end(), natural_less);
       auto read = [&](const std::string& n) {
@@ -307,7 +232,7 @@ MergeReport run_merge(const MergeParams& params) {
       };
       report.gguf_report = export_gguf(staged->staging(), names, read, params.gguf, params.gguf_options);
     } else {
-      const auto t_merge = std::chrono::steady_clock::now();
+      const auto t_merge = SteadyClock::now();
       GgufExportOptions options = params.gguf_options;
       if (options.name.empty()) options.name = report.model_dir.filename().string() + "-merged";
       report.gguf_report = export_gguf(report.model_dir, weights.names(), [&](const std::string& n) { return weights.get(n); },
@@ -340,7 +265,7 @@ MergeReport run_merge(const MergeParams& params) {
     }
   }
   report.seconds = seconds_since(t0);
-  report.peak_rss_bytes = static_cast<uint64_t>(train::peak_memory_bytes(false, 0));
+  report.peak_rss_bytes = static_cast<uint64_t>(ops::peak_rss_bytes());
   return report;
 }
 

@@ -4,25 +4,28 @@
 
 #include <spdlog/spdlog.h>
 
-#include <chrono>
-
 #include "llmtune/io/hf_dir.h"
 #include "llmtune/pipelines/merge.h"
-#include "llmtune/train/progress.h"
+#include "llmtune/ops/runtime.h"
 #include "llmtune/util/error.h"
+#include "llmtune/util/timing.h"
+#include "saved_template.h"
 
 namespace llmtune::pipelines {
 
 namespace fs = std::filesystem;
 
 QuantizeReport run_quantize(const QuantizeParams& params) {
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = SteadyClock::now();
   if (params.output.empty()) throw ConfigError("output: required (the .gguf file to write)");
   if (params.output.extension() != ".gguf")
     throw ConfigError("output: '" + params.output.string() + "' does not end in .gguf (only GGUF types are supported yet)");
   if (fs::exists(params.output) && !params.force)
     throw ConfigError(params.output.string() + ": the output file already exists (pass --force to replace it)");
   const fs::path model_dir = io::resolve_model_dir(params.model);
+  if (params.eval_data.empty() && (params.device != "auto" || params.dtype != "auto"))
+    throw UsageError("--device and --dtype choose where and how --eval-data is evaluated; without --eval-data they "
+                     "have no effect (the GGUF file is written from the stored weights on the CPU)");
   if (!params.eval_data.empty() && !fs::exists(params.eval_data))
     throw ConfigError("eval_data: '" + params.eval_data + "' does not exist");
 
@@ -45,6 +48,11 @@ QuantizeReport run_quantize(const QuantizeParams& params) {
     e.dtype = params.dtype;
     e.model = model_dir.string();
     e.adapter = params.adapter;
+    // Both evaluations render chat rows alike: with the template saved with the adapter, if it has one.
+    if (auto saved = saved_chat_template(params.adapter)) {
+      e.chat_template = saved->string();
+      spdlog::info("quantize: evaluating with the chat template saved with the adapter ({})", e.chat_template);
+    }
     report.source_eval = run_eval(e);
     e.model = params.output.string();
     e.adapter = "";
@@ -53,8 +61,8 @@ QuantizeReport run_quantize(const QuantizeParams& params) {
                  report.gguf_eval->perplexity, report.gguf.file_type,
                  100.0 * (report.gguf_eval->perplexity / report.source_eval->perplexity - 1.0));
   }
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  report.peak_rss_bytes = static_cast<uint64_t>(train::peak_memory_bytes(false, 0));
+  report.seconds = seconds_since(t0);
+  report.peak_rss_bytes = static_cast<uint64_t>(ops::peak_rss_bytes());
   return report;
 }
 

@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "gguf_vocab_internal.h"
+#include "llmtune/io/read_file.h"
 #include "llmtune/tokenizer/gguf_vocab.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
@@ -21,23 +22,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace gguf_detail;
 
-json read_json_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw TokenizerError(path.string() + ": cannot open for reading");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  json j = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) throw TokenizerError(path.string() + ": malformed JSON (expected an object)");
-  return j;
-}
+json read_json_file(const fs::path& path) { return io::read_json_file<TokenizerError, json>(path, path.filename().string()); }
 
-std::string read_text_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw TokenizerError(path.string() + ": cannot open for reading");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_text_file(const fs::path& path) { return io::read_text_file<TokenizerError>(path, path.filename().string()); }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;

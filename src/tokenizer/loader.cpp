@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "added_tokens.h"
+#include "llmtune/io/read_file.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
@@ -17,27 +18,10 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-constexpr uintmax_t kMaxFileBytes = uintmax_t{2} << 30;  // tokenizer files are far smaller; refuse absurd ones
-
-std::string read_file(const fs::path& path) {
-  std::error_code ec;
-  auto size = fs::file_size(path, ec);
-  if (ec) throw TokenizerError(path.string() + ": cannot read: " + ec.message());
-  if (size > kMaxFileBytes) throw TokenizerError(path.string() + ": file is too large to be a tokenizer file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw TokenizerError(path.string() + ": cannot open for reading");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string read_file(const fs::path& path) { return io::read_text_file<TokenizerError>(path, path.filename().string()); }
 
 json read_json(const fs::path& path) {
-  std::string text = read_file(path);
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded())
-    throw TokenizerError(path.string() + ": malformed JSON (truncated or corrupt file); re-download it");
-  if (!j.is_object()) throw TokenizerError(path.string() + ": expected a JSON object at the top level");
-  return j;
+  return io::read_json_file<TokenizerError, json>(path, path.filename().string());
 }
 
 bool flag(const json& j, const char* key, bool fallback) {

@@ -9,6 +9,7 @@
 #include <regex>
 
 #include "llmtune/io/atomic_file.h"
+#include "llmtune/io/read_file.h"
 #include "llmtune/io/safetensors.h"
 #include "llmtune/util/error.h"
 
@@ -52,7 +53,9 @@ fs::path save_checkpoint(const fs::path& checkpoints_dir, int64_t step, const Ch
     io::AtomicDir dir(target);
     io::save_safetensors(dir.staging() / "trainable.safetensors", contents.trainable);
     io::save_safetensors(dir.staging() / "optimizer.safetensors", contents.optimizer);
-    io::save_safetensors(dir.staging() / "rng.safetensors", {{"cpu", contents.rng_state}});
+    TensorList rng{{"cpu", contents.rng_state}};
+    rng.insert(rng.end(), contents.device_rng_states.begin(), contents.device_rng_states.end());
+    io::save_safetensors(dir.staging() / "rng.safetensors", rng);
     if (write_extra) write_extra(dir.staging());
     io::write_file_atomic(dir.staging() / kStateFile, contents.state.dump(2) + "\n");
     dir.commit();
@@ -76,19 +79,16 @@ std::optional<fs::path> latest_checkpoint(const fs::path& checkpoints_dir) {
 
 CheckpointContents load_checkpoint(const fs::path& dir) {
   const fs::path state_path = dir / kStateFile;
-  std::ifstream in(state_path);
-  if (!in) throw CheckpointError(state_path.string() + ": cannot read (is " + dir.string() + " a checkpoint directory, checkpoints/step-N?)");
+  if (!fs::exists(state_path))
+    throw CheckpointError(state_path.string() + ": cannot read (is " + dir.string() + " a checkpoint directory, checkpoints/step-N?)");
   CheckpointContents c;
-  try {
-    c.state = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw CheckpointError(state_path.string() + ": invalid JSON (" + e.what() + ")");
-  }
-  if (!c.state.is_object()) throw CheckpointError(state_path.string() + ": must be a JSON object");
+  c.state = io::read_json_file<CheckpointError, nlohmann::json>(state_path, "the checkpoint state");
   c.trainable = read_all(dir / "trainable.safetensors");
   c.optimizer = read_all(dir / "optimizer.safetensors");
-  for (auto& [name, t] : read_all(dir / "rng.safetensors"))
+  for (auto& [name, t] : read_all(dir / "rng.safetensors")) {
     if (name == "cpu") c.rng_state = t;
+    else c.device_rng_states.emplace_back(name, t);
+  }
   if (!c.rng_state.defined()) throw CheckpointError((dir / "rng.safetensors").string() + ": no 'cpu' generator state");
   return c;
 }

@@ -1,8 +1,7 @@
-// Metrics file, progress line, stop signals and peak memory.
+// Metrics file, progress line and stop signals.
 #include "llmtune/train/progress.h"
 
 #include <spdlog/spdlog.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -10,7 +9,6 @@
 #include <sstream>
 #include <vector>
 
-#include "../../kernels/cuda_runtime_info.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::train {
@@ -105,12 +103,5 @@ void install_stop_signals() {
 
 bool stop_requested() { return g_stop_signal != 0; }
 int stop_signal() { return static_cast<int>(g_stop_signal); }
-
-int64_t peak_memory_bytes(bool cuda, int device_index) {
-  if (cuda) return kernels::cuda_peak_allocated_bytes(device_index);
-  struct rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
-}
 
 }  // namespace llmtune::train

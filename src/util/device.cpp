@@ -1,11 +1,10 @@
-// Resolves --device / --dtype requests against what this machine offers, with the reason.
+// Resolves --device requests against what this machine offers, with the reason; dtype names.
 #include "llmtune/util/device.h"
 
 #include <ATen/Context.h>
 
 #include <charconv>
 
-#include "../../kernels/cuda_runtime_info.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune {
@@ -55,22 +54,6 @@ DeviceChoice choose_device(std::string_view request) {
 const std::vector<std::string>& dtype_choices() {
   static const std::vector<std::string> choices{"auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"};
   return choices;
-}
-
-DtypeChoice choose_dtype(std::string_view request, const c10::Device& device) {
-  if (request == "fp32" || request == "float32") return {c10::kFloat, "requested"};
-  if (request == "bf16" || request == "bfloat16") return {c10::kBFloat16, "requested"};
-  if (request == "fp16" || request == "float16") return {c10::kHalf, "requested"};
-  if (request != "auto") throw ConfigError("unknown dtype '" + std::string(request) + "' (use auto, fp32, bf16 or fp16)");
-  if (device.is_cuda()) {
-    for (const auto& d : kernels::cuda_devices()) {
-      if (d.index == device.index() && d.compute_major > 0 && d.compute_major < 8)
-        return {c10::kHalf, "auto: " + d.name + " (sm_" + std::to_string(d.compute_major) + std::to_string(d.compute_minor) + ") lacks bf16; using fp16"};
-    }
-    return {c10::kBFloat16, "auto: bf16 on CUDA"};
-  }
-  if (device.is_mps()) return {c10::kFloat, "auto: fp32 on MPS"};
-  return {c10::kFloat, "auto: fp32 on CPU (bf16 on request)"};
 }
 
 std::string dtype_name(c10::ScalarType dtype) {

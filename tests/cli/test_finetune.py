@@ -240,6 +240,10 @@ BAD_INPUT = [
     (None, ["train.lr=-1"], "train.lr"),
     (None, ["data.format=csv"], "data.format"),
     (None, ["lora.dropout=1.5"], "lora.dropout"),
+    # Another method's settings would be ignored: refused, naming the key and the method.
+    (None, ["method=full", "lora.r=8"], "lora.r is set"),
+    (None, ["full.freeze=[embed_tokens]"], "full.freeze is set"),
+    (None, ["method=ia3"], "method"),
 ]
 
 

@@ -42,8 +42,7 @@ std::vector<int64_t> row_of(const at::Tensor& t, int64_t b) {
 
 bool same(const data::Batch& a, const data::Batch& b) {
   return a.input_ids.equal(b.input_ids) && a.labels.equal(b.labels) && a.positions.equal(b.positions) &&
-         a.attention_mask.defined() == b.attention_mask.defined() &&
-         (!a.attention_mask.defined() || a.attention_mask.equal(b.attention_mask));
+         (a.packed == nullptr) == (b.packed == nullptr) && (!a.packed || a.packed->lengths == b.packed->lengths);
 }
 
 TEST(Batcher, PackedExamplesAppearIntactWithBlockDiagonalMask) {
@@ -60,9 +59,10 @@ TEST(Batcher, PackedExamplesAppearIntactWithBlockDiagonalMask) {
     const int64_t B = batch.input_ids.size(0), T = batch.input_ids.size(1);
     EXPECT_LE(T, opt.max_seq_len);
     EXPECT_EQ(T % 8, 0);
-    ASSERT_TRUE(batch.attention_mask.defined());
-    ASSERT_EQ(batch.attention_mask.sizes(), (std::vector<int64_t>{B, 1, T, T}));
-    auto mask = batch.attention_mask.accessor<bool, 4>();
+    ASSERT_TRUE(batch.packed);
+    const at::Tensor dense = data::block_diagonal_mask(*batch.packed, T);
+    ASSERT_EQ(dense.sizes(), (std::vector<int64_t>{B, 1, T, T}));
+    auto mask = dense.accessor<bool, 4>();
     int64_t n_tokens = 0, n_targets = 0;
     for (int64_t b = 0; b < B; ++b) {
       auto ids = row_of(batch.input_ids, b), labels = row_of(batch.labels, b), pos = row_of(batch.positions, b);
@@ -114,6 +114,7 @@ TEST(Batcher, PaddingWithoutPacking) {
   data::Batcher batcher(examples, opt);
   EXPECT_EQ(batcher.batches_per_epoch(), 3);
   data::Batch b = batcher.next();
+  EXPECT_FALSE(b.packed);
   EXPECT_FALSE(b.attention_mask.defined());
   size_t longest = 0;
   for (int i = 0; i < 4; ++i) longest = std::max(longest, examples[i].input_ids.size());
@@ -195,7 +196,19 @@ TEST(Batcher, PackedLossEqualsUnpackedPerExample) {
   for (int64_t step = 0; step < batcher.batches_per_epoch(); ++step) {
     auto rows = batcher.batch_rows(0, step);
     data::Batch batch = batcher.next();
-    at::Tensor logits = model.forward(batch.input_ids, {.positions = batch.positions, .attention_mask = batch.attention_mask});
+    // The packed path (per-sequence attention, no dense mask) and the dense block-diagonal mask agree.
+    at::Tensor logits = model.forward(batch.input_ids, {.positions = batch.positions, .packed = batch.packed});
+    if (batch.packed) {
+      at::Tensor dense = model.forward(batch.input_ids, {.positions = batch.positions,
+                                                         .attention_mask = data::block_diagonal_mask(*batch.packed, batch.input_ids.size(1))});
+      for (size_t b = 0; b < rows.size(); ++b) {
+        int64_t used = 0;
+        for (int64_t len : batch.packed->lengths[b]) used += len;
+        at::Tensor want = dense[b].narrow(0, 0, used);
+        EXPECT_LE((logits[b].narrow(0, 0, used) - want).abs().max().item<double>(),
+                  1e-6 * std::max(1.0, want.abs().max().item<double>()));
+      }
+    }
     for (size_t b = 0; b < rows.size(); ++b) {
       int64_t t = 0;
       for (int64_t idx : rows[b]) {

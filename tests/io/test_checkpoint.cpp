@@ -79,7 +79,7 @@ print(json.dumps(result))
   for (const auto& [name, t] : tensors) EXPECT_EQ(loaded.at(name), hex_of(t)) << name;
 
   // And our reader sees the same checkpoint through the index.
-  const Checkpoint ckpt = Checkpoint::open(dir / "out");
+  const WeightFiles ckpt = WeightFiles::open(dir / "out");
   ASSERT_EQ(ckpt.names().size(), tensors.size());
   for (const auto& [name, t] : tensors) EXPECT_TRUE(at::equal(ckpt.tensor(name), t)) << name;
   EXPECT_EQ(ckpt.info("lm_head.weight").dtype, "F32");
@@ -102,15 +102,15 @@ TEST(SafetensorsSharded, OneFileWhenItFitsAndStaleShardsAreRemoved) {
   // The single file is exactly what save_safetensors writes.
   save_safetensors(dir / "direct.safetensors", tensors);
   EXPECT_TRUE(read_bytes(dir / "direct.safetensors") == read_bytes(dir / "model.safetensors"));
-  const Checkpoint ckpt = Checkpoint::open(dir.path());
+  const WeightFiles ckpt = WeightFiles::open(dir.path());
   EXPECT_EQ(ckpt.names().size(), tensors.size());
 }
 
 TEST(SafetensorsCheckpoint, OpensAFileOrAnIndexDirectly) {
   TempDir dir;
   save_sharded(dir.path(), tiny_model(), kShardLimit);
-  EXPECT_EQ(Checkpoint::open(dir / "model.safetensors.index.json").names().size(), tiny_model().size());
-  const Checkpoint one = Checkpoint::open(dir / "model-00001-of-00003.safetensors");
+  EXPECT_EQ(WeightFiles::open(dir / "model.safetensors.index.json").names().size(), tiny_model().size());
+  const WeightFiles one = WeightFiles::open(dir / "model-00001-of-00003.safetensors");
   EXPECT_FALSE(one.names().empty());
 }
 
@@ -133,27 +133,27 @@ TEST(SafetensorsCheckpoint, MissingShardIsNamed) {
   TempDir dir;
   save_sharded(dir.path(), tiny_model(), kShardLimit);
   fs::remove(dir / "model-00002-of-00003.safetensors");
-  const auto what = error_of<ModelLoadError>([&] { Checkpoint::open(dir.path()); }, dir / "model.safetensors.index.json");
+  const auto what = error_of<ModelLoadError>([&] { WeightFiles::open(dir.path()); }, dir / "model.safetensors.index.json");
   EXPECT_NE(what.find("\"model-00002-of-00003.safetensors\" is missing"), std::string::npos) << what;
 }
 
 TEST(SafetensorsCheckpoint, IndexWithoutWeightMap) {
   TempDir dir;
   write_bytes(dir / "model.safetensors.index.json", R"({"metadata": {"total_size": 4}})");
-  const auto what = error_of<IoError>([&] { Checkpoint::open(dir.path()); }, dir / "model.safetensors.index.json");
+  const auto what = error_of<IoError>([&] { WeightFiles::open(dir.path()); }, dir / "model.safetensors.index.json");
   EXPECT_NE(what.find("no \"weight_map\""), std::string::npos) << what;
 }
 
 TEST(SafetensorsCheckpoint, IndexThatIsNotJsonOrPointsOutside) {
   TempDir dir;
   write_bytes(dir / "model.safetensors.index.json", "{\"weight_map\": ");
-  EXPECT_NE(error_of<IoError>([&] { Checkpoint::open(dir.path()); }, dir / "model.safetensors.index.json").find("not valid JSON"),
+  EXPECT_NE(error_of<IoError>([&] { WeightFiles::open(dir.path()); }, dir / "model.safetensors.index.json").find("not valid JSON"),
             std::string::npos);
   write_bytes(dir / "model.safetensors.index.json", R"({"weight_map": {"a": "../secret.safetensors"}})");
-  EXPECT_NE(error_of<IoError>([&] { Checkpoint::open(dir.path()); }, dir / "model.safetensors.index.json").find("inside the directory"),
+  EXPECT_NE(error_of<IoError>([&] { WeightFiles::open(dir.path()); }, dir / "model.safetensors.index.json").find("inside the directory"),
             std::string::npos);
   write_bytes(dir / "model.safetensors.index.json", R"({"weight_map": {"a": 3}})");
-  EXPECT_THROW(Checkpoint::open(dir.path()), IoError);
+  EXPECT_THROW(WeightFiles::open(dir.path()), IoError);
 }
 
 TEST(SafetensorsCheckpoint, IndexedTensorAbsentFromItsShard) {
@@ -161,7 +161,7 @@ TEST(SafetensorsCheckpoint, IndexedTensorAbsentFromItsShard) {
   save_safetensors(dir / "model-00001-of-00001.safetensors", {{"a", at::ones({2})}});
   write_bytes(dir / "model.safetensors.index.json",
               R"({"weight_map": {"a": "model-00001-of-00001.safetensors", "b": "model-00001-of-00001.safetensors"}})");
-  const auto what = error_of<IoError>([&] { Checkpoint::open(dir.path()); }, dir / "model-00001-of-00001.safetensors");
+  const auto what = error_of<IoError>([&] { WeightFiles::open(dir.path()); }, dir / "model-00001-of-00001.safetensors");
   EXPECT_NE(what.find("tensor \"b\" is listed in model.safetensors.index.json but not stored"), std::string::npos) << what;
 }
 
@@ -169,17 +169,17 @@ TEST(SafetensorsCheckpoint, PickledWeightsAreRefused) {
   TempDir dir;
   write_bytes(dir / "pytorch_model.bin", "not really a pickle");
   write_bytes(dir / "config.json", "{}");
-  const auto what = error_of<ModelLoadError>([&] { Checkpoint::open(dir.path()); }, dir.path());
+  const auto what = error_of<ModelLoadError>([&] { WeightFiles::open(dir.path()); }, dir.path());
   EXPECT_NE(what.find("execute arbitrary code"), std::string::npos) << what;
   EXPECT_NE(what.find("save_pretrained('OUT', safe_serialization=True)"), std::string::npos) << what;
-  EXPECT_THROW(Checkpoint::open(dir / "pytorch_model.bin"), ModelLoadError);
+  EXPECT_THROW(WeightFiles::open(dir / "pytorch_model.bin"), ModelLoadError);
 }
 
 TEST(SafetensorsCheckpoint, DirectoryWithoutWeightsOrMissingPath) {
   TempDir dir;
-  const auto what = error_of<ModelLoadError>([&] { Checkpoint::open(dir.path()); }, dir.path());
+  const auto what = error_of<ModelLoadError>([&] { WeightFiles::open(dir.path()); }, dir.path());
   EXPECT_NE(what.find("no model.safetensors"), std::string::npos) << what;
-  error_of<ModelLoadError>([&] { Checkpoint::open(dir / "nope"); }, dir / "nope");
+  error_of<ModelLoadError>([&] { WeightFiles::open(dir / "nope"); }, dir / "nope");
 }
 
 TEST(SafetensorsAtomicFile, UncommittedWriteLeavesTheTargetUntouched) {

@@ -76,7 +76,7 @@ print(snapshot_download("org/tiny-model.v2", local_files_only=True), end="")
   fs::create_directories(repo / "blobs");
   save_safetensors(repo / "blobs" / "0a1b2c", {{"w", at::ones({2, 2})}});
   fs::create_symlink("../../blobs/0a1b2c", resolved / "model.safetensors");
-  EXPECT_EQ(Checkpoint::open(resolved).names(), std::vector<std::string>{"w"});
+  EXPECT_EQ(WeightFiles::open(resolved).names(), std::vector<std::string>{"w"});
 }
 
 TEST(HfDir, WithoutRefsTheNewestSnapshotIsUsed) {

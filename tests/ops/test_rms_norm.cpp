@@ -10,8 +10,8 @@
 #include <cmath>
 #include <tuple>
 
-#include "cuda_runtime_info.h"
 #include "llmtune/ops/rms_norm.h"
+#include "llmtune/ops/runtime.h"
 #include "support/interop.h"
 
 namespace llmtune {
@@ -93,7 +93,7 @@ class RmsNormCuda : public ::testing::TestWithParam<std::tuple<at::ScalarType, b
  protected:
   void SetUp() override {
     if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device on this machine: the CUDA kernel test did not run";
-    if (!kernels::cuda_kernels_compiled()) GTEST_SKIP() << "llmtune built without its CUDA kernels";
+    if (!ops::kernels_built()) GTEST_SKIP() << "llmtune built without its CUDA kernels";
   }
 };
 

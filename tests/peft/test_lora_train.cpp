@@ -555,8 +555,8 @@ TEST(LoraConfigJson, RoundTripsAndHonoursPatterns) {
       EXPECT_EQ(p.tensor.size(0), 4) << p.name;
     }
   }
-  auto v = std::dynamic_pointer_cast<LoraLinear>(m.layers()[0].v_proj);
-  auto q = std::dynamic_pointer_cast<LoraLinear>(m.layers()[0].q_proj);
+  auto v = std::dynamic_pointer_cast<LoraLinear>(m.linear("model.layers.0.self_attn.v_proj"));
+  auto q = std::dynamic_pointer_cast<LoraLinear>(m.linear("model.layers.0.self_attn.q_proj"));
   ASSERT_TRUE(v && q);
   EXPECT_DOUBLE_EQ(v->scaling(), 3.0 / 2.0);
   EXPECT_DOUBLE_EQ(q->scaling(), 16.0 / 4.0);

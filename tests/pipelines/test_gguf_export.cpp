@@ -49,7 +49,7 @@ Shared& shared() {
 }
 
 pipelines::GgufExportReport export_dir(const fs::path& dir, const fs::path& out, const std::string& type, bool ollama = false) {
-  io::Checkpoint ckpt = io::Checkpoint::open(dir);
+  io::WeightFiles ckpt = io::WeightFiles::open(dir);
   fs::create_directories(out.parent_path());
   pipelines::GgufExportOptions o;
   o.type = type;

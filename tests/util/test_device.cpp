@@ -1,4 +1,4 @@
-// Device and dtype resolution on this machine.
+// Device resolution on this machine (the dtype choice is tested with ops/runtime in tests/ops).
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 
@@ -29,16 +29,6 @@ TEST(Device, ExplicitRequests) {
   EXPECT_FALSE(is_valid_device_request("cuda:"));
   EXPECT_FALSE(is_valid_device_request("cuda:x"));
   EXPECT_TRUE(is_valid_device_request("cuda:3"));
-}
-
-TEST(Device, DtypeDefaultsAndAliases) {
-  EXPECT_EQ(choose_dtype("auto", c10::Device(c10::kCPU)).dtype, c10::kFloat);
-  EXPECT_EQ(choose_dtype("bf16", c10::Device(c10::kCPU)).dtype, c10::kBFloat16);
-  EXPECT_EQ(choose_dtype("bfloat16", c10::Device(c10::kCPU)).dtype, c10::kBFloat16);
-  EXPECT_EQ(choose_dtype("float16", c10::Device(c10::kCPU)).dtype, c10::kHalf);
-  EXPECT_EQ(choose_dtype("fp32", c10::Device(c10::kCUDA, 0)).dtype, c10::kFloat);
-  EXPECT_THROW(choose_dtype("int8", c10::Device(c10::kCPU)), ConfigError);
-  EXPECT_EQ(dtype_name(c10::kBFloat16), "bf16");
 }
 
 }  // namespace

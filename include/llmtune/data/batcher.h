@@ -1,6 +1,6 @@
-// Batches for training: examples greedily packed into rows of at most max_seq_len tokens (with a
-// block-diagonal causal mask and positions restarting per example), or one example per row with
-// dynamic right padding. Deterministic across platforms: our own Fisher-Yates over mt19937_64.
+// Batches for training: examples greedily packed into rows of at most max_seq_len tokens (each
+// row's sequence lengths carried with it instead of a dense mask, positions restarting per
+// example), or one example per row with dynamic right padding. Deterministic across platforms: our own Fisher-Yates over mt19937_64.
 //   B: batch size, T: padded sequence length
 #pragma once
 
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "llmtune/data/dataset.h"
+#include "llmtune/model/causal_lm.h"
 
 namespace llmtune::data {
 
@@ -18,10 +19,24 @@ struct Batch {
   at::Tensor input_ids;       // (B, T) int64
   at::Tensor labels;          // (B, T) int64, unshifted, -100 masked (padding, untrained, first token of each packed example)
   at::Tensor positions;       // (B, T) int64, restarting at 0 for every packed example (0 on padding)
-  at::Tensor attention_mask;  // (B, 1, T, T) bool block-diagonal causal when packing; undefined when plain causal suffices
+  // Packed rows (several examples in a row): the sequence lengths per row, for attention without
+  // a dense mask. Null when every row holds one example (plain causal attention suffices).
+  std::shared_ptr<const model::PackedSegments> packed;
+  at::Tensor attention_mask;  // undefined: set only by callers that want a dense mask (block_diagonal_mask)
+  // The trained targets, found on the host: target_index (M,) int64 indexes the flattened (B·T)
+  // positions whose next token is trained, target_ids (M,) int64 are those next tokens.
+  at::Tensor target_index, target_ids;
   int64_t n_tokens = 0;       // non-padding tokens
-  int64_t n_targets = 0;      // count of labels[:, 1:] != -100 (the tokens the loss averages over)
+  int64_t n_targets = 0;      // count of labels[:, 1:] != -100 (the tokens the loss averages over), = M
 };
+
+// The (B, 1, T, T) bool block-diagonal causal mask the packed sequence lengths describe (padding
+// attends to itself only): the dense equivalent of Batch::packed, for tests and references.
+at::Tensor block_diagonal_mask(const model::PackedSegments& packed, int64_t tokens);
+
+// The batch's tensors on `device`: from pinned memory without blocking when it is a GPU; the same
+// batch when it is the CPU.
+Batch to_device(const Batch& batch, c10::Device device);
 
 struct BatchOptions {
   int64_t batch_size = 1;

@@ -54,15 +54,15 @@ class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
   std::map<std::string, std::string> metadata_;
 };
 
-// A checkpoint: model.safetensors, or shards listed by model.safetensors.index.json (or any
-// single *.safetensors file given directly).
-class Checkpoint {
+// A model's weight files: model.safetensors, or shards listed by model.safetensors.index.json (or
+// any single *.safetensors file given directly). (Training checkpoints are train::checkpoint's.)
+class WeightFiles {
  public:
   // `path` is a directory (model.safetensors or model.safetensors.index.json inside, in that
   // order of preference, as transformers does) or a file (a .safetensors file, or an .index.json).
   // A directory holding only pickled weights (*.bin, *.pt, *.pth) is refused with ModelLoadError:
   // unpickling can execute code. Malformed files and indexes throw IoError.
-  static Checkpoint open(const std::filesystem::path& path);
+  static WeightFiles open(const std::filesystem::path& path);
 
   std::vector<std::string> names() const;  // sorted
   bool contains(const std::string& name) const;

@@ -1,5 +1,6 @@
 // A Llama-family decoder-only model: embeddings, decoder layers (attention + gated MLP, each behind
-// an RMSNorm with a residual), final norm and LM head. Families differ only through ModelConfig.
+// an RMSNorm with a residual), final norm and LM head. Families differ through their description
+// (model/family.h: tensor names, fused projections) and the switches their config sets.
 // Shapes: B batch, T new tokens, S keys (past + T), H hidden, V vocabulary.
 #pragma once
 
@@ -9,38 +10,55 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "llmtune/model/config.h"
+#include "llmtune/model/family.h"
 #include "llmtune/model/kv_cache.h"
 #include "llmtune/model/linear.h"
 
 namespace llmtune::model {
 
+// One decoder layer, laid out as its family's description says.
 struct DecoderLayer {
-  at::Tensor input_norm, post_attention_norm;  // (H,)
-  LinearPtr q_proj, k_proj, v_proj, o_proj;
-  LinearPtr gate_proj, up_proj, down_proj;
+  std::vector<at::Tensor> norms;   // (H,) each, as FamilyDesc::norms
+  std::vector<LinearPtr> linears;  // as FamilyDesc::linears (a fused one holds several projections)
+};
+
+struct PackedPlan;  // model/attention.h (private): per-forward preparation of PackedSegments
+
+// Packed rows without a dense mask: each row of the batch holds independent sequences back to
+// back, each attending causally within itself only; tokens past a row's sequences (padding)
+// attend within their own run. Host-side, so building it costs O(B + sequences), not O(B·T²).
+struct PackedSegments {
+  std::vector<std::vector<int64_t>> lengths;  // per row, its sequences' lengths in order
 };
 
 struct ForwardOptions {
   KVCache* cache = nullptr;  // generation: keys/values of earlier calls are kept here
   at::Tensor positions;      // (B, T) int64; default: past .. past+T-1
-  // (B, 1, T, S) bool, true where a query may attend to a key. Replaces the causal/sliding mask
-  // (packed sequences use a block-diagonal one).
+  // (B, 1, T, S) bool, true where a query may attend to a key. Replaces the causal/sliding mask.
   at::Tensor attention_mask;
+  // Packed training rows (no cache): variable-length flash attention on CUDA, SDPA over windows of whole sequences
+  // elsewhere. Used instead of attention_mask when set.
+  std::shared_ptr<const PackedSegments> packed;
 };
 
 class CausalLM {
  public:
   // Loads config.json and the safetensors weights of a Hugging Face model directory.
-  static CausalLM load(const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype);
+  // `linear` builds each linear layer (dense by default; a quantized kind plugs in here).
+  static CausalLM load(const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype,
+                       const LinearFactory& linear = make_dense_linear);
   // A model of config.json's shape with transformers' initialization (weights ~ N(0,
   // initializer_range), biases 0, norms 1 (Gemma 0)), drawn from a generator seeded with `seed`.
-  static CausalLM init_random(const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype, uint64_t seed);
+  static CausalLM init_random(const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype, uint64_t seed,
+                              const LinearFactory& linear = make_dense_linear);
 
   const ModelConfig& config() const { return config_; }
+  const FamilyDesc& family() const { return *family_; }
   c10::Device device() const { return device_; }
   at::ScalarType dtype() const { return dtype_; }
 
@@ -48,6 +66,8 @@ class CausalLM {
   at::Tensor forward_hidden(const at::Tensor& input_ids, const ForwardOptions& options = {}) const;
   // hidden: (..., H) → logits (..., V) in the model dtype.
   at::Tensor logits(const at::Tensor& hidden) const;
+  // The LM head (a DenseLinear over the embeddings when tied).
+  const Linear& lm_head() const { return *lm_head_; }
   at::Tensor forward(const at::Tensor& input_ids, const ForwardOptions& options = {}) const {
     return logits(forward_hidden(input_ids, options));
   }
@@ -58,6 +78,8 @@ class CausalLM {
   // Every linear layer under its transformers module path ("model.layers.0.self_attn.q_proj",
   // "lm_head"), as a slot that adapters can replace with a wrapper.
   std::vector<std::pair<std::string, LinearPtr*>> named_linears();
+  // The slot of one linear by module path; ModelLoadError listing an example path when absent.
+  LinearPtr& linear(const std::string& path);
   const at::Tensor& embed_tokens() const { return embed_; }
   bool tied_embeddings() const { return tied_; }
 
@@ -71,16 +93,22 @@ class CausalLM {
   // Training: recompute each decoder layer in backward instead of keeping its activations.
   void set_gradient_checkpointing(bool enabled) { gradient_checkpointing_ = enabled; }
 
-  // Builds the model from a source of tensors by transformers name and shape (GGUF import uses it).
-  using TensorSource = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
+  // Builds the model from a source of tensors by transformers name and shape (the loaders and GGUF
+  // import use it), each linear through `linear`.
   static CausalLM assemble(ModelConfig config, c10::Device device, at::ScalarType dtype, const TensorSource& get,
-                           bool untied_lm_head);
+                           bool untied_lm_head, const LinearFactory& linear = make_dense_linear);
 
  private:
   at::Tensor decoder_layer(const DecoderLayer& layer, int64_t index, const at::Tensor& x, const at::Tensor& cos,
-                           const at::Tensor& sin, const ForwardOptions& options, int64_t past) const;
+                           const at::Tensor& sin, const ForwardOptions& options, int64_t past,
+                           const PackedPlan* packed) const;
+
+  // out[p] = projection p of x, for every linear of `layer` whose outputs are in `wanted`.
+  void project(const DecoderLayer& layer, const at::Tensor& x, std::initializer_list<Proj> wanted, at::Tensor* out) const;
 
   ModelConfig config_;
+  const FamilyDesc* family_ = nullptr;
+  int norm_input_ = 0, norm_post_attention_ = 1;  // indices into DecoderLayer::norms
   c10::Device device_{c10::kCPU};
   at::ScalarType dtype_ = at::kFloat;
   at::Tensor embed_;       // (V, H)

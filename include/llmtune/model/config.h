@@ -24,7 +24,7 @@ struct RopeConfig {
 };
 
 struct ModelConfig {
-  std::string model_type;  // llama | mistral | qwen2 | gemma
+  std::string model_type;  // a registered family (model/family.h): llama | mistral | qwen2 | gemma
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -54,14 +54,5 @@ struct ModelConfig {
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
   static ModelConfig load(const std::filesystem::path& model_dir);
 };
-
-// The model_type values llmtune supports, for error messages.
-const std::vector<std::string>& supported_model_types();
-
-// Family-specific parts of parsing (one small file each under src/model/).
-void configure_llama(ModelConfig& c, const nlohmann::json& j, const std::string& source);
-void configure_mistral(ModelConfig& c, const nlohmann::json& j, const std::string& source);
-void configure_qwen2(ModelConfig& c, const nlohmann::json& j, const std::string& source);
-void configure_gemma(ModelConfig& c, const nlohmann::json& j, const std::string& source);
 
 }  // namespace llmtune::model

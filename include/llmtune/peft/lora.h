@@ -1,6 +1,6 @@
-// LoRA, rsLoRA and DoRA around any Linear (FORMATS.md §4): fresh trainable adapters injected into a
-// model with PEFT's default initialisation, and adapters in PEFT's on-disk format (adapter_config.json
-// + adapter_model.safetensors with keys base_model.model.<module>.lora_A.weight), saved and loaded.
+// LoRA, rsLoRA and DoRA around any Linear (FORMATS.md §4), behind the adapter-method interface
+// (peft/method.h, peft_type LORA): fresh trainable adapters injected with PEFT's default
+// initialisation, and adapters in PEFT's on-disk format (keys base_model.model.<module>.lora_A.weight).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -13,6 +13,7 @@
 
 #include "llmtune/model/causal_lm.h"
 #include "llmtune/model/linear.h"
+#include "llmtune/peft/method.h"
 
 namespace llmtune::peft {
 
@@ -57,13 +58,15 @@ struct LoraConfig {
 // the base dtype; with DoRA and active dropout, W x is recomputed from the dropped-out x (no bias).
 class LoraLinear : public model::Linear {
  public:
-  // base must be a DenseLinear for DoRA (the norm needs W). a: (r, in), b: (out, r), magnitude: (out,).
+  // a: (r, in), b: (out, r), magnitude: (out,). DoRA reads the base's dense_weight() for its norm.
   LoraLinear(model::LinearPtr base, at::Tensor a, at::Tensor b, double scaling, at::Tensor magnitude = {},
              double dropout = 0.0);
   at::Tensor forward(const at::Tensor& x) const override;
   int64_t in_features() const override { return base_->in_features(); }
   int64_t out_features() const override { return base_->out_features(); }
   std::vector<at::Tensor> tensors() const override;
+  at::Tensor dense_weight() const override { return base_->dense_weight(); }
+  at::Tensor bias() const override { return base_->bias(); }
 
   const model::LinearPtr& base() const { return base_; }
   const at::Tensor& lora_a() const { return a_; }
@@ -81,12 +84,6 @@ class LoraLinear : public model::Linear {
   bool training_ = false;
 };
 
-// A trainable tensor under its PEFT key ("base_model.model.<module>.lora_A.weight").
-struct NamedTensor {
-  std::string name;
-  at::Tensor tensor;
-};
-
 // The linear module paths the config targets, in model order (PEFT's matching: list names by suffix,
 // a regex over the whole path, or "all-linear"; exclude_modules and layers_to_transform honoured).
 // Throws an AdapterError listing the model's linear module names when nothing matches.
@@ -102,13 +99,11 @@ std::vector<NamedTensor> inject_lora(model::CausalLM& model, const LoraConfig& c
 // Training mode turns on LoRA dropout (applied to x before lora_A, as PEFT) in every LoraLinear.
 void set_training(model::CausalLM& model, bool training);
 
-// Writes adapter_config.json + adapter_model.safetensors as PEFT's save_pretrained does (keys,
-// dtypes, metadata {"format":"pt"}); the directory is replaced as a whole or not at all.
-void save_adapter(const std::filesystem::path& dir, const LoraConfig& config, const std::vector<NamedTensor>& params);
+// LoRA's method object (the interface's implementation) for these settings.
+AdapterMethodPtr make_lora_method(const LoraConfig& config);
 
-// Resume: copies an adapter directory's tensors into `params` (matched by name, shape-checked;
-// a missing or unexpected tensor is an error naming it). Nothing is changed unless all fit.
-void load_adapter_into(const std::filesystem::path& dir, const std::vector<NamedTensor>& params);
+// save_adapter for LoRA settings (see peft/method.h).
+void save_adapter(const std::filesystem::path& dir, const LoraConfig& config, const std::vector<NamedTensor>& params);
 
 // A PEFT adapter directory in memory: its config and, per module path
 // ("model.layers.0.self_attn.q_proj"), the memory-mapped tensors.
@@ -136,10 +131,5 @@ void check_adapter_module(const PeftAdapter& adapter, const std::string& module_
 // m/‖W + s·B·A‖ · (W + s·B·A), the norm per output row, as PEFT's merge_and_unload computes it.
 // w: (out, in) any float dtype.
 at::Tensor merge_lora_weight(const at::Tensor& w, const AdapterModuleTensors& module, double scaling);
-
-// Loads a PEFT LoRA adapter directory and wraps the model's matching linears. Shapes, unknown
-// modules and unsupported features (embedding LoRA, modules_to_save, lora_bias) are AdapterErrors
-// naming the tensor or key. Returns the number of wrapped modules.
-int64_t apply_adapter(model::CausalLM& model, const std::filesystem::path& adapter_dir);
 
 }  // namespace llmtune::peft

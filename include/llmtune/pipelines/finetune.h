@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "llmtune/data/dataset.h"
-#include "llmtune/peft/lora.h"
+#include "llmtune/peft/method.h"
 #include "llmtune/train/optimizer.h"
 
 namespace llmtune::pipelines {
@@ -19,8 +19,9 @@ struct FinetuneParams {
   std::string model;                    // model.path: directory or Hugging Face cache repo id
   std::string model_init = "pretrained";  // pretrained | random (config.json's shape, transformers' init)
   std::filesystem::path output;         // the run directory
-  std::string method = "lora";          // lora | full
-  peft::LoraConfig lora;                // method lora (use_dora / use_rslora select the variant)
+  std::string method = "lora";          // an adapter method's name (lora, ...) or full
+  peft::AdapterMethodPtr adapter;       // the adapter method and its settings; null for full
+
   std::vector<std::string> freeze;      // method full: regexes of weight names kept frozen
   data::DataParams data;
   bool packing = true;
@@ -35,6 +36,9 @@ struct FinetuneParams {
   train::AdamWOptions adam;
   double max_grad_norm = 1.0;           // <= 0: no clipping
   bool gradient_checkpointing = false;
+  // Rows of the LM head + loss computed at a time (0: auto, at most 64 MiB of fp32 logits; -1: the
+  // unchunked reference through the full logits).
+  int64_t loss_chunk_rows = 0;
   int64_t eval_every_steps = 0;         // 0: only at the end (when there is validation data)
   int64_t eval_max_batches = 0;         // 0: all
   int64_t checkpoint_every_steps = 0;   // 0: only at the end

@@ -8,6 +8,7 @@
 
 #include "llmtune/model/causal_lm.h"
 #include "llmtune/tokenizer/tokenizer.h"
+#include "llmtune/ops/runtime.h"  // choose_dtype
 #include "llmtune/util/device.h"
 
 namespace llmtune::pipelines {

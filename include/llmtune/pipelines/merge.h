@@ -14,7 +14,7 @@
 
 #include "llmtune/io/safetensors.h"
 #include "llmtune/model/config.h"
-#include "llmtune/peft/lora.h"
+#include "llmtune/peft/method.h"
 #include "llmtune/pipelines/gguf.h"
 
 namespace llmtune::pipelines {
@@ -31,7 +31,7 @@ class MergedWeights {
   const std::filesystem::path& model_dir() const { return model_dir_; }
   const model::ModelConfig& config() const { return config_; }
   bool has_adapter() const { return adapter_ != nullptr; }
-  const peft::PeftAdapter& adapter() const { return *adapter_; }
+  const peft::SavedAdapter& adapter() const { return *adapter_; }
   const std::vector<std::string>& names() const { return names_; }  // layer-natural order
   uint64_t n_bytes(const std::string& name) const;                  // in the output dtype
   io::TensorSpec spec(const std::string& name) const;               // name, output dtype, shape
@@ -49,8 +49,8 @@ class MergedWeights {
 
   std::filesystem::path model_dir_;
   model::ModelConfig config_;
-  io::Checkpoint checkpoint_;
-  std::unique_ptr<peft::PeftAdapter> adapter_;
+  io::WeightFiles checkpoint_;
+  std::unique_ptr<peft::SavedAdapter> adapter_;
   std::map<std::string, std::string> module_of_weight_;  // "<module>.weight" → module path
   at::ScalarType out_dtype_;
   std::vector<std::string> names_;
@@ -89,9 +89,5 @@ struct MergeReport {
 // Everything is validated (inputs, adapter vs base, existing outputs) before any output appears;
 // each output appears whole (AtomicDir / atomic files) or not at all.
 MergeReport run_merge(const MergeParams& params);
-
-// "5GB", "500MB", "2GiB", "1000000" → bytes (decimal units as transformers' max_shard_size); a
-// ConfigError naming `key` for anything else.
-uint64_t parse_byte_size(const std::string& text, const std::string& key);
 
 }  // namespace llmtune::pipelines

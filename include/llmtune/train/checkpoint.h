@@ -22,6 +22,9 @@ struct CheckpointContents {
   TensorList trainable;  // exact (fp32) trainable tensors by name
   TensorList optimizer;  // AdamW::state()
   at::Tensor rng_state;  // the default CPU generator's state (uint8)
+  // The default generator of each accelerator the run draws on ("cuda:0" → its state): LoRA
+  // dropout and init draw there, so a lossless resume restores them too.
+  TensorList device_rng_states;
   nlohmann::json state;  // step, data position, counters: whatever the loop needs to continue
 };
 

@@ -42,7 +42,4 @@ void install_stop_signals();
 bool stop_requested();
 int stop_signal();  // the signal number that asked to stop, 0 when none
 
-// Peak resident memory of this process (CPU) or peak allocated CUDA memory, in bytes.
-int64_t peak_memory_bytes(bool cuda, int device_index);
-
 }  // namespace llmtune::train

@@ -1,4 +1,5 @@
-// Device and dtype selection: what `--device auto` and `--dtype auto` resolve to, and why.
+// Device and dtype selection: what `--device auto` resolves to and why, and the dtype names
+// (`--dtype auto` is resolved by ops/runtime.h, which knows the GPUs).
 #pragma once
 
 #include <c10/core/Device.h>
@@ -24,9 +25,7 @@ struct DtypeChoice {
 // device this machine lacks is a DeviceError naming what is there instead.
 DeviceChoice choose_device(std::string_view request);
 
-// request: auto | fp32 | bf16 | fp16 (and float32, bfloat16, float16). auto is bf16 on CUDA
-// (fp16 where the GPU lacks bf16), fp32 on CPU and MPS.
-DtypeChoice choose_dtype(std::string_view request, const c10::Device& device);
+// choose_dtype, whose `auto` needs the GPU's compute capability, is in ops/runtime.h.
 
 // The dtype names users write: "fp32", "bf16", "fp16".
 std::string dtype_name(c10::ScalarType dtype);

@@ -1,4 +1,4 @@
-// Checkpoint: one name -> tensor view over model.safetensors or the shards of an index, with the
+// WeightFiles: one name -> tensor view over model.safetensors or the shards of an index, with the
 // checks transformers makes (every shard present, every indexed tensor in its shard).
 #include <nlohmann/json.hpp>
 
@@ -55,8 +55,8 @@ bool is_safe_shard_name(const std::string& name) {
 
 }  // namespace
 
-Checkpoint Checkpoint::open(const fs::path& path) {
-  Checkpoint ckpt;
+WeightFiles WeightFiles::open(const fs::path& path) {
+  WeightFiles ckpt;
   ckpt.path_ = path;
   std::error_code ec;
   const auto status = fs::status(path, ec);
@@ -133,16 +133,16 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   return ckpt;
 }
 
-std::vector<std::string> Checkpoint::names() const {
+std::vector<std::string> WeightFiles::names() const {
   std::vector<std::string> out;
   out.reserve(where_.size());
   for (const auto& [name, file] : where_) out.push_back(name);
   return out;
 }
 
-bool Checkpoint::contains(const std::string& name) const { return where_.count(name) > 0; }
+bool WeightFiles::contains(const std::string& name) const { return where_.count(name) > 0; }
 
-const TensorInfo& Checkpoint::info(const std::string& name) const {
+const TensorInfo& WeightFiles::info(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end()) {
     fail(path_, "no tensor " + detail::quoted(name) + " in this checkpoint",
@@ -151,12 +151,12 @@ const TensorInfo& Checkpoint::info(const std::string& name) const {
   return it->second->info(name);
 }
 
-at::Tensor Checkpoint::tensor(const std::string& name) const {
+at::Tensor WeightFiles::tensor(const std::string& name) const {
   info(name);  // the error for a missing name
   return where_.at(name)->tensor(name);
 }
 
-void Checkpoint::release(const std::string& name) const {
+void WeightFiles::release(const std::string& name) const {
   info(name);
   where_.at(name)->release(name);
 }

@@ -1,0 +1,48 @@
+// Whole small files read with one-line errors that name the file: text (chat templates, tokenizer
+// models) and JSON objects (config.json, adapter_config.json, tokenizer files, checkpoint state).
+// Every such reader goes through these two functions.
+#pragma once
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+#include "llmtune/util/error.h"
+
+namespace llmtune::io {
+
+namespace detail {
+// The file's bytes; "" in *why_not when they were read, else the reason they could not be (no such
+// file, a directory, over 2 GiB, an OS error).
+std::string read_file_bytes(const std::filesystem::path& path, std::string* why_not);
+}  // namespace detail
+
+// The file's bytes. `what` names the file's role in the message ("chat template", "config.json"):
+// "<path>: cannot read <what>: <reason>", thrown as Err.
+template <class Err = IoError>
+std::string read_text_file(const std::filesystem::path& path, std::string_view what) {
+  std::string why_not;
+  std::string text = detail::read_file_bytes(path, &why_not);
+  if (!why_not.empty()) throw Err(path.string() + ": cannot read " + std::string(what) + ": " + why_not);
+  return text;
+}
+
+// The JSON object in the file at `path`. A file that cannot be read (as read_text_file), is not
+// JSON ("<path>: malformed JSON in <what> (<parser message>)") or is not an object throws Err.
+// Json is nlohmann::ordered_json (keys keep their file order, for files written back) or
+// nlohmann::json (faster lookups, for large files such as tokenizer.json).
+template <class Err = IoError, class Json = nlohmann::ordered_json>
+Json read_json_file(const std::filesystem::path& path, std::string_view what) {
+  const std::string text = read_text_file<Err>(path, what);
+  Json j;
+  try {
+    j = Json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Err(path.string() + ": malformed JSON in " + std::string(what) + " (" + e.what() + ")");
+  }
+  if (!j.is_object()) throw Err(path.string() + ": " + std::string(what) + " must hold a JSON object at the top level");
+  return j;
+}
+
+}  // namespace llmtune::io

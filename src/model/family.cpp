@@ -1,0 +1,241 @@
+// The family registry and everything derived from a description: shapes, checkpoint tensor lists
+// and the transformers ↔ GGUF name maps.
+#include "llmtune/model/family.h"
+
+#include <cctype>
+#include <deque>
+#include <mutex>
+
+#include "families.h"
+#include "llmtune/util/error.h"
+
+namespace llmtune::model {
+namespace {
+
+struct Registry {
+  std::mutex mutex;
+  std::deque<FamilyDesc> families;  // a deque: pointers handed out stay valid as it grows
+};
+
+Registry& registry() {
+  static Registry* r = [] {
+    auto* reg = new Registry;
+    for (auto make : {llama_family, mistral_family, qwen2_family, gemma_family}) reg->families.push_back(make());
+    return reg;
+  }();
+  return *r;
+}
+
+// Splits "<stem>.weight" / "<stem>.bias".
+bool split_suffix(const std::string& name, std::string& stem, std::string& suffix) {
+  for (const char* s : {".weight", ".bias"}) {
+    const std::string sx = s;
+    if (name.size() > sx.size() && name.ends_with(sx)) {
+      stem = name.substr(0, name.size() - sx.size());
+      suffix = sx;
+      return true;
+    }
+  }
+  return false;
+}
+
+// "<prefix>N.<rest>" → N, rest.
+bool parse_layer(const std::string& stem, const std::string& prefix, int64_t& layer, std::string& rest) {
+  if (!stem.starts_with(prefix)) return false;
+  size_t i = prefix.size(), j = i;
+  while (j < stem.size() && std::isdigit(static_cast<unsigned char>(stem[j]))) ++j;
+  if (j == i || j >= stem.size() || stem[j] != '.' || j - i > 9) return false;
+  layer = std::stoll(stem.substr(i, j - i));
+  rest = stem.substr(j + 1);
+  return true;
+}
+
+std::string join(const std::vector<std::string>& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+}  // namespace
+
+FamilyDesc llama_layout(std::string model_type) {
+  FamilyDesc f;
+  f.model_type = std::move(model_type);
+  f.norms = {{NormRole::Input, "input_layernorm", "attn_norm"},
+             {NormRole::PostAttention, "post_attention_layernorm", "ffn_norm"}};
+  f.linears = {{"self_attn.q_proj", "attn_q", {Proj::Q}},     {"self_attn.k_proj", "attn_k", {Proj::K}},
+               {"self_attn.v_proj", "attn_v", {Proj::V}},     {"self_attn.o_proj", "attn_output", {Proj::O}},
+               {"mlp.gate_proj", "ffn_gate", {Proj::Gate}},   {"mlp.up_proj", "ffn_up", {Proj::Up}},
+               {"mlp.down_proj", "ffn_down", {Proj::Down}}};
+  f.gguf.arch = "llama";
+  f.gguf.permute_qk = true;
+  f.configure = [](ModelConfig&, const nlohmann::json&, const std::string&) {};
+  return f;
+}
+
+void register_family(FamilyDesc family) {
+  auto& r = registry();
+  std::lock_guard lock(r.mutex);
+  for (auto& f : r.families) {
+    if (f.model_type == family.model_type) {
+      f = std::move(family);  // a re-registration replaces (tests register their own once per process)
+      return;
+    }
+  }
+  r.families.push_back(std::move(family));
+}
+
+const FamilyDesc* find_family(const std::string& model_type) {
+  auto& r = registry();
+  std::lock_guard lock(r.mutex);
+  for (const auto& f : r.families)
+    if (f.model_type == model_type) return &f;
+  return nullptr;
+}
+
+const FamilyDesc& family_for(const std::string& model_type, const std::string& source) {
+  if (const FamilyDesc* f = find_family(model_type)) return *f;
+  throw ModelLoadError(source + ": model_type '" + model_type + "' is not supported (supported: " +
+                       join(supported_model_types()) + ")");
+}
+
+const FamilyDesc* family_for_gguf_arch(const std::string& arch) {
+  auto& r = registry();
+  std::lock_guard lock(r.mutex);
+  for (const auto& f : r.families)
+    if (!f.gguf.arch.empty() && f.gguf.arch == arch && f.gguf.loads_arch) return &f;
+  return nullptr;
+}
+
+std::vector<std::string> supported_model_types() {
+  auto& r = registry();
+  std::lock_guard lock(r.mutex);
+  std::vector<std::string> out;
+  for (const auto& f : r.families) out.push_back(f.model_type);
+  return out;
+}
+
+std::vector<std::string> supported_gguf_archs() {
+  auto& r = registry();
+  std::lock_guard lock(r.mutex);
+  std::vector<std::string> out;
+  for (const auto& f : r.families)
+    if (!f.gguf.arch.empty() && f.gguf.loads_arch) out.push_back(f.gguf.arch);
+  return out;
+}
+
+int64_t proj_out_features(const ModelConfig& c, Proj p) {
+  switch (p) {
+    case Proj::Q: return c.n_heads * c.head_dim;
+    case Proj::K:
+    case Proj::V: return c.n_heads_kv * c.head_dim;
+    case Proj::O:
+    case Proj::Down: return c.hidden_size;
+    case Proj::Gate:
+    case Proj::Up: return c.intermediate_size;
+  }
+  return 0;
+}
+
+int64_t proj_in_features(const ModelConfig& c, Proj p) {
+  switch (p) {
+    case Proj::O: return c.n_heads * c.head_dim;
+    case Proj::Down: return c.intermediate_size;
+    default: return c.hidden_size;
+  }
+}
+
+bool proj_has_bias(const ModelConfig& c, Proj p) {
+  switch (p) {
+    case Proj::Q:
+    case Proj::K:
+    case Proj::V: return c.qkv_bias;
+    case Proj::O: return c.o_bias;
+    default: return c.mlp_bias;
+  }
+}
+
+LinearShape linear_shape(const FamilyDesc& f, const ModelConfig& c, int64_t layer, const LinearDesc& l) {
+  LinearShape s;
+  s.path = f.layers_prefix + std::to_string(layer) + "." + l.name;
+  for (Proj p : l.parts) s.out_features += proj_out_features(c, p);
+  s.in_features = proj_in_features(c, l.parts.front());
+  s.bias = proj_has_bias(c, l.parts.front());
+  return s;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(const FamilyDesc& f, const ModelConfig& c,
+                                                                             bool with_lm_head) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  const int64_t h = c.hidden_size;
+  out.push_back({f.embed + ".weight", {c.vocab_size, h}});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = f.layers_prefix + std::to_string(l) + ".";
+    for (const auto& n : f.norms) out.push_back({p + n.name + ".weight", {h}});
+    for (const auto& d : f.linears) {
+      LinearShape s = linear_shape(f, c, l, d);
+      out.push_back({s.path + ".weight", {s.out_features, s.in_features}});
+      if (s.bias) out.push_back({s.path + ".bias", {s.out_features}});
+    }
+  }
+  out.push_back({f.final_norm + ".weight", {h}});
+  if (with_lm_head) out.push_back({f.lm_head + ".weight", {c.vocab_size, h}});
+  return out;
+}
+
+std::string hf_to_gguf_name(const FamilyDesc& f, const std::string& hf_name) {
+  std::string stem, suffix;
+  if (!split_suffix(hf_name, stem, suffix)) return "";
+  if (stem == f.embed) return f.embed_gguf + suffix;
+  if (stem == f.final_norm) return f.final_norm_gguf + suffix;
+  if (stem == f.lm_head) return f.lm_head_gguf + suffix;
+  int64_t layer = 0;
+  std::string rest;
+  if (!parse_layer(stem, f.layers_prefix, layer, rest)) return "";
+  const std::string blk = "blk." + std::to_string(layer) + ".";
+  for (const auto& n : f.norms)
+    if (rest == n.name) return blk + n.gguf + suffix;
+  for (const auto& l : f.linears)
+    if (rest == l.name) return blk + l.gguf + suffix;
+  return "";
+}
+
+std::string gguf_to_hf_name(const FamilyDesc& f, const std::string& gguf_name) {
+  std::string stem, suffix;
+  if (!split_suffix(gguf_name, stem, suffix)) return "";
+  if (stem == f.embed_gguf) return f.embed + suffix;
+  if (stem == f.final_norm_gguf) return f.final_norm + suffix;
+  if (stem == f.lm_head_gguf) return f.lm_head + suffix;
+  int64_t layer = 0;
+  std::string rest;
+  if (!parse_layer(stem, "blk.", layer, rest)) return "";
+  const std::string p = f.layers_prefix + std::to_string(layer) + ".";
+  for (const auto& n : f.norms)
+    if (rest == n.gguf) return p + n.name + suffix;
+  for (const auto& l : f.linears)
+    if (rest == l.gguf) return p + l.name + suffix;
+  return "";
+}
+
+bool is_norm_weight(const FamilyDesc& f, const std::string& hf_name) {
+  if (hf_name == f.final_norm + ".weight") return true;
+  int64_t layer = 0;
+  std::string rest;
+  if (!hf_name.ends_with(".weight") || !parse_layer(hf_name, f.layers_prefix, layer, rest)) return false;
+  for (const auto& n : f.norms)
+    if (rest == n.name + ".weight") return true;
+  return false;
+}
+
+std::vector<Proj> projections_of(const FamilyDesc& f, const std::string& hf_name) {
+  std::string stem = hf_name, suffix;
+  split_suffix(hf_name, stem, suffix);
+  int64_t layer = 0;
+  std::string rest;
+  if (!parse_layer(stem, f.layers_prefix, layer, rest)) return {};
+  for (const auto& l : f.linears)
+    if (rest == l.name) return l.parts;
+  return {};
+}
+
+}  // namespace llmtune::model

@@ -1,0 +1,207 @@
+// The adapter-method registry and what every method shares: opening a saved PEFT adapter directory
+// (dispatching on peft_type), applying it to a model, saving trainable tensors as save_pretrained
+// does, and reading a saved adapter back into trainable tensors to resume.
+#include "llmtune/peft/method.h"
+
+#include <ATen/core/grad_mode.h>
+#include <spdlog/spdlog.h>
+
+#include <deque>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "llmtune/io/atomic_file.h"
+#include "llmtune/io/read_file.h"
+#include "llmtune/io/safetensors.h"
+#include "llmtune/util/error.h"
+#include "methods.h"
+
+namespace llmtune::peft {
+namespace {
+
+struct Registry {
+  std::mutex mutex;
+  std::deque<AdapterMethodType> types;
+};
+
+Registry& registry() {
+  static Registry* r = [] {
+    auto* reg = new Registry;
+    reg->types.push_back(lora_method_type());
+    return reg;
+  }();
+  return *r;
+}
+
+}  // namespace
+
+at::Tensor AdapterMethod::merged_weight(const std::map<std::string, at::Tensor>&, const std::string& module,
+                                        const at::Tensor&) const {
+  throw AdapterError(peft_type() + " adapters cannot be merged into the base weights (module '" + module + "')");
+}
+
+void register_adapter_method(AdapterMethodType type) {
+  auto& r = registry();
+  std::lock_guard lock(r.mutex);
+  for (auto& t : r.types) {
+    if (t.name == type.name) {
+      t = std::move(type);
+      return;
+    }
+  }
+  r.types.push_back(std::move(type));
+}
+
+const AdapterMethodType* find_adapter_method(const std::string& name) {
+  auto& r = registry();
+  std::lock_guard lock(r.mutex);
+  for (const auto& t : r.types)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+const AdapterMethodType* adapter_method_for_peft_type(const std::string& peft_type) {
+  auto& r = registry();
+  std::lock_guard lock(r.mutex);
+  for (const auto& t : r.types)
+    if (t.peft_type == peft_type) return &t;
+  return nullptr;
+}
+
+std::vector<std::string> adapter_method_names() {
+  auto& r = registry();
+  std::lock_guard lock(r.mutex);
+  std::vector<std::string> out;
+  for (const auto& t : r.types) out.push_back(t.name);
+  return out;
+}
+
+std::filesystem::path adapter_dir(const std::filesystem::path& dir) {
+  // A finetune run directory holds its final adapter under adapter/.
+  if (!std::filesystem::exists(dir / "adapter_config.json") && std::filesystem::exists(dir / "adapter" / "adapter_config.json"))
+    return dir / "adapter";
+  return dir;
+}
+
+SavedAdapter open_adapter(const std::filesystem::path& dir_in) {
+  SavedAdapter adapter;
+  adapter.dir = adapter_dir(dir_in);
+  const auto& dir = adapter.dir;
+  const auto config_path = (dir / "adapter_config.json").string();
+  if (!std::filesystem::exists(dir / "adapter_config.json"))
+    throw AdapterError(config_path + ": missing (is " + dir.string() + " a PEFT adapter directory?)");
+  const auto j = io::read_json_file<AdapterError, nlohmann::json>(dir / "adapter_config.json", "adapter_config.json");
+  const auto type_it = j.find("peft_type");
+  const std::string peft_type = type_it != j.end() && type_it->is_string() ? type_it->get<std::string>() : "LORA";
+  const AdapterMethodType* type = adapter_method_for_peft_type(peft_type);
+  if (!type) {
+    std::string names;
+    auto& r = registry();
+    {
+      std::lock_guard lock(r.mutex);
+      for (const auto& t : r.types) names += (names.empty() ? "" : ", ") + t.peft_type;
+    }
+    throw AdapterError(config_path + ": peft_type '" + peft_type + "' is not supported (supported: " + names + ")");
+  }
+  adapter.method = type->from_json(j, config_path);
+
+  adapter.weights_path = dir / "adapter_model.safetensors";
+  const auto& weights_path = adapter.weights_path;
+  if (!std::filesystem::exists(weights_path)) {
+    if (std::filesystem::exists(dir / "adapter_model.bin"))
+      throw AdapterError((dir / "adapter_model.bin").string() + ": pickled adapters are refused (loading them can run code); "
+                         "re-save it with PEFT's save_pretrained(..., safe_serialization=True)");
+    throw AdapterError(weights_path.string() + ": missing");
+  }
+  auto file = io::SafetensorsFile::open(weights_path);
+  std::set<std::string> modules;
+  for (const auto& key : file->names()) {
+    if (!key.starts_with(kPeftPrefix))
+      throw AdapterError(weights_path.string() + ": tensor '" + key + "' does not start with '" + std::string(kPeftPrefix) +
+                         "' (not a PEFT adapter?)");
+    const std::string module = adapter.method->module_of_key(key);
+    if (module.empty())
+      throw AdapterError(weights_path.string() + ": tensor '" + key + "' is not a " + peft_type +
+                         " tensor llmtune supports (embedding adapters, biases and saved modules are not yet)");
+    modules.insert(module);
+    adapter.tensors[key] = file->tensor(key);
+  }
+  if (adapter.tensors.empty()) throw AdapterError(weights_path.string() + ": holds no adapter tensors");
+  adapter.modules.assign(modules.begin(), modules.end());
+  adapter.method->check_saved(adapter.tensors, weights_path.string());
+  return adapter;
+}
+
+int64_t apply_adapter(model::CausalLM& model, const std::filesystem::path& dir) {
+  SavedAdapter adapter = open_adapter(dir);
+  const std::string source = adapter.weights_path.string();
+  std::map<std::string, model::LinearPtr*> slots;
+  for (auto& [name, slot] : model.named_linears()) slots[name] = slot;
+  for (const auto& module : adapter.modules) {
+    auto it = slots.find(module);
+    if (it == slots.end())
+      throw AdapterError(source + ": module '" + module + "' does not exist in this model (adapter made for another base?)");
+    adapter.method->check_module_fits(adapter.tensors, module, (*it->second)->out_features(), (*it->second)->in_features(),
+                                      source);
+  }
+  const int64_t n = adapter.method->apply(model, adapter.tensors, source);
+  spdlog::info("adapter {}: {} module(s), {}", adapter.dir.string(), n, adapter.method->describe());
+  return n;
+}
+
+void save_adapter(const std::filesystem::path& dir, const AdapterMethod& method, const std::vector<NamedTensor>& params) {
+  method.validate("adapter settings");
+  if (params.empty()) throw AdapterError(dir.string() + ": no adapter tensors to save (inject the adapter first)");
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  std::set<std::string> names, modules;
+  for (const auto& p : params) {
+    const std::string module = p.name.starts_with(kPeftPrefix) ? method.module_of_key(p.name) : "";
+    if (module.empty())
+      throw AdapterError("save_adapter: tensor '" + p.name + "' is not a PEFT " + method.peft_type() + " key (" +
+                         std::string(kPeftPrefix) + "<module>.<tensor>)");
+    if (!p.tensor.defined()) throw AdapterError("save_adapter: tensor '" + p.name + "' is undefined");
+    if (!names.insert(p.name).second) throw AdapterError("save_adapter: tensor '" + p.name + "' is given twice");
+    modules.insert(module);
+    tensors.emplace_back(p.name, p.tensor.detach().to(c10::kCPU).contiguous());
+  }
+  io::AtomicDir out(dir);
+  io::write_file_atomic(out.staging() / "adapter_config.json",
+                        method.config_json(std::vector<std::string>(modules.begin(), modules.end())).dump(2));
+  io::save_safetensors(out.staging() / "adapter_model.safetensors", tensors, {{"format", "pt"}});
+  out.commit();
+}
+
+void load_adapter_into(const std::filesystem::path& dir, const std::vector<NamedTensor>& params) {
+  auto weights_path = dir / "adapter_model.safetensors";
+  if (!std::filesystem::exists(weights_path))
+    throw AdapterError(weights_path.string() + ": missing (is " + dir.string() + " an adapter saved by save_adapter or PEFT?)");
+  auto file = io::SafetensorsFile::open(weights_path);
+  // PEFT files name the DoRA magnitude without ".weight"; older ones with it.
+  auto find_key = [&](const std::string& name) -> std::string {
+    if (file->contains(name)) return name;
+    if (file->contains(name + ".weight")) return name + ".weight";
+    return "";
+  };
+  std::set<std::string> used;
+  std::vector<at::Tensor> loaded;
+  for (const auto& p : params) {
+    std::string key = find_key(p.name);
+    if (key.empty())
+      throw AdapterError(weights_path.string() + ": tensor '" + p.name + "' is missing (adapter saved with another config or model?)");
+    at::Tensor t = file->tensor(key);
+    if (t.sizes() != p.tensor.sizes())
+      throw AdapterError(weights_path.string() + ": tensor '" + key + "' has shape " + c10::str(t.sizes()) + ", expected " +
+                         c10::str(p.tensor.sizes()) + " (adapter saved with another r or model?)");
+    used.insert(key);
+    loaded.push_back(t);
+  }
+  for (const auto& key : file->names())
+    if (!used.count(key))
+      throw AdapterError(weights_path.string() + ": tensor '" + key + "' is not a trainable tensor of this run (adapter saved with another config?)");
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < params.size(); ++i) params[i].tensor.copy_(loaded[i]);
+  spdlog::info("adapter {}: {} tensor(s) loaded", dir.string(), params.size());
+}
+
+}  // namespace llmtune::peft
