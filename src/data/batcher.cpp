@@ -119,6 +119,23 @@ void Batcher::seek(Position p) {
   pos_ = p;
 }
 
+std::pair<int64_t, int64_t> Batcher::peek_counts(int64_t n) const {
+  int64_t tokens = 0, targets = 0;
+  Position p = pos_;
+  for (int64_t i = 0; i < n; ++i) {
+    for (const auto& row : batch_rows(p.epoch, p.batch)) {
+      for (int64_t idx : row) {
+        const Example& ex = examples_[idx];
+        tokens += static_cast<int64_t>(ex.input_ids.size());
+        // As next(): an example's first token is never a target.
+        for (size_t k = 1; k < ex.labels.size(); ++k) targets += ex.labels[k] != kIgnoreIndex;
+      }
+    }
+    if (++p.batch == batches_per_epoch()) p = {p.epoch + 1, 0};
+  }
+  return {tokens, targets};
+}
+
 Batch Batcher::next() {
   std::vector<std::vector<int64_t>> rows = batch_rows(pos_.epoch, pos_.batch);
   if (++pos_.batch == batches_per_epoch()) pos_ = {pos_.epoch + 1, 0};

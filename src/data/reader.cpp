@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "llmtune/data/dataset.h"
+#include "llmtune/io/read_file.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::data {
@@ -65,10 +66,12 @@ void read_rows(const std::filesystem::path& path, const std::function<void(int64
   if (path.extension() == ".json" && first != std::string::npos && text[first] == '[') {
     nlohmann::ordered_json all;
     try {
-      all = nlohmann::ordered_json::parse(text);
+      all = io::parse_json_bounded(text);
     } catch (const nlohmann::ordered_json::parse_error& e) {
       throw DataError(file + ":" + std::to_string(line_of_byte(text, e.byte ? e.byte - 1 : 0)) +
                       ": not valid JSON (" + e.what() + "); a .json dataset must be one JSON array of row objects");
+    } catch (const io::JsonTooDeep& e) {
+      throw DataError(file + ": refused: " + e.what());
     }
     std::vector<int64_t> lines = element_lines(text);
     for (size_t i = 0; i < all.size(); ++i) {
@@ -92,9 +95,12 @@ void read_rows(const std::filesystem::path& path, const std::function<void(int64
     if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
     nlohmann::ordered_json j;
     try {
-      j = nlohmann::ordered_json::parse(line);
+      j = io::parse_json_bounded(line);
     } catch (const nlohmann::ordered_json::parse_error& e) {
       fail(n, std::string("not valid JSON (") + e.what() + "); each line of a .jsonl file must be one JSON object");
+      continue;
+    } catch (const io::JsonTooDeep& e) {
+      fail(n, std::string("refused: ") + e.what());
       continue;
     }
     if (!j.is_object()) {

@@ -176,7 +176,9 @@ RenderedRow RowRenderer::render(const ojson& row, const std::string& format, con
       tools = row["tools"];
       if (tools.is_string()) {  // Glaive-style conversions store the definitions as a JSON string
         try {
-          tools = ojson::parse(tools.get<std::string>());
+          tools = io::parse_json_bounded(tools.get<std::string>());
+        } catch (const io::JsonTooDeep& e) {
+          throw DataError(source + ": \"tools\" is refused: " + e.what());
         } catch (const ojson::parse_error&) {
           throw DataError(source + ": \"tools\" is a string that is not valid JSON; give the function definitions as a JSON array");
         }

@@ -3,6 +3,7 @@
 
 #include <fstream>
 
+#include "llmtune/io/read_file.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::io {
@@ -16,9 +17,11 @@ void read_jsonl(const std::filesystem::path& path, const std::function<void(int6
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     nlohmann::ordered_json j;
     try {
-      j = nlohmann::ordered_json::parse(line);
+      j = parse_json_bounded(line);
     } catch (const nlohmann::ordered_json::parse_error& e) {
       throw DataError(path.string() + ":" + std::to_string(n) + ": not valid JSON (" + e.what() + ")");
+    } catch (const JsonTooDeep& e) {
+      throw DataError(path.string() + ":" + std::to_string(n) + ": refused: " + e.what());
     }
     if (!j.is_object()) throw DataError(path.string() + ":" + std::to_string(n) + ": each line must be a JSON object");
     row(n, j);

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "llmtune/io/safetensors.h"
+#include "llmtune/io/read_file.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
 #include "safetensors_detail.h"
@@ -91,9 +92,11 @@ WeightFiles WeightFiles::open(const fs::path& path) {
   // Sharded: only weight_map is read (newer transformers add keys to "metadata").
   nlohmann::json index;
   try {
-    index = nlohmann::json::parse(read_small_file(index_path));
+    index = parse_json_bounded<nlohmann::json>(read_small_file(index_path));
   } catch (const nlohmann::json::exception& e) {
     fail(index_path, std::string("index is not valid JSON: ") + e.what(), "the index is corrupt; re-download it");
+  } catch (const JsonTooDeep& e) {
+    fail(index_path, std::string("index refused: ") + e.what(), "the index is corrupt; re-download it");
   }
   if (!index.is_object() || !index.contains("weight_map"))
     fail(index_path, "index has no \"weight_map\" object", "the index is corrupt; re-download it");

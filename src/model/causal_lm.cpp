@@ -7,7 +7,6 @@
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/ones.h>
-#include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/split_with_sizes.h>
 
@@ -86,8 +85,7 @@ at::Tensor CausalLM::forward_hidden(const at::Tensor& input_ids, const ForwardOp
   at::Tensor h = at::embedding(as_dtype(embed_, dtype_), ids);
   if (config_.scale_embeddings) {
     // Gemma: the scale is rounded to the activation dtype before multiplying.
-    h = h * at::scalar_tensor(std::sqrt(static_cast<double>(config_.hidden_size)), at::TensorOptions().dtype(at::kFloat))
-                .to(h.scalar_type()).to(h.device());
+    h = h * embed_scale_;
   }
   at::Tensor positions = options.positions.defined()
                              ? options.positions.to(device_)

@@ -57,15 +57,27 @@ GenerationResult generate(const CausalLM& model, const std::vector<int64_t>& pro
                           const std::function<bool(int64_t)>& on_token) {
   if (prompt.empty()) throw Error("generate: the prompt is empty (no tokens)");
   GenerationResult result;
-  const int64_t max_len = static_cast<int64_t>(prompt.size()) + params.max_new_tokens;
-  KVCache cache = model.make_cache(1, max_len);
+  // The KV cache is allocated up front: never beyond the model's context (transformers warns and
+  // stops at max_length the same way), so a huge max_new_tokens cannot exhaust memory.
+  const auto n_prompt = static_cast<int64_t>(prompt.size());
+  const int64_t context = model.config().max_position_embeddings;
+  if (n_prompt >= context)
+    throw DataError("the prompt has " + std::to_string(n_prompt) + " tokens, the model's context (max_position_embeddings) is " +
+                    std::to_string(context) + ": shorten the prompt");
+  int64_t max_new_tokens = params.max_new_tokens;
+  if (max_new_tokens > context - n_prompt) {
+    spdlog::warn("generate: prompt ({} tokens) + max_new_tokens ({}) exceeds the model's context ({}); generating at most {} tokens",
+                 n_prompt, max_new_tokens, context, context - n_prompt);
+    max_new_tokens = context - n_prompt;
+  }
+  KVCache cache = model.make_cache(1, n_prompt + max_new_tokens);
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(params.seed);
   std::vector<int64_t> history = prompt;
 
   auto t0 = std::chrono::steady_clock::now();
   at::Tensor ids = at::tensor(prompt, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
   result.finish_reason = "length";
-  for (int64_t step = 0; step < params.max_new_tokens; ++step) {
+  for (int64_t step = 0; step < max_new_tokens; ++step) {
     ForwardOptions options;
     options.cache = &cache;
     at::Tensor hidden = model.forward_hidden(ids, options);

@@ -1,6 +1,7 @@
 // The dense linear layer and the default linear factory.
 #include "llmtune/model/linear.h"
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/linear.h>
 
 namespace llmtune::model {
@@ -9,9 +10,21 @@ DenseLinear::DenseLinear(at::Tensor weight, at::Tensor bias) : weight_(std::move
   TORCH_CHECK(weight_.dim() == 2, "DenseLinear: weight must be 2-D");
 }
 
+const at::Tensor& DenseLinear::weight_as(at::ScalarType dtype) const {
+  if (weight_.scalar_type() == dtype) return weight_;
+  const bool grad = at::GradMode::is_enabled();
+  const int64_t version = static_cast<int64_t>(weight_._version());
+  if (!cast_weight_.defined() || cast_weight_.scalar_type() != dtype || cast_version_ != version || cast_grad_ != grad) {
+    cast_weight_ = weight_.to(dtype);
+    cast_version_ = version;
+    cast_grad_ = grad;
+  }
+  return cast_weight_;
+}
+
 at::Tensor DenseLinear::forward(const at::Tensor& x) const {
   const auto dtype = x.scalar_type();
-  at::Tensor w = weight_.scalar_type() == dtype ? weight_ : weight_.to(dtype);
+  const at::Tensor& w = weight_as(dtype);
   if (!bias_.defined()) return at::linear(x, w);
   return at::linear(x, w, bias_.scalar_type() == dtype ? bias_ : bias_.to(dtype));
 }

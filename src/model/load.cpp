@@ -6,8 +6,10 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/zeros.h>
 
+#include <cmath>
 #include <set>
 
 #include "llmtune/io/safetensors.h"
@@ -88,7 +90,11 @@ CausalLM CausalLM::assemble(ModelConfig config, c10::Device device, at::ScalarTy
   m.tied_ = !untied_lm_head;
   m.lm_head_ = m.tied_ ? std::make_shared<DenseLinear>(m.embed_)
                        : linear({f.lm_head, c.vocab_size, hidden, false}, get);
-  m.inv_freq_ = rope_inv_freq(c.rope, c.head_dim);
+  m.inv_freq_ = rope_inv_freq(c.rope, c.head_dim).to(device);  // once, not per forward
+  if (c.scale_embeddings) {
+    // Gemma: sqrt(hidden) rounded to the activation dtype, as transformers multiplies by a tensor of it.
+    m.embed_scale_ = at::scalar_tensor(std::sqrt(static_cast<double>(c.hidden_size)), at::kFloat).to(dtype).item<double>();
+  }
   return m;
 }
 

@@ -125,6 +125,12 @@ std::vector<NamedTensor> inject_lora(model::CausalLM& model, const LoraConfig& c
     if (std::dynamic_pointer_cast<LoraLinear>(slot))
       throw AdapterError("module '" + path + "' already has a LoRA adapter; inject_lora once per model");
     const int64_t r = config.rank_for(path), in = slot->in_features(), out = slot->out_features();
+    // A rank beyond min(in, out) adds parameters and compute but no expressiveness (and r = 100000
+    // on a small model only exhausts memory): refused.
+    if (r > std::min(in, out))
+      throw ConfigError("lora.r = " + std::to_string(r) + " exceeds min(in, out) = " + std::to_string(std::min(in, out)) +
+                        " of module '" + path + "' [" + std::to_string(out) + ", " + std::to_string(in) +
+                        "]: choose r <= " + std::to_string(std::min(in, out)) + " (8 to 64 is usual)");
     const double scaling = config.scaling_for(path, r);
 
     // A: kaiming_uniform_(a=√5) over fan_in = in, i.e. U(±1/√in) (nn.Linear's default); B: zeros.

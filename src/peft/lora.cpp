@@ -2,9 +2,9 @@
 // and LoraConfig as PEFT's adapter_config.json spells it.
 #include "llmtune/peft/lora.h"
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/dropout.h>
 #include <ATen/ops/linear.h>
-#include <ATen/ops/linalg_vector_norm.h>
 
 #include <algorithm>
 #include <cctype>
@@ -205,6 +205,20 @@ std::vector<at::Tensor> LoraLinear::tensors() const {
   return out;
 }
 
+at::Tensor LoraLinear::dora_norm() const {
+  // ‖W + s·BA‖² per row = ‖W‖² + 2s·Σ_r (W Aᵀ ∘ B) + s²·Σ_r (B (A Aᵀ) ∘ B): no (out, in) B·A, and
+  // ‖W‖² cached (the base is frozen under an adapter). W Aᵀ is taken in fp32 as PEFT's promotion
+  // does (in bf16 the gradients drift ~2% from PEFT's), so a half-precision W is upcast for it.
+  at::NoGradGuard no_grad;
+  const at::Tensor w = base_->dense_weight();
+  if (!w_norm_sq_.defined()) w_norm_sq_ = w.to(at::kFloat).pow(2).sum(1);
+  const at::Tensor a = a_.detach().to(at::kFloat), b = b_.detach().to(at::kFloat);
+  const at::Tensor wa = at::linear(a, w.scalar_type() == at::kFloat ? w : w.to(at::kFloat)).t();  // (out, r) = W Aᵀ
+  const at::Tensor cross = (wa * b).sum(1);
+  const at::Tensor lora_sq = (b.matmul(a.matmul(a.t())) * b).sum(1);
+  return (w_norm_sq_ + cross * (2 * scaling_) + lora_sq * (scaling_ * scaling_)).clamp_min(0).sqrt();
+}
+
 at::Tensor LoraLinear::forward(const at::Tensor& x) const {
   // x: (..., in) → (..., out). The adapter runs in its own dtype (PEFT's _cast_input_dtype).
   at::Tensor result = base_->forward(x);
@@ -218,15 +232,12 @@ at::Tensor LoraLinear::forward(const at::Tensor& x) const {
 
   // DoRA (PEFT's DoraLinearVariant / DoraLinearLayer): the row norm of the adapted weight is a
   // constant (detached), and the low-rank product inside it is detached too.
-  at::Tensor weight = base_->dense_weight().to(xa.scalar_type());
-  at::Tensor lora_weight = b_.detach().matmul(a_.detach());
-  at::Tensor norm = at::linalg_vector_norm(weight + lora_weight * scaling_, 2, {1}).detach();
-  at::Tensor scale = (magnitude_ / norm).view({1, -1});
+  at::Tensor scale = (magnitude_ / dora_norm().to(magnitude_.scalar_type())).view({1, -1});
   at::Tensor base_result;
   if (drop) {
     // With active dropout PEFT recomputes W x from the dropped-out input, without the bias.
     xa = at::dropout(xa, dropout_, true);
-    base_result = at::linear(xa, weight);
+    base_result = at::linear(xa, base_->dense_weight().to(xa.scalar_type()));
   } else {
     const at::Tensor bias = base_->bias();
     base_result = bias.defined() ? result - bias : result;

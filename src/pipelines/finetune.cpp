@@ -273,16 +273,13 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     const auto t_step = Clock::now();
     // Gradient accumulation: the loss is summed over every micro-batch's targets and divided by
     // their total, so the update equals one large batch (transformers' num_items_in_batch).
-    std::vector<data::Batch> micro;
-    int64_t targets = 0, step_tokens = 0;
-    for (int64_t i = 0; i < p.grad_accum_steps; ++i) {
-      micro.push_back(batches.next());
-      targets += micro.back().n_targets;
-      step_tokens += micro.back().n_tokens;
-    }
+    // The micro-batches are counted first (from the examples, without building them) and then built
+    // and run one at a time: only one exists at once, however many are accumulated.
+    const auto [step_tokens, targets] = batches.peek_counts(p.grad_accum_steps);
     // Losses stay on the device until the step is done: one host sync per step, not per micro-batch.
     at::Tensor loss_acc = at::zeros({}, at::TensorOptions().dtype(model.device().is_mps() ? at::kFloat : at::kDouble).device(model.device()));
-    for (const auto& host_batch : micro) {
+    for (int64_t i = 0; i < p.grad_accum_steps; ++i) {
+      const data::Batch host_batch = batches.next();
       if (host_batch.n_targets == 0) continue;
       const data::Batch b = data::to_device(host_batch, model.device());
       at::Tensor loss = train::batch_loss_sum(model, b, p.loss_chunk_rows) / static_cast<double>(targets);

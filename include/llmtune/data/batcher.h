@@ -65,6 +65,11 @@ class Batcher {
   // Resume: the batches after seek are exactly those an uninterrupted run would produce.
   void seek(Position p);
 
+  // The non-padding tokens and trained targets of the next `n` batches, without building them or
+  // moving the position (gradient accumulation normalizes by a step's targets before its first
+  // forward, and streams its micro-batches one at a time).
+  std::pair<int64_t, int64_t> peek_counts(int64_t n) const;
+
   // The example indices of each batch row of batch `batch` of `epoch` (for tests and logs).
   std::vector<std::vector<int64_t>> batch_rows(int64_t epoch, int64_t batch) const;
 

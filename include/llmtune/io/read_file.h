@@ -6,11 +6,33 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <stdexcept>
 #include <string_view>
 
 #include "llmtune/util/error.h"
 
 namespace llmtune::io {
+
+// Hostile files: every JSON value llmtune reads is parsed with a nesting limit enforced while
+// parsing, so a 100,000-deep array is refused before it is built (destroying or copying such a
+// value recursively overflows the stack). The largest real files (tokenizer.json, chat-template
+// tool schemas) nest fewer than 20 levels.
+inline constexpr int kMaxJsonDepth = 512;
+
+// Thrown by parse_json_bounded; callers turn it into their own error naming the file and line.
+struct JsonTooDeep : std::runtime_error {
+  JsonTooDeep() : std::runtime_error("JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels") {}
+};
+
+// Json::parse with the nesting limit. Throws Json's parse_error for malformed text, JsonTooDeep.
+template <class Json = nlohmann::ordered_json>
+Json parse_json_bounded(std::string_view text) {
+  return Json::parse(text.begin(), text.end(), [](int depth, typename Json::parse_event_t event, Json&) {
+    if ((event == Json::parse_event_t::object_start || event == Json::parse_event_t::array_start) && depth >= kMaxJsonDepth)
+      throw JsonTooDeep();
+    return true;
+  });
+}
 
 namespace detail {
 // The file's bytes; "" in *why_not when they were read, else the reason they could not be (no such
@@ -37,9 +59,11 @@ Json read_json_file(const std::filesystem::path& path, std::string_view what) {
   const std::string text = read_text_file<Err>(path, what);
   Json j;
   try {
-    j = Json::parse(text);
+    j = parse_json_bounded<Json>(text);
   } catch (const nlohmann::json::exception& e) {
     throw Err(path.string() + ": malformed JSON in " + std::string(what) + " (" + e.what() + ")");
+  } catch (const JsonTooDeep& e) {
+    throw Err(path.string() + ": refused " + std::string(what) + ": " + e.what());
   }
   if (!j.is_object()) throw Err(path.string() + ": " + std::string(what) + " must hold a JSON object at the top level");
   return j;

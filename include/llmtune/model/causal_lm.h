@@ -115,7 +115,8 @@ class CausalLM {
   std::vector<DecoderLayer> layers_;
   at::Tensor final_norm_;  // (H,)
   LinearPtr lm_head_;
-  at::Tensor inv_freq_;    // (D/2,) fp32
+  at::Tensor inv_freq_;    // (D/2,) fp32, on the model's device
+  double embed_scale_ = 1.0;  // Gemma: sqrt(hidden) as the activation dtype rounds it
   bool tied_ = false;
   bool gradient_checkpointing_ = false;
 };

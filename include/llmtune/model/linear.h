@@ -47,7 +47,14 @@ class DenseLinear : public Linear {
   const at::Tensor& weight() const { return weight_; }
 
  private:
+  // The weight in the activations' dtype: full fine-tuning keeps fp32 masters under bf16 compute,
+  // and the cast is made once per optimizer step (per weight version and grad mode), not per forward.
+  const at::Tensor& weight_as(at::ScalarType dtype) const;
+
   at::Tensor weight_, bias_;
+  mutable at::Tensor cast_weight_;
+  mutable int64_t cast_version_ = -1;
+  mutable bool cast_grad_ = false;
 };
 
 using LinearPtr = std::shared_ptr<Linear>;

@@ -77,8 +77,12 @@ class LoraLinear : public model::Linear {
   bool training() const { return training_; }
 
  private:
+  // DoRA: ‖W + s·B·A‖ per output row, fp32, detached (see lora.cpp).
+  at::Tensor dora_norm() const;
+
   model::LinearPtr base_;
   at::Tensor a_, b_, magnitude_;
+  mutable at::Tensor w_norm_sq_;  // DoRA: ‖W‖² per row, computed once
   double scaling_;
   double dropout_;
   bool training_ = false;

@@ -174,7 +174,30 @@ class Evaluator {
     return Flow::Normal;
   }
 
+  // Budgets per render. A template arrives with any downloaded model, so its loops, strings and
+  // output are bounded: the shipped templates need a few thousand steps per conversation, and a
+  // 1,000-turn conversation well under a million.
+  static constexpr int64_t kMaxSteps = 20'000'000;
+  static constexpr size_t kMaxBytes = size_t{64} << 20;
+  void tick() {
+    if (++steps_ > kMaxSteps)
+      throw EvalError("the template ran past its budget of 20,000,000 evaluation steps",
+                      "a loop that runs too long, e.g. nested range() loops; the template is refused");
+  }
+  void check_size(size_t bytes, const char* what) const {
+    if (bytes > kMaxBytes)
+      throw EvalError(std::string("the template built ") + what + " over 64 MiB",
+                      "a string that keeps doubling, or output without bound; the template is refused");
+  }
+
   Flow exec_stmt(const Stmt& s) {
+    tick();
+    const Flow f = exec_stmt_unchecked(s);
+    check_size(result_.text.size(), "output");
+    return f;
+  }
+
+  Flow exec_stmt_unchecked(const Stmt& s) {
     line_ = s.line;
     switch (s.kind) {
       case Stmt::Kind::Text: result_.text += s.text; return Flow::Normal;
@@ -300,6 +323,13 @@ class Evaluator {
   }
 
   Value eval(const Expr& e) {
+    tick();
+    Value v = eval_unchecked(e);
+    if (v.is_string()) check_size(v.as_string().size(), "a string");
+    return v;
+  }
+
+  Value eval_unchecked(const Expr& e) {
     line_ = e.line;
     switch (e.kind) {
       case Expr::Kind::Literal: return e.value;
@@ -424,6 +454,7 @@ class Evaluator {
   RenderResult& result_;
   std::vector<Value> scopes_;
   int line_ = 1;
+  int64_t steps_ = 0;
 };
 
 }  // namespace
