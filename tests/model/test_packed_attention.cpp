@@ -5,7 +5,6 @@
 #include <ATen/ops/tensor.h>
 #include <gtest/gtest.h>
 
-#include <random>
 
 #include "data/data_reference.h"
 #include "llmtune/data/batcher.h"
@@ -16,19 +15,7 @@ namespace llmtune::model {
 namespace {
 
 std::vector<data::Example> examples(int n, int max_len, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<data::Example> out;
-  for (int i = 0; i < n; ++i) {
-    data::Example ex;
-    const int len = 3 + static_cast<int>(rng() % (max_len - 2));
-    for (int k = 0; k < len; ++k) {
-      const int32_t id = 1 + static_cast<int32_t>(rng() % 99);
-      ex.input_ids.push_back(id);
-      ex.labels.push_back(k >= len / 3 ? id : data::kIgnoreIndex);
-    }
-    out.push_back(std::move(ex));
-  }
-  return out;
+  return testing::random_training_examples(n, max_len, seed);
 }
 
 // Every weight made trainable (fp32 copies), as full fine-tuning does.

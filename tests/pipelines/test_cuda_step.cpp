@@ -10,7 +10,6 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <random>
 
 #include "data/data_reference.h"
 #include "llmtune/data/batcher.h"
@@ -38,19 +37,7 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
 }
 
 std::vector<data::Example> examples(int n, int max_len, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::vector<data::Example> out;
-  for (int i = 0; i < n; ++i) {
-    data::Example ex;
-    const int len = 4 + static_cast<int>(rng() % (max_len - 3));
-    for (int k = 0; k < len; ++k) {
-      const int32_t id = 1 + static_cast<int32_t>(rng() % 99);
-      ex.input_ids.push_back(id);
-      ex.labels.push_back(k >= len / 3 ? id : data::kIgnoreIndex);
-    }
-    out.push_back(std::move(ex));
-  }
-  return out;
+  return testing::random_training_examples(n, max_len, seed);
 }
 
 class CudaFamily : public ::testing::TestWithParam<std::string> {};
