@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -103,6 +104,12 @@ Command register_finetune(CLI::App& root) {
   auto* resume = app->add_option("--resume", flags->resume, "continue from a checkpoint: the latest in output/checkpoints, or the given step directory");
   resume->expected(0, 1);
   return {app, [options, flags, resume] {
+            // `--resume key=value` (CLI11 hands the override to --resume's optional value): an
+            // override, not a checkpoint path.
+            if (flags->resume && flags->resume->find('=') != std::string::npos && !std::filesystem::exists(*flags->resume)) {
+              options->positionals.push_back(*flags->resume);
+              flags->resume = std::string();
+            }
             FlagValues extra;
             add_flag_value(extra, "model.path", flags->model);
             add_flag_value(extra, "data.path", flags->data);

@@ -136,7 +136,13 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
   for (auto& [name, slot] : model.named_weights()) n_total += slot->numel();
   std::vector<train::NamedParameter> trainable;
   if (use_adapter) {
-    for (auto& t : p.adapter->inject(model, at::kFloat)) trainable.push_back({t.name, t.tensor});
+    std::vector<peft::NamedTensor> injected;
+    try {
+      injected = p.adapter->inject(model, at::kFloat);
+    } catch (const AdapterError& e) {
+      throw ConfigError(e.what());  // the run's adapter settings do not fit this model: a usage error
+    }
+    for (auto& t : injected) trainable.push_back({t.name, t.tensor});
     adapter->set_training(model, true);
   } else {
     std::vector<std::regex> freeze;
@@ -168,6 +174,15 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
 
   // Data.
   data::Dataset dataset = data::load_dataset(p.data, *tok);
+  // A tokenizer that does not match the model would index past the embeddings.
+  for (const auto* split : {&dataset.train, &dataset.val})
+    for (const auto& ex : *split)
+      for (int32_t id : ex.input_ids)
+        if (id < 0 || id >= model.config().vocab_size)
+          throw DataError((split == &dataset.val && !p.data.val_path.empty() ? p.data.val_path : p.data.path).string() + ":" +
+                          std::to_string(ex.line) + ": token id " + std::to_string(id) +
+                          " is outside the model's vocabulary (" + std::to_string(model.config().vocab_size) +
+                          "): the tokenizer and the model do not match");
   const int32_t pad_id = tok->pad_id.value_or(tok->eos_id.value_or(0));
   data::Batcher batches(dataset.train, {.batch_size = p.batch_size, .max_seq_len = p.data.max_seq_len, .packing = p.packing,
                                         .pad_to_multiple_of = 8, .pad_id = pad_id, .shuffle = true, .seed = p.seed});

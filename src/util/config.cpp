@@ -323,6 +323,8 @@ class Filler {
 };
 
 std::string read_text_file(const std::filesystem::path& path) {
+  if (std::filesystem::is_directory(path))
+    throw ConfigError(path.string() + ": is a directory, not a config file (give the path of a .yaml file)");
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     throw ConfigError(path.string() + ": cannot read the config file (" +

@@ -112,3 +112,51 @@ def test_gradient_accumulation_streams_its_micro_batches(llmtune, tmp_path):
     assert r.code == 0, r.err[-2000:]
     summary = json.loads(r.out)
     assert summary["steps"] == 1 and summary["tokens_seen"] > 0
+
+
+def test_resume_followed_by_an_override_is_an_override(llmtune, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": f"row {i} of some words"}) + "\n" for i in range(16)))
+    out = tmp_path / "run"
+    r = llmtune("finetune", "--model", MODELS / "qwen2", "--data", data, "--output", out, "--max-steps", 2,
+                "data.format=text", "train.batch_size=2", timeout=300)
+    assert r.code == 0, r.err[-2000:]
+    r = llmtune("finetune", out / "config.yaml", "--resume", "train.max_steps=3", "--json", timeout=300)
+    assert r.code == 0, r.err[-2000:]
+    assert json.loads(r.out)["steps"] == 3
+
+
+def test_target_modules_matching_nothing_is_a_usage_error(llmtune, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(chat_row()) + "\n")
+    out = tmp_path / "run"
+    r = llmtune("finetune", "--model", MODELS / "qwen2", "--data", data, "--output", out, "--max-steps", 1,
+                "lora.target_modules=[nonexistent_proj]", timeout=60)
+    assert r.code == 2, r.err[-2000:]
+    assert_clean_failure(r, "nonexistent_proj")
+    assert not out.exists()
+
+
+def test_a_directory_as_the_config_file_is_refused(llmtune, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.mkdir()
+    r = llmtune("finetune", cfg, timeout=60)
+    assert r.code == 2, r.err[-2000:]
+    assert_clean_failure(r, "is a directory")
+
+
+def test_token_ids_beyond_the_model_vocabulary_are_refused(llmtune, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    config = json.loads((MODELS / "qwen2" / "config.json").read_text())
+    config["vocab_size"] = 64  # far below the tokenizer's ids
+    (model / "config.json").write_text(json.dumps(config))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(MODELS / "qwen2" / f, model / f)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "a row with several words in it"}) + "\n")
+    out = tmp_path / "run"
+    r = llmtune("finetune", "--model", model, "--data", data, "--output", out, "--max-steps", 1, "method=full",
+                "model.init=random", "data.format=text", timeout=60)
+    assert_clean_failure(r, "d.jsonl:1: token id")
+    assert not out.exists()
