@@ -69,14 +69,13 @@ constexpr int64_t kWindowTokens = 256;
 
 }  // namespace
 
-PackedPlan plan_packed(std::shared_ptr<const PackedSegments> segments, int64_t batch, int64_t tokens,
-                       c10::Device device, at::ScalarType dtype, int64_t window) {
-  PackedPlan plan;
-  if (static_cast<int64_t>(segments->lengths.size()) != batch)
-    throw DataError("packed batch: " + std::to_string(segments->lengths.size()) + " rows of sequence lengths for " +
+PackedPlan plan_packed(const PackedSegments& segments, int64_t batch, int64_t tokens, c10::Device device,
+                       at::ScalarType dtype, int64_t window) {
+  if (static_cast<int64_t>(segments.lengths.size()) != batch)
+    throw DataError("packed batch: " + std::to_string(segments.lengths.size()) + " rows of sequence lengths for " +
                     std::to_string(batch) + " rows of tokens");
-  std::vector<int32_t> cu{0};
-  for (const auto& row : segments->lengths) {
+  std::vector<std::vector<int64_t>> row_runs;
+  for (const auto& row : segments.lengths) {
     int64_t used = 0;
     for (int64_t len : row) {
       if (len <= 0) throw DataError("packed batch: a sequence of length " + std::to_string(len));
@@ -84,40 +83,44 @@ PackedPlan plan_packed(std::shared_ptr<const PackedSegments> segments, int64_t b
     }
     if (used > tokens)
       throw DataError("packed batch: a row's sequences hold " + std::to_string(used) + " tokens, the row " + std::to_string(tokens));
-    for (int64_t run : runs_of(row, tokens)) {
-      cu.push_back(cu.back() + static_cast<int32_t>(run));
-      plan.max_len = std::max(plan.max_len, run);
-    }
+    row_runs.push_back(runs_of(row, tokens));
   }
+  PackedPlan plan;
   plan.flash = device.is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && window == 0;
-  if (!plan.flash) {
-    for (int64_t r = 0; r < batch; ++r) {
-      const std::vector<int64_t> runs = runs_of(segments->lengths[r], tokens);
-      size_t i = 0;
-      int64_t start = 0;
-      while (i < runs.size()) {
-        std::vector<int64_t> group{runs[i++]};
-        int64_t len = group[0];
-        while (i < runs.size() && len + runs[i] <= kWindowTokens) {
-          len += runs[i];
-          group.push_back(runs[i++]);
-        }
-        PackedPlan::Window w{r, start, len, {}};
-        if (group.size() > 1) {
-          w.mask = block_causal_mask(group, len);
-          if (!device.is_cpu()) w.mask = w.mask.to(device);
-        }
-        plan.windows.push_back(std::move(w));
-        start += len;
+  if (plan.flash) {
+    // cu_seqlens over the flattened tokens, built on the host and copied once per forward from
+    // pinned memory without waiting.
+    std::vector<int32_t> cu{0};
+    for (const auto& runs : row_runs) {
+      for (int64_t run : runs) {
+        cu.push_back(cu.back() + static_cast<int32_t>(run));
+        plan.max_len = std::max(plan.max_len, run);
       }
     }
-  }
-  plan.segments = std::move(segments);
-  if (plan.flash) {
-    // Built on the host, copied once per forward from pinned memory without waiting.
     at::Tensor host = at::empty({static_cast<int64_t>(cu.size())}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
     std::copy(cu.begin(), cu.end(), host.data_ptr<int32_t>());
     plan.cu_seqlens = host.to(device, /*non_blocking=*/true);
+    return plan;
+  }
+  for (int64_t r = 0; r < batch; ++r) {
+    const std::vector<int64_t>& runs = row_runs[r];
+    size_t i = 0;
+    int64_t start = 0;
+    while (i < runs.size()) {
+      std::vector<int64_t> group{runs[i++]};
+      int64_t len = group[0];
+      while (i < runs.size() && len + runs[i] <= kWindowTokens) {
+        len += runs[i];
+        group.push_back(runs[i++]);
+      }
+      PackedPlan::Window w{r, start, len, {}};
+      if (group.size() > 1) {
+        w.mask = block_causal_mask(group, len);
+        if (!device.is_cpu()) w.mask = w.mask.to(device);
+      }
+      plan.windows.push_back(std::move(w));
+      start += len;
+    }
   }
   return plan;
 }

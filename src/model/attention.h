@@ -22,7 +22,6 @@ struct PackedPlan {
     at::Tensor mask;  // (1, 1, len, len) bool on the device; undefined: one sequence, plain causal
   };
   std::vector<Window> windows;
-  std::shared_ptr<const PackedSegments> segments;
   at::Tensor cu_seqlens;  // (n + 1,) int32 on the device, over the B·T flattened tokens (flash path)
   int64_t max_len = 0;
   bool flash = false;     // use the variable-length flash kernel
@@ -30,8 +29,8 @@ struct PackedPlan {
 
 // Checks the segments against (B, T) and prepares the plan for `device` / `dtype`. `window`: the
 // largest sliding window of any layer (the flash path handles none; 0 = none).
-PackedPlan plan_packed(std::shared_ptr<const PackedSegments> segments, int64_t batch, int64_t tokens,
-                       c10::Device device, at::ScalarType dtype, int64_t window);
+PackedPlan plan_packed(const PackedSegments& segments, int64_t batch, int64_t tokens, c10::Device device,
+                       at::ScalarType dtype, int64_t window);
 
 // Returns (B, H_q, T, D). `past`: positions already in the cache (0 when none); `window`: this
 // layer's sliding window (0 = none); `mask`: (B, 1, T, S) bool or undefined; `packed`: nullptr

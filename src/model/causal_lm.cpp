@@ -96,7 +96,7 @@ at::Tensor CausalLM::forward_hidden(const at::Tensor& input_ids, const ForwardOp
   if (options.packed) {
     TORCH_CHECK(!options.cache, "forward: packed rows are for training and evaluation, not with a KV cache");
     const auto& w = config_.sliding_window_per_layer;
-    plan = plan_packed(options.packed, ids.size(0), ids.size(1), device_, h.scalar_type(),
+    plan = plan_packed(*options.packed, ids.size(0), ids.size(1), device_, h.scalar_type(),
                        w.empty() ? 0 : *std::max_element(w.begin(), w.end()));
   }
   for (size_t i = 0; i < layers_.size(); ++i) {

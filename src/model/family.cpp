@@ -3,28 +3,20 @@
 #include "llmtune/model/family.h"
 
 #include <cctype>
-#include <deque>
-#include <mutex>
 
 #include "families.h"
 #include "llmtune/util/error.h"
+#include "llmtune/util/registry.h"
 
 namespace llmtune::model {
 namespace {
 
-struct Registry {
-  std::mutex mutex;
-  std::deque<FamilyDesc> families;  // a deque: pointers handed out stay valid as it grows
-};
-
-Registry& registry() {
-  static Registry* r = [] {
-    auto* reg = new Registry;
-    for (auto make : {llama_family, mistral_family, qwen2_family, gemma_family}) reg->families.push_back(make());
-    return reg;
-  }();
+Registry<FamilyDesc>& registry() {
+  static auto* r = new Registry<FamilyDesc>({llama_family(), mistral_family(), qwen2_family(), gemma_family()});
   return *r;
 }
+
+const auto kAll = [](const FamilyDesc&) { return true; };
 
 // Splits "<stem>.weight" / "<stem>.bias".
 bool split_suffix(const std::string& name, std::string& stem, std::string& suffix) {
@@ -74,23 +66,12 @@ FamilyDesc llama_layout(std::string model_type) {
 }
 
 void register_family(FamilyDesc family) {
-  auto& r = registry();
-  std::lock_guard lock(r.mutex);
-  for (auto& f : r.families) {
-    if (f.model_type == family.model_type) {
-      f = std::move(family);  // a re-registration replaces (tests register their own once per process)
-      return;
-    }
-  }
-  r.families.push_back(std::move(family));
+  // A re-registration replaces (tests register their own once per process).
+  registry().put(std::move(family), [](const FamilyDesc& f) { return f.model_type; });
 }
 
 const FamilyDesc* find_family(const std::string& model_type) {
-  auto& r = registry();
-  std::lock_guard lock(r.mutex);
-  for (const auto& f : r.families)
-    if (f.model_type == model_type) return &f;
-  return nullptr;
+  return registry().find([&](const FamilyDesc& f) { return f.model_type == model_type; });
 }
 
 const FamilyDesc& family_for(const std::string& model_type, const std::string& source) {
@@ -100,28 +81,16 @@ const FamilyDesc& family_for(const std::string& model_type, const std::string& s
 }
 
 const FamilyDesc* family_for_gguf_arch(const std::string& arch) {
-  auto& r = registry();
-  std::lock_guard lock(r.mutex);
-  for (const auto& f : r.families)
-    if (!f.gguf.arch.empty() && f.gguf.arch == arch && f.gguf.loads_arch) return &f;
-  return nullptr;
+  return registry().find([&](const FamilyDesc& f) { return !f.gguf.arch.empty() && f.gguf.arch == arch && f.gguf.loads_arch; });
 }
 
 std::vector<std::string> supported_model_types() {
-  auto& r = registry();
-  std::lock_guard lock(r.mutex);
-  std::vector<std::string> out;
-  for (const auto& f : r.families) out.push_back(f.model_type);
-  return out;
+  return registry().names(kAll, [](const FamilyDesc& f) { return f.model_type; });
 }
 
 std::vector<std::string> supported_gguf_archs() {
-  auto& r = registry();
-  std::lock_guard lock(r.mutex);
-  std::vector<std::string> out;
-  for (const auto& f : r.families)
-    if (!f.gguf.arch.empty() && f.gguf.loads_arch) out.push_back(f.gguf.arch);
-  return out;
+  return registry().names([](const FamilyDesc& f) { return !f.gguf.arch.empty() && f.gguf.loads_arch; },
+                          [](const FamilyDesc& f) { return f.gguf.arch; });
 }
 
 int64_t proj_out_features(const ModelConfig& c, Proj p) {
@@ -197,23 +166,6 @@ std::string hf_to_gguf_name(const FamilyDesc& f, const std::string& hf_name) {
     if (rest == n.name) return blk + n.gguf + suffix;
   for (const auto& l : f.linears)
     if (rest == l.name) return blk + l.gguf + suffix;
-  return "";
-}
-
-std::string gguf_to_hf_name(const FamilyDesc& f, const std::string& gguf_name) {
-  std::string stem, suffix;
-  if (!split_suffix(gguf_name, stem, suffix)) return "";
-  if (stem == f.embed_gguf) return f.embed + suffix;
-  if (stem == f.final_norm_gguf) return f.final_norm + suffix;
-  if (stem == f.lm_head_gguf) return f.lm_head + suffix;
-  int64_t layer = 0;
-  std::string rest;
-  if (!parse_layer(stem, "blk.", layer, rest)) return "";
-  const std::string p = f.layers_prefix + std::to_string(layer) + ".";
-  for (const auto& n : f.norms)
-    if (rest == n.gguf) return p + n.name + suffix;
-  for (const auto& l : f.linears)
-    if (rest == l.gguf) return p + l.name + suffix;
   return "";
 }
 

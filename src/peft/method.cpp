@@ -6,8 +6,6 @@
 #include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 
-#include <deque>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -15,24 +13,18 @@
 #include "llmtune/io/read_file.h"
 #include "llmtune/io/safetensors.h"
 #include "llmtune/util/error.h"
+#include "llmtune/util/registry.h"
 #include "methods.h"
 
 namespace llmtune::peft {
 namespace {
 
-struct Registry {
-  std::mutex mutex;
-  std::deque<AdapterMethodType> types;
-};
-
-Registry& registry() {
-  static Registry* r = [] {
-    auto* reg = new Registry;
-    reg->types.push_back(lora_method_type());
-    return reg;
-  }();
+Registry<AdapterMethodType>& registry() {
+  static auto* r = new Registry<AdapterMethodType>({lora_method_type()});
   return *r;
 }
+
+const auto kAll = [](const AdapterMethodType&) { return true; };
 
 }  // namespace
 
@@ -42,39 +34,19 @@ at::Tensor AdapterMethod::merged_weight(const std::map<std::string, at::Tensor>&
 }
 
 void register_adapter_method(AdapterMethodType type) {
-  auto& r = registry();
-  std::lock_guard lock(r.mutex);
-  for (auto& t : r.types) {
-    if (t.name == type.name) {
-      t = std::move(type);
-      return;
-    }
-  }
-  r.types.push_back(std::move(type));
+  registry().put(std::move(type), [](const AdapterMethodType& t) { return t.name; });
 }
 
 const AdapterMethodType* find_adapter_method(const std::string& name) {
-  auto& r = registry();
-  std::lock_guard lock(r.mutex);
-  for (const auto& t : r.types)
-    if (t.name == name) return &t;
-  return nullptr;
+  return registry().find([&](const AdapterMethodType& t) { return t.name == name; });
 }
 
 const AdapterMethodType* adapter_method_for_peft_type(const std::string& peft_type) {
-  auto& r = registry();
-  std::lock_guard lock(r.mutex);
-  for (const auto& t : r.types)
-    if (t.peft_type == peft_type) return &t;
-  return nullptr;
+  return registry().find([&](const AdapterMethodType& t) { return t.peft_type == peft_type; });
 }
 
 std::vector<std::string> adapter_method_names() {
-  auto& r = registry();
-  std::lock_guard lock(r.mutex);
-  std::vector<std::string> out;
-  for (const auto& t : r.types) out.push_back(t.name);
-  return out;
+  return registry().names(kAll, [](const AdapterMethodType& t) { return t.name; });
 }
 
 std::filesystem::path adapter_dir(const std::filesystem::path& dir) {
@@ -97,11 +69,8 @@ SavedAdapter open_adapter(const std::filesystem::path& dir_in) {
   const AdapterMethodType* type = adapter_method_for_peft_type(peft_type);
   if (!type) {
     std::string names;
-    auto& r = registry();
-    {
-      std::lock_guard lock(r.mutex);
-      for (const auto& t : r.types) names += (names.empty() ? "" : ", ") + t.peft_type;
-    }
+    for (const auto& t : registry().names(kAll, [](const AdapterMethodType& t) { return t.peft_type; }))
+      names += (names.empty() ? "" : ", ") + t;
     throw AdapterError(config_path + ": peft_type '" + peft_type + "' is not supported (supported: " + names + ")");
   }
   adapter.method = type->from_json(j, config_path);

@@ -92,9 +92,8 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(con
                                                                              bool with_lm_head);
 
 // "model.layers.3.self_attn.q_proj.weight" → "blk.3.attn_q.weight"; "" for a name with no GGUF
-// counterpart. gguf_to_hf_name is the inverse ("" likewise).
+// counterpart.
 std::string hf_to_gguf_name(const FamilyDesc& f, const std::string& hf_name);
-std::string gguf_to_hf_name(const FamilyDesc& f, const std::string& gguf_name);
 // Whether `hf_name` is one of the family's norm weights (per layer or final).
 bool is_norm_weight(const FamilyDesc& f, const std::string& hf_name);
 // The projections a tensor or module name holds (empty when not a layer linear).
