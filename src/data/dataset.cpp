@@ -128,4 +128,13 @@ Dataset load_dataset(const DataParams& params, const tokenizer::Tokenizer& tok) 
   return ds;
 }
 
+void check_token_ids(const std::vector<Example>& examples, int64_t vocab_size, const std::filesystem::path& source) {
+  for (const auto& ex : examples)
+    for (int32_t id : ex.input_ids)
+      if (id < 0 || id >= vocab_size)
+        throw DataError(source.string() + ":" + std::to_string(ex.line) + ": token id " + std::to_string(id) +
+                        " is outside the model's vocabulary (" + std::to_string(vocab_size) +
+                        "): the tokenizer and the model do not match");
+}
+
 }  // namespace llmtune::data

@@ -99,11 +99,7 @@ EvalResult run_eval(const EvalParams& params) {
     }
   }
   auto seqs = load_sequences(p, *loaded.tokenizer);
-  for (const auto& s : seqs)
-    for (int32_t id : s.input_ids)
-      if (id < 0 || id >= model.config().vocab_size)
-        throw DataError("token id " + std::to_string(id) + " is outside the model's vocabulary (" +
-                        std::to_string(model.config().vocab_size) + "): tokenizer and model do not match");
+  data::check_token_ids(seqs, model.config().vocab_size, p.data);
 
   EvalResult r;
   r.load_seconds = seconds_since(t_load);
@@ -116,7 +112,7 @@ EvalResult run_eval(const EvalParams& params) {
   at::NoGradGuard no_grad;
   // The LM head and loss over chunks of the scored positions (no full logits); summed on the
   // device, read once.
-  at::Tensor loss_acc = at::zeros({}, at::TensorOptions().dtype(model.device().is_mps() ? at::kFloat : at::kDouble).device(model.device()));
+  at::Tensor loss_acc = train::loss_accumulator(model.device());
   for (int64_t i = 0, n = batches.batches_per_epoch(); i < n; ++i) {
     const data::Batch b = data::to_device(batches.next(), model.device());
     loss_acc += train::batch_loss_sum(model, b);

@@ -89,7 +89,7 @@ EvalStats evaluate(model::CausalLM& model, data::Batcher& batches, int64_t max_b
                    int64_t chunk_rows) {
   at::NoGradGuard no_grad;
   if (adapter) adapter->set_training(model, false);
-  at::Tensor loss_acc = at::zeros({}, at::TensorOptions().dtype(model.device().is_mps() ? at::kFloat : at::kDouble).device(model.device()));
+  at::Tensor loss_acc = train::loss_accumulator(model.device());
   int64_t targets = 0;
   int64_t n = batches.batches_per_epoch();
   if (max_batches > 0) n = std::min(n, max_batches);
@@ -174,15 +174,8 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
 
   // Data.
   data::Dataset dataset = data::load_dataset(p.data, *tok);
-  // A tokenizer that does not match the model would index past the embeddings.
-  for (const auto* split : {&dataset.train, &dataset.val})
-    for (const auto& ex : *split)
-      for (int32_t id : ex.input_ids)
-        if (id < 0 || id >= model.config().vocab_size)
-          throw DataError((split == &dataset.val && !p.data.val_path.empty() ? p.data.val_path : p.data.path).string() + ":" +
-                          std::to_string(ex.line) + ": token id " + std::to_string(id) +
-                          " is outside the model's vocabulary (" + std::to_string(model.config().vocab_size) +
-                          "): the tokenizer and the model do not match");
+  data::check_token_ids(dataset.train, model.config().vocab_size, p.data.path);
+  data::check_token_ids(dataset.val, model.config().vocab_size, p.data.val_path.empty() ? p.data.path : p.data.val_path);
   const int32_t pad_id = tok->pad_id.value_or(tok->eos_id.value_or(0));
   data::Batcher batches(dataset.train, {.batch_size = p.batch_size, .max_seq_len = p.data.max_seq_len, .packing = p.packing,
                                         .pad_to_multiple_of = 8, .pad_id = pad_id, .shuffle = true, .seed = p.seed});
@@ -292,7 +285,7 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     // and run one at a time: only one exists at once, however many are accumulated.
     const auto [step_tokens, targets] = batches.peek_counts(p.grad_accum_steps);
     // Losses stay on the device until the step is done: one host sync per step, not per micro-batch.
-    at::Tensor loss_acc = at::zeros({}, at::TensorOptions().dtype(model.device().is_mps() ? at::kFloat : at::kDouble).device(model.device()));
+    at::Tensor loss_acc = train::loss_accumulator(model.device());
     for (int64_t i = 0; i < p.grad_accum_steps; ++i) {
       const data::Batch host_batch = batches.next();
       if (host_batch.n_targets == 0) continue;

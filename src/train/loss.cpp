@@ -8,6 +8,7 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/ne.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 
 #include "llmtune/ops/linear_cross_entropy.h"
 #include "llmtune/util/error.h"
@@ -50,6 +51,10 @@ at::Tensor batch_loss_sum(const model::CausalLM& model, const data::Batch& b, in
   model::ForwardOptions fo{.positions = b.positions, .attention_mask = b.attention_mask, .packed = b.packed};
   if (chunk_rows < 0) return causal_lm_loss_sum(model.forward(b.input_ids, fo), b.labels);
   return lm_loss_sum(model, model.forward_hidden(b.input_ids, fo), b.target_index, b.target_ids, chunk_rows);
+}
+
+at::Tensor loss_accumulator(const c10::Device& device) {
+  return at::zeros({}, at::TensorOptions().dtype(device.is_mps() ? at::kFloat : at::kDouble).device(device));
 }
 
 int64_t count_targets(const at::Tensor& labels) {

@@ -53,6 +53,10 @@ struct Dataset {
 // are DataErrors naming "file:line", what is wrong and what to do.
 Dataset load_dataset(const DataParams& params, const tokenizer::Tokenizer& tok);
 
+// A tokenizer that does not match the model would index past its embeddings: DataError naming
+// `source`:line of the first example with a token id outside [0, vocab_size).
+void check_token_ids(const std::vector<Example>& examples, int64_t vocab_size, const std::filesystem::path& source);
+
 // One row rendered, for `llmtune tokenize --row` and tests: the text, the byte spans of it that are
 // trained, and the example (not truncated). For completion/text rows the text is the raw text and
 // the example adds the tokenizer's BOS/EOS around it.

@@ -32,6 +32,10 @@ std::pair<at::Tensor, at::Tensor> trained_targets(const at::Tensor& labels);
 // reference path through the full logits (causal_lm_loss_sum), for comparisons.
 at::Tensor batch_loss_sum(const model::CausalLM& model, const data::Batch& batch, int64_t chunk_rows = 0);
 
+// A 0-dim sum of batch losses on `device` (fp64, fp32 on MPS, which has no fp64): summed there and
+// read once, so a loop over batches does not sync the host per batch.
+at::Tensor loss_accumulator(const c10::Device& device);
+
 // The mean over trained targets (transformers' loss when num_items_in_batch is not given).
 at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels);
 
