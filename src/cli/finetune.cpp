@@ -21,6 +21,7 @@ struct FinetuneFlags {
   std::optional<int64_t> max_steps;
   std::optional<std::string> resume;
   bool resume_given = false;
+  bool force = false;
 };
 
 config::Schema finetune_schema() {
@@ -103,7 +104,8 @@ Command register_finetune(CLI::App& root) {
   app->add_option("--max-steps", flags->max_steps, "optimizer steps (train.max_steps)");
   auto* resume = app->add_option("--resume", flags->resume, "continue from a checkpoint: the latest in output/checkpoints, or the given step directory");
   resume->expected(0, 1);
-  return {app, [options, flags, resume] {
+  auto* force = app->add_flag("--force", flags->force, "start over in an output directory that holds a run: its checkpoints, results, metrics and log are removed first");
+  return {app, [options, flags, resume, force] {
             // `--resume key=value` (CLI11 hands the override to --resume's optional value): an
             // override, not a checkpoint path.
             if (flags->resume && flags->resume->find('=') != std::string::npos && !std::filesystem::exists(*flags->resume)) {
@@ -180,6 +182,9 @@ Command register_finetune(CLI::App& root) {
             p.device = cfg.get_string("device");
             p.dtype = cfg.get_string("dtype");
             p.resume = resume->count() > 0;
+            p.force = force->count() > 0;
+            if (p.resume && p.force)
+              throw UsageError("--resume continues the run in " + p.output.string() + ", --force starts it over: give one of them");
             if (flags->resume && !flags->resume->empty()) p.resume_from = *flags->resume;
             p.config_yaml = "# llmtune finetune: the resolved configuration of this run\n" + cfg.to_yaml();
             p.quiet = options->json;

@@ -15,6 +15,7 @@
 
 #include "llmtune/model/rope.h"
 #include "llmtune/ops/rms_norm.h"
+#include "llmtune/ops/runtime.h"
 #include "llmtune/util/error.h"
 #include "attention.h"
 #include "recompute.h"
@@ -163,6 +164,13 @@ void CausalLM::retie_embeddings() {
 }
 
 KVCache CausalLM::make_cache(int64_t batch, int64_t max_len) const {
+  const double elt = static_cast<double>(c10::elementSize(dtype_));
+  const double cache = 2.0 * static_cast<double>(config_.n_layers) * static_cast<double>(batch) *
+                       static_cast<double>(config_.n_heads_kv) * static_cast<double>(max_len) *
+                       static_cast<double>(config_.head_dim) * elt;
+  ops::check_fits(cache + parameter_count(*family_, config_, !tied_) * elt, device_,
+                  "the model with a KV cache of " + std::to_string(max_len) + " positions",
+                  "lower --max-new-tokens or shorten the prompt");
   return KVCache(config_.n_layers, batch, config_.n_heads_kv, max_len, config_.head_dim,
                  at::TensorOptions().dtype(dtype_).device(device_));
 }

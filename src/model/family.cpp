@@ -152,6 +152,17 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(con
   return out;
 }
 
+double parameter_count(const FamilyDesc& f, const ModelConfig& c, bool with_lm_head) {
+  const auto h = static_cast<double>(c.hidden_size), vocab = static_cast<double>(c.vocab_size);
+  double layer = static_cast<double>(f.norms.size()) * h;
+  for (const auto& d : f.linears) {
+    const LinearShape s = linear_shape(f, c, 0, d);
+    const auto out = static_cast<double>(s.out_features);
+    layer += out * static_cast<double>(s.in_features) + (s.bias ? out : 0.0);
+  }
+  return vocab * h * (with_lm_head ? 2 : 1) + layer * static_cast<double>(c.n_layers) + h;
+}
+
 std::string hf_to_gguf_name(const FamilyDesc& f, const std::string& hf_name) {
   std::string stem, suffix;
   if (!split_suffix(hf_name, stem, suffix)) return "";

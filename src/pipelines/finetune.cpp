@@ -13,6 +13,7 @@
 
 #include <csignal>
 #include <cmath>
+#include <ctime>
 #include <fstream>
 #include <regex>
 
@@ -22,6 +23,7 @@
 #include "llmtune/io/read_file.h"
 #include "llmtune/io/safetensors.h"
 #include "llmtune/model/causal_lm.h"
+#include "llmtune/model/family.h"
 #include "llmtune/ops/runtime.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "llmtune/train/checkpoint.h"
@@ -40,19 +42,90 @@ namespace {
 
 using Clock = SteadyClock;
 
-// A new run must not mix its files with an earlier one; a resumed run needs a checkpoint.
-std::optional<fs::path> check_run_directory(const FinetuneParams& p) {
+// The run directory's state, in run.json: "training" from the moment the directory appears, then
+// "finished", "interrupted" (SIGINT/SIGTERM, checkpointed) or "failed" (with the error). A process
+// killed outright leaves "training". It decides what a re-run, --resume and --force do.
+constexpr const char* kRunStateFile = "run.json";
+// Everything a run writes into its directory besides config.yaml (which every start rewrites).
+constexpr const char* kRunFiles[] = {"checkpoints", "adapter", "model", "summary.json", "metrics.jsonl", "train.log", kRunStateFile};
+
+nlohmann::json read_run_state(const fs::path& output) {
+  std::ifstream in(output / kRunStateFile);
+  if (!in) return nlohmann::json::object();
+  auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() ? j : nlohmann::json::object();
+}
+
+void write_run_state(const fs::path& output, const std::string& state, int64_t step, int64_t total_steps,
+                     const std::string& error = "") {
+  char when[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  nlohmann::json j = {{"state", state}, {"step", step}, {"total_steps", total_steps}, {"updated", when}};
+  if (!error.empty()) j["error"] = error;
+  io::write_file_atomic(output / kRunStateFile, j.dump(2) + "\n");
+}
+
+// A finished run: run.json says so, or (a run directory from before run.json) its summary does.
+bool run_finished(const fs::path& output, const nlohmann::json& state) {
+  if (state.contains("state")) return state.value("state", "") == "finished";
+  std::ifstream in(output / "summary.json");
+  if (!in) return false;
+  auto j = nlohmann::json::parse(in, nullptr, false);
+  return j.is_object() && !j.value("interrupted", true);
+}
+
+struct RunStart {
+  std::optional<fs::path> checkpoint;  // resume from it
+  bool clear = false;                  // remove an earlier run's files before starting (--force, or a restart)
+};
+
+// A new run must not mix its files with an earlier one; a resumed run needs a checkpoint, except
+// one that stopped before its first: that one starts over. Every refusal says which command works.
+RunStart check_run_directory(const FinetuneParams& p) {
+  std::error_code ec;
+  if (fs::exists(p.output, ec) && !fs::is_directory(p.output, ec))
+    throw UsageError(p.output.string() + " is a file, not a run directory: choose another --output");
+  if (p.force) return {std::nullopt, true};
   const fs::path ckpts = p.output / "checkpoints";
+  const nlohmann::json state = read_run_state(p.output);
+  const std::string st = state.value("state", "");
+  const std::optional<fs::path> latest = train::latest_checkpoint(ckpts);
+  const std::string how = st.empty() ? "" : st + " at step " + state.value("step", nlohmann::json(0)).dump();
   if (p.resume) {
-    std::optional<fs::path> from = p.resume_from.empty() ? train::latest_checkpoint(ckpts) : std::optional(p.resume_from);
-    if (!from) throw CheckpointError(ckpts.string() + ": no checkpoint to resume from (start without --resume)");
-    return from;
+    if (!p.resume_from.empty()) return {p.resume_from, false};
+    if (latest) return {latest, false};
+    if (!st.empty() && st != "finished") {
+      spdlog::warn("{}: the run stopped before its first checkpoint ({}); starting it again from step 0", p.output.string(), how);
+      return {std::nullopt, true};
+    }
+    throw CheckpointError(ckpts.string() + ": no checkpoint to resume from (start without --resume)");
   }
-  for (const char* taken : {"checkpoints", "adapter", "model", "summary.json", "metrics.jsonl"}) {
-    if (fs::exists(p.output / taken))
-      throw UsageError(p.output.string() + " already holds a run (" + taken + "); continue it with --resume, or choose another --output");
+  for (const char* taken : kRunFiles) {
+    if (!fs::exists(p.output / taken)) continue;
+    if (run_finished(p.output, state))
+      throw UsageError(p.output.string() + " already holds a finished run; choose another --output, add --force to replace it, "
+                       "or --resume with a larger train.max_steps to train it further");
+    if (latest)
+      throw UsageError(p.output.string() + " already holds a run (" + (how.empty() ? std::string(taken) : how) + ", last checkpoint " +
+                       latest->filename().string() + "); continue it with --resume, or start it over with --force");
+    throw UsageError(p.output.string() + " holds a run that stopped before its first checkpoint (" + (how.empty() ? std::string(taken) : how) +
+                     "); start it over with --force (or --resume)");
   }
-  return std::nullopt;
+  return {};
+}
+
+// Removes an earlier run's files (only those a run writes) from `output`.
+void clear_run_files(const fs::path& output) {
+  int removed = 0;
+  for (const char* name : kRunFiles) {
+    std::error_code ec;
+    if (fs::exists(output / name, ec)) {
+      fs::remove_all(output / name);
+      ++removed;
+    }
+  }
+  if (removed) spdlog::info("removed the earlier run's files from {}", output.string());
 }
 
 // Files of the base model directory that a full fine-tune's output needs besides the weights.
@@ -108,11 +181,63 @@ EvalStats evaluate(model::CausalLM& model, data::Batcher& batches, int64_t max_b
   return s;
 }
 
+// What a training step will hold, estimated from the config and the data before anything is
+// allocated, and refused (with the estimate) when the device cannot hold it. The terms are lower
+// bounds: weights (fp32 masters, gradients and AdamW moments when training them all), the
+// activations kept for backward (per token and layer: the residual stream, norms, q/k/v, attention
+// output, gate/up/product; only the layer inputs with gradient checkpointing), and the LM head's
+// logits chunk. Also warns when rows run past the model's context.
+void check_memory(const FinetuneParams& p, const model::ModelConfig& c, const data::Dataset& dataset, const c10::Device& device,
+                  at::ScalarType dtype, const fs::path& model_dir) {
+  const model::FamilyDesc& family = model::family_for(c.model_type, model_dir.string());
+  const double params = model::parameter_count(family, c, !c.tie_word_embeddings);
+  const double elt = static_cast<double>(c10::elementSize(dtype));
+  const double weights = params * (p.adapter ? elt : 16.0 + (dtype == at::kFloat ? 0.0 : elt));
+  ops::check_fits(weights, device,
+                  fmt::format("{} ({:.3g} parameters{})", (model_dir / "config.json").string(), params,
+                              p.adapter ? "" : ", trained in full with AdamW"),
+                  "check hidden_size, intermediate_size, num_hidden_layers and vocab_size there");
+
+  int64_t longest = 0, tokens = 0;
+  for (const auto& e : dataset.train) {
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(e.input_ids.size()));
+    tokens += static_cast<int64_t>(e.input_ids.size());
+  }
+  const int64_t row = p.packing ? std::min(p.data.max_seq_len, tokens) : longest;
+  // Packed examples restart their positions: the longest example is what meets the context.
+  if (longest > c.max_position_embeddings)
+    spdlog::warn("examples of up to {} tokens (data.max_seq_len {}) run past the model's context (max_position_embeddings {} in {}): "
+                 "positions beyond it are outside what the model was trained on",
+                 longest, p.data.max_seq_len, c.max_position_embeddings, (model_dir / "config.json").string());
+  const double batch_tokens = static_cast<double>(p.batch_size) * static_cast<double>(row);
+  const auto h = static_cast<double>(c.hidden_size), inter = static_cast<double>(c.intermediate_size);
+  const double q = static_cast<double>(c.n_heads * c.head_dim), kv = static_cast<double>(c.n_heads_kv * c.head_dim);
+  const double per_layer_token = (4 * h + 2 * q + 2 * kv + 3 * inter) * elt;
+  const double layers = static_cast<double>(c.n_layers);
+  const double activations = batch_tokens * (p.gradient_checkpointing ? h * elt * layers + per_layer_token : per_layer_token * layers);
+  const double logit_rows = p.loss_chunk_rows < 0 ? batch_tokens
+                            : p.loss_chunk_rows > 0 ? std::min<double>(batch_tokens, static_cast<double>(p.loss_chunk_rows))
+                                                    : std::min(batch_tokens, (64.0 * (1 << 20)) / (4.0 * static_cast<double>(c.vocab_size)));
+  const double logits = 2 * 4.0 * logit_rows * static_cast<double>(c.vocab_size);
+  ops::check_fits(weights + activations + logits, device,
+                  fmt::format("a training step on micro-batches of {} rows × {} tokens (weights {:.3g} GB, activations {:.3g} GB)",
+                              p.batch_size, row, weights / 1e9, activations / 1e9),
+                  std::string("lower data.max_seq_len or train.batch_size (and raise train.grad_accum_steps)") +
+                      (p.gradient_checkpointing ? "" : ", or set train.grad_checkpointing: true"));
+}
+
 }  // namespace
 
-nlohmann::json run_finetune(const FinetuneParams& p) {
+// Where a run is, for the failed state that run_finetune records when an error ends it.
+struct RunProgress {
+  bool directory_created = false;
+  int64_t step = 0, total_steps = 0;
+};
+
+nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_record) {
   const auto t_start = Clock::now();
-  std::optional<fs::path> resume_dir = check_run_directory(p);
+  const RunStart start = check_run_directory(p);
+  std::optional<fs::path> resume_dir = start.checkpoint;
   train::install_stop_signals();
 
   // Model.
@@ -122,6 +247,44 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
   spdlog::info("finetune: {} ({} {}) on {} ({}), compute {}", model_dir.string(), p.model_init, p.method,
                device.device.str(), device.reason, dtype_name(dtype.dtype));
   auto tok = tokenizer::load_tokenizer(model_dir);
+  const model::ModelConfig config = model::ModelConfig::load(model_dir);
+
+  // Data, before the model: a bad row or a tokenizer that does not fit is found in seconds.
+  data::Dataset dataset = data::load_dataset(p.data, *tok);
+  data::check_token_ids(dataset.train, config.vocab_size, p.data.path);
+  data::check_token_ids(dataset.val, config.vocab_size, p.data.val_path.empty() ? p.data.path : p.data.val_path);
+  check_memory(p, config, dataset, device.device, dtype.dtype, model_dir);
+
+  // Batches.
+  const int32_t pad_id = tok->pad_id.value_or(tok->eos_id.value_or(0));
+  data::Batcher batches(dataset.train, {.batch_size = p.batch_size, .max_seq_len = p.data.max_seq_len, .packing = p.packing,
+                                        .pad_to_multiple_of = 8, .pad_id = pad_id, .shuffle = true, .seed = p.seed});
+  std::optional<data::Batcher> val_batches;
+  if (!dataset.val.empty())
+    val_batches.emplace(dataset.val, data::BatchOptions{.batch_size = p.batch_size, .max_seq_len = p.data.max_seq_len,
+                                                        .packing = false, .pad_to_multiple_of = 8, .pad_id = pad_id,
+                                                        .shuffle = false, .seed = p.seed});
+  const int64_t per_epoch = batches.batches_per_epoch();
+  const int64_t total_steps =
+      p.max_steps > 0 ? p.max_steps : std::max<int64_t>(1, (p.epochs * per_epoch + p.grad_accum_steps - 1) / p.grad_accum_steps);
+  const int64_t warmup_steps =
+      p.warmup_steps > 0 ? p.warmup_steps : static_cast<int64_t>(std::ceil(p.warmup_ratio * static_cast<double>(total_steps)));
+  const train::Schedule schedule = train::parse_schedule(p.lr_scheduler);
+  spdlog::info("data: {} train / {} validation examples, {} batches of {} per epoch; {} optimizer steps ({} batches each), warmup {}",
+               dataset.train.size(), dataset.val.size(), per_epoch, p.batch_size, total_steps, p.grad_accum_steps,
+               warmup_steps);
+
+
+  // Resuming a run that is already finished is a no-op that leaves everything as it is.
+  if (resume_dir) {
+    const int64_t saved_step = train::read_checkpoint_state(*resume_dir).at("step").get<int64_t>();
+    if (saved_step >= total_steps && run_finished(p.output, read_run_state(p.output))) {
+      spdlog::info("{}: the run finished at step {}/{}; nothing to do (raise train.max_steps to train further, or start over with --force)",
+                   p.output.string(), saved_step, total_steps);
+      return io::read_json_file<CheckpointError, nlohmann::json>(p.output / "summary.json", "the run summary");
+    }
+  }
+
   at::manual_seed(p.seed);
   model::CausalLM model = p.model_init == "random"
                               ? model::CausalLM::init_random(model_dir, device.device, dtype.dtype, p.seed)
@@ -172,28 +335,6 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
   spdlog::info("trainable: {} tensors, {} parameters ({:.3f}% of the base model's {})", trainable.size(), n_trainable,
                100.0 * static_cast<double>(n_trainable) / static_cast<double>(std::max<int64_t>(n_total, 1)), n_total);
 
-  // Data.
-  data::Dataset dataset = data::load_dataset(p.data, *tok);
-  data::check_token_ids(dataset.train, model.config().vocab_size, p.data.path);
-  data::check_token_ids(dataset.val, model.config().vocab_size, p.data.val_path.empty() ? p.data.path : p.data.val_path);
-  const int32_t pad_id = tok->pad_id.value_or(tok->eos_id.value_or(0));
-  data::Batcher batches(dataset.train, {.batch_size = p.batch_size, .max_seq_len = p.data.max_seq_len, .packing = p.packing,
-                                        .pad_to_multiple_of = 8, .pad_id = pad_id, .shuffle = true, .seed = p.seed});
-  std::optional<data::Batcher> val_batches;
-  if (!dataset.val.empty())
-    val_batches.emplace(dataset.val, data::BatchOptions{.batch_size = p.batch_size, .max_seq_len = p.data.max_seq_len,
-                                                        .packing = false, .pad_to_multiple_of = 8, .pad_id = pad_id,
-                                                        .shuffle = false, .seed = p.seed});
-  const int64_t per_epoch = batches.batches_per_epoch();
-  const int64_t total_steps =
-      p.max_steps > 0 ? p.max_steps : std::max<int64_t>(1, (p.epochs * per_epoch + p.grad_accum_steps - 1) / p.grad_accum_steps);
-  const int64_t warmup_steps =
-      p.warmup_steps > 0 ? p.warmup_steps : static_cast<int64_t>(std::ceil(p.warmup_ratio * static_cast<double>(total_steps)));
-  const train::Schedule schedule = train::parse_schedule(p.lr_scheduler);
-  spdlog::info("data: {} train / {} validation examples, {} batches of {} per epoch; {} optimizer steps ({} batches each), warmup {}",
-               dataset.train.size(), dataset.val.size(), per_epoch, p.batch_size, total_steps, p.grad_accum_steps,
-               warmup_steps);
-
   train::AdamW optimizer(trainable, p.adam);
   // fp16 compute: dynamic loss scaling (bf16 and fp32 need none).
   train::LossScaler scaler(dtype.dtype == at::kHalf);
@@ -202,6 +343,8 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
   // Resume: tensors, optimizer moments, RNG, data position, counters.
   int64_t step = 0, tokens_seen = 0;
   double elapsed_before = 0;
+  double train_seconds_before = 0;  // forward/backward/update seconds of earlier processes (-1: not recorded)
+  double last_loss = std::nan("");
   if (resume_dir) {
     train::CheckpointContents ck = train::load_checkpoint(*resume_dir);
     std::map<std::string, at::Tensor> saved(ck.trainable.begin(), ck.trainable.end());
@@ -235,19 +378,26 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     batches.seek({ck.state.at("data_epoch").get<int64_t>(), ck.state.at("data_batch").get<int64_t>()});
     tokens_seen = ck.state.value("tokens_seen", int64_t{0});
     elapsed_before = ck.state.value("elapsed_seconds", 0.0);
+    train_seconds_before = ck.state.value("train_seconds", -1.0);
+    if (ck.state.contains("loss") && ck.state["loss"].is_number()) last_loss = ck.state["loss"].get<double>();
     spdlog::info("resumed from {} at step {}/{}", resume_dir->string(), step, total_steps);
   }
-  // Everything is validated: only now does the run directory appear.
+  // Everything is validated: only now does the run directory appear (or an earlier run's files go).
+  if (start.clear) clear_run_files(p.output);
   fs::create_directories(p.output);
   log::add_file(p.output / "train.log");
   io::write_file_atomic(p.output / "config.yaml", p.config_yaml);
+  write_run_state(p.output, "training", step, total_steps);
+  progress_record = {true, step, total_steps};
   const int removed = train::remove_stale_staging(p.output / "checkpoints");
-  if (removed) spdlog::warn("removed {} incomplete checkpoint(s) left by an interrupted run", removed);
+  if (removed) spdlog::warn("removed {} incomplete or half-pruned checkpoint(s) left by an interrupted run", removed);
 
-  train::MetricsLog metrics(p.output / "metrics.jsonl", resume_dir ? step : -1);
+  // A run killed after its last checkpoint is finished from it: its final evaluation comes again.
+  train::MetricsLog metrics(p.output / "metrics.jsonl", resume_dir ? step : -1, /*drop_evals_at_last=*/step >= total_steps);
   train::Progress progress(total_steps, p.log_every_steps, p.quiet);
   auto peak_memory = [&] { return ops::peak_memory_bytes(device.device); };
 
+  double step_seconds_sum = 0;  // forward/backward/update time only: the throughput's denominator
   auto save = [&](int64_t at_step) {
     train::CheckpointContents ck;
     for (const auto& t : trainable) ck.trainable.emplace_back(t.name, t.tensor.detach());
@@ -259,7 +409,8 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     ck.state = {{"step", at_step}, {"optimizer_steps", optimizer.step_count()}, {"data_epoch", pos.epoch},
                 {"data_batch", pos.batch}, {"tokens_seen", tokens_seen},
                 {"elapsed_seconds", elapsed_before + seconds_since(t_start)}, {"total_steps", total_steps},
-                {"method", p.method}, {"loss_scale", scaler.scale()}, {"loss_scale_good_steps", scaler.good_steps()}};
+                {"method", p.method}, {"loss_scale", scaler.scale()}, {"loss_scale_good_steps", scaler.good_steps()},
+                {"loss", last_loss}, {"train_seconds", train_seconds_before >= 0 ? train_seconds_before + step_seconds_sum : -1.0}};
     auto write_adapter = [&](const fs::path& staging) {
       if (!use_adapter) return;
       std::vector<peft::NamedTensor> tensors;
@@ -273,8 +424,6 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
   // The loop.
   const auto t_loop = Clock::now();
   const int64_t first_step = step, first_tokens = tokens_seen;
-  double step_seconds_sum = 0;  // forward/backward/update time only: the throughput's denominator
-  double last_loss = std::nan("");
   std::optional<EvalStats> last_eval;
   bool interrupted = false, checkpointed_last = resume_dir.has_value();
   while (step < total_steps) {
@@ -298,12 +447,25 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     const double grad_norm = finite ? train::clip_grad_norm(trainable, p.max_grad_norm) : std::nan("");
     const double loss_sum = loss_acc.item<double>();
     const double lr = p.lr * train::lr_multiplier(schedule, step, warmup_steps, total_steps);
+    // Diverged (fp32/bf16; fp16's scaler skips such steps itself): stop before the update, so that
+    // nothing of this step reaches the weights and the last checkpoint stays the last good state.
+    if (!scaler.enabled() && (!std::isfinite(loss_sum) || (p.max_grad_norm > 0 && !std::isfinite(grad_norm)))) {
+      const std::optional<fs::path> last = train::latest_checkpoint(p.output / "checkpoints");
+      auto number = [](double v) { return std::isnan(v) ? std::string("NaN") : std::isinf(v) ? (v > 0 ? "inf" : "-inf") : fmt::format("{:g}", v); };
+      throw Error(fmt::format("step {}: the loss is {} (gradient norm {}): training diverged, this step was not applied; {} "
+                              "lower train.lr (now {:g}) or raise train.warmup_steps",
+                              step + 1, number(loss_sum), number(grad_norm),
+                              last ? "the last good checkpoint is " + last->string() + " (continue from it with --resume after you"
+                                   : "no checkpoint was written yet (start over with --force after you",
+                              p.lr) + ")");
+    }
     if (finite) optimizer.step(lr);
     else progress.message(fmt::format("fp16: inf/nan gradients at step {}: update skipped, loss scale {} → {}", step + 1,
                                       scaler.scale(), scaler.scale() / 2));
     scaler.update(!finite);
     optimizer.zero_grad();
     ++step;
+    progress_record.step = step;
     tokens_seen += step_tokens;
     last_loss = loss_sum;
     checkpointed_last = false;
@@ -347,6 +509,7 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     spdlog::warn("stopped by {} after step {}/{}; checkpoint saved. Resume with: {}",
                  train::stop_signal() == SIGTERM ? "SIGTERM" : "SIGINT", step, total_steps, resume_command);
     summary = {{"interrupted", true}, {"step", step}, {"total_steps", total_steps}, {"resume_command", resume_command}};
+    write_run_state(p.output, "interrupted", step, total_steps);
     return summary;
   }
 
@@ -377,7 +540,10 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
     metrics.write({{"step", step}, {"eval_loss", last_eval->loss}, {"eval_perplexity", last_eval->perplexity}});
     spdlog::info("final eval: loss {:.4f}, perplexity {:.3f}", last_eval->loss, last_eval->perplexity);
   }
-  const int64_t steps_run = step - first_step;
+  // The whole run's throughput (earlier processes included, when their checkpoints recorded it).
+  const double train_seconds = train_seconds_before >= 0 ? train_seconds_before + step_seconds_sum : step_seconds_sum;
+  const int64_t run_tokens = train_seconds_before >= 0 ? tokens_seen : tokens_seen - first_tokens;
+  const double tokens_per_second = train_seconds > 0 ? static_cast<double>(run_tokens) / train_seconds : 0.0;
   summary = {{"interrupted", false},
              {"method", p.method},
              {"steps", step},
@@ -387,14 +553,32 @@ nlohmann::json run_finetune(const FinetuneParams& p) {
              {"eval_perplexity", last_eval ? nlohmann::json(last_eval->perplexity) : nlohmann::json()},
              {"trainable_parameters", n_trainable},
              {"tokens_seen", tokens_seen},
-             {"tokens_per_second", steps_run > 0 ? static_cast<double>(tokens_seen - first_tokens) / step_seconds_sum : 0.0},
+             {"tokens_per_second", tokens_per_second},
              {"peak_memory_bytes", peak_memory()},
              {"wall_seconds", elapsed_before + seconds_since(t_start)},
              {"device", device.device.str()},
              {"dtype", dtype_name(dtype.dtype)},
              {"output", use_adapter ? (p.output / "adapter").string() : (p.output / "model").string()}};
   io::write_file_atomic(p.output / "summary.json", summary.dump(2) + "\n");
+  write_run_state(p.output, "finished", step, total_steps);
   return summary;
+}
+
+nlohmann::json run_finetune(const FinetuneParams& p) {
+  RunProgress progress;
+  try {
+    return run_finetune_impl(p, progress);
+  } catch (const std::exception& e) {
+    if (progress.directory_created) {
+      const std::string what = e.what();
+      try {
+        write_run_state(p.output, "failed", progress.step, progress.total_steps, what.substr(0, what.find('\n')));
+      } catch (const std::exception&) {
+        // The error being reported matters more than the state file.
+      }
+    }
+    throw;
+  }
 }
 
 }  // namespace llmtune::pipelines

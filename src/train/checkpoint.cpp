@@ -4,6 +4,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <fstream>
 #include <regex>
@@ -63,9 +65,15 @@ fs::path save_checkpoint(const fs::path& checkpoints_dir, int64_t step, const Ch
   if (keep_last > 0) {
     auto dirs = step_dirs(checkpoints_dir);
     for (size_t i = 0; i + static_cast<size_t>(keep_last) < dirs.size(); ++i) {
+      // Renamed out of the step-N namespace first (one atomic step), then deleted: a process killed
+      // while deleting leaves a .step-N.old-* directory that the next run removes, never a step-N
+      // with half its files.
+      const fs::path& old = dirs[i].second;
+      const fs::path doomed = old.parent_path() / ("." + old.filename().string() + ".old-" + std::to_string(::getpid()));
       std::error_code ec;
-      fs::remove_all(dirs[i].second, ec);
-      if (ec) spdlog::warn("could not remove old checkpoint {}: {}", dirs[i].second.string(), ec.message());
+      fs::rename(old, doomed, ec);
+      if (!ec) fs::remove_all(doomed, ec);
+      if (ec) spdlog::warn("could not remove old checkpoint {}: {}", old.string(), ec.message());
     }
   }
   return target;
@@ -77,12 +85,19 @@ std::optional<fs::path> latest_checkpoint(const fs::path& checkpoints_dir) {
   return dirs.back().second;
 }
 
-CheckpointContents load_checkpoint(const fs::path& dir) {
+nlohmann::json read_checkpoint_state(const fs::path& dir) {
   const fs::path state_path = dir / kStateFile;
   if (!fs::exists(state_path))
     throw CheckpointError(state_path.string() + ": cannot read (is " + dir.string() + " a checkpoint directory, checkpoints/step-N?)");
+  auto state = io::read_json_file<CheckpointError, nlohmann::json>(state_path, "the checkpoint state");
+  if (!state.is_object() || !state.contains("step") || !state["step"].is_number_integer())
+    throw CheckpointError(state_path.string() + ": not a checkpoint state (no integer 'step')");
+  return state;
+}
+
+CheckpointContents load_checkpoint(const fs::path& dir) {
   CheckpointContents c;
-  c.state = io::read_json_file<CheckpointError, nlohmann::json>(state_path, "the checkpoint state");
+  c.state = read_checkpoint_state(dir);
   c.trainable = read_all(dir / "trainable.safetensors");
   c.optimizer = read_all(dir / "optimizer.safetensors");
   for (auto& [name, t] : read_all(dir / "rng.safetensors")) {

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <vector>
 
+#include "llmtune/io/atomic_file.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::train {
@@ -37,20 +38,22 @@ std::string format_duration(double seconds) {
 
 }  // namespace
 
-MetricsLog::MetricsLog(const fs::path& path, int64_t keep_through_step) {
-  std::vector<std::string> kept;
+MetricsLog::MetricsLog(const fs::path& path, int64_t keep_through_step, bool drop_evals_at_last) {
+  std::string kept;
   if (keep_through_step >= 0) {
     std::ifstream in(path);
     std::string line;
     while (std::getline(in, line)) {
       auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.value("step", int64_t{0}) <= keep_through_step) kept.push_back(line);
+      if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) continue;
+      const int64_t step = j["step"].get<int64_t>();
+      if (step > keep_through_step || (drop_evals_at_last && step == keep_through_step && j.contains("eval_loss"))) continue;
+      kept += line + '\n';
     }
   }
-  out_.open(path, std::ios::trunc);
+  io::write_file_atomic(path, kept);  // a kill here leaves the old file or the new one, never a cut
+  out_.open(path, std::ios::app);
   if (!out_) throw IoError(path.string() + ": cannot write the metrics file");
-  for (const auto& l : kept) out_ << l << '\n';
-  out_.flush();
 }
 
 void MetricsLog::write(const nlohmann::json& record) {

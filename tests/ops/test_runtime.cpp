@@ -1,5 +1,5 @@
-// The runtime-info seam: --dtype auto and its aliases, what the kernels report through ops/, and
-// peak memory.
+// The runtime-info seam: --dtype auto and its aliases, what the kernels report through ops/, peak
+// memory, memory limits and estimates, and libtorch's failed checks staying exceptions.
 #include <ATen/Context.h>
 #include <ATen/ops/empty.h>
 #include <gtest/gtest.h>
@@ -46,6 +46,31 @@ TEST(Runtime, PeakMemory) {
   if (at::hasCUDA()) {
     at::Tensor t = at::empty({1 << 20}, at::TensorOptions().dtype(at::kFloat).device(c10::kCUDA));
     EXPECT_GE(ops::peak_memory_bytes(c10::Device(c10::kCUDA, 0)), int64_t{4} << 20);
+  }
+}
+
+TEST(Runtime, AnAllocationThatCannotSucceedThrowsInsteadOfAborting) {
+  // 64 TiB: malloc refuses it outright. With libc10's enforce flag clobbered by Debian's
+  // libsentencepiece (see restore_libtorch_error_handling) this logged FATAL and aborted.
+  EXPECT_THROW(at::empty({int64_t{1} << 46}, at::kByte), c10::Error);
+}
+
+TEST(Runtime, TheCpuMemoryLimitIsTheMachines) {
+  const int64_t limit = ops::memory_limit_bytes(c10::Device(c10::kCPU));
+  EXPECT_GT(limit, int64_t{256} << 20);
+  EXPECT_LT(limit, int64_t{1} << 50);
+}
+
+TEST(Runtime, EstimatesBeyondTheLimitAreConfigErrorsWithTheEstimate) {
+  const c10::Device cpu(c10::kCPU);
+  EXPECT_NO_THROW(ops::check_fits(1e6, cpu, "a small job", "nothing to do"));
+  try {
+    ops::check_fits(1e18, cpu, "a model of config.json", "lower hidden_size");
+    FAIL() << "1e18 bytes fit";
+  } catch (const ConfigError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("a model of config.json needs about 888.2 PiB"), std::string::npos) << what;
+    EXPECT_NE(what.find("lower hidden_size"), std::string::npos) << what;
   }
 }
 

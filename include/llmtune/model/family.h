@@ -91,6 +91,10 @@ LinearShape linear_shape(const FamilyDesc& f, const ModelConfig& c, int64_t laye
 std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(const FamilyDesc& f, const ModelConfig& c,
                                                                              bool with_lm_head);
 
+// The number of parameters of a model of `c` (checkpoint_tensors' total, computed without listing
+// them: layer 0's count times the layers), as a double so that no config can overflow it.
+double parameter_count(const FamilyDesc& f, const ModelConfig& c, bool with_lm_head);
+
 // "model.layers.3.self_attn.q_proj.weight" → "blk.3.attn_q.weight"; "" for a name with no GGUF
 // counterpart.
 std::string hf_to_gguf_name(const FamilyDesc& f, const std::string& hf_name);

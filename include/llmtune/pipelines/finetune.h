@@ -48,6 +48,7 @@ struct FinetuneParams {
   std::string device = "auto";
   std::string dtype = "auto";
   bool resume = false;
+  bool force = false;                   // start over: remove an earlier run's files from `output` first
   std::filesystem::path resume_from;    // empty: the latest checkpoint of `output`
   std::string config_yaml;              // the resolved config, saved as config.yaml
   bool quiet = false;                   // no progress output (--json)

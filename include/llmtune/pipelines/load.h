@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "llmtune/model/causal_lm.h"
 #include "llmtune/tokenizer/tokenizer.h"
@@ -21,9 +23,16 @@ struct LoadedModel {
   std::unique_ptr<model::CausalLM> model;
 };
 
+// Tensors holding NaN or ±inf make every result computed from them NaN: warns once, naming the
+// first few and the count ("<source>: 2 tensor(s) hold NaN or infinite values: 'a' (3 of 4096), ..."),
+// or throws ModelLoadError with the same line when `refuse`. Returns how many tensors are affected.
+int64_t check_finite(const std::vector<std::pair<std::string, const at::Tensor*>>& tensors, const std::string& source,
+                     bool refuse);
+
 // `command` names the job in the log line. `model`: a model directory, a hub repo id, or a .gguf
 // file (load_gguf_model; `dir` is then that file). adapter: "" for none.
+// The base weights and the adapter are checked with check_finite (refused when refuse_non_finite).
 LoadedModel load_model(const std::string& command, const std::string& model, const std::string& adapter,
-                       const std::string& device, const std::string& dtype);
+                       const std::string& device, const std::string& dtype, bool refuse_non_finite = false);
 
 }  // namespace llmtune::pipelines

@@ -39,11 +39,15 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& checkpoints_d
 // The newest complete step-N directory, or nullopt when there is none.
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& checkpoints_dir);
 
+// The state.json of a step directory alone (no tensors); CheckpointError when missing or malformed.
+nlohmann::json read_checkpoint_state(const std::filesystem::path& dir);
+
 // Reads a step directory written by save_checkpoint; CheckpointError naming the file when it is
 // incomplete or malformed.
 CheckpointContents load_checkpoint(const std::filesystem::path& dir);
 
-// Removes staging directories a killed process left behind (.step-N.tmp-*); returns how many.
+// Removes what a killed process left behind: staging directories (.step-N.tmp-*) and checkpoints
+// it was pruning (.step-N.old-*); returns how many.
 int remove_stale_staging(const std::filesystem::path& checkpoints_dir);
 
 }  // namespace llmtune::train

@@ -14,8 +14,10 @@ namespace llmtune::train {
 class MetricsLog {
  public:
   // Opens `path` for appending. On resume, lines with "step" > keep_through_step are dropped
-  // first, so the file matches an uninterrupted run's (keep_through_step < 0: start empty).
-  MetricsLog(const std::filesystem::path& path, int64_t keep_through_step);
+  // first (the file rewritten atomically), so that it matches an uninterrupted run's
+  // (keep_through_step < 0: start empty). drop_evals_at_last also drops the evaluation records at
+  // keep_through_step: a run finished from its last checkpoint evaluates again.
+  MetricsLog(const std::filesystem::path& path, int64_t keep_through_step, bool drop_evals_at_last = false);
   void write(const nlohmann::json& record);
 
  private:
