@@ -19,9 +19,10 @@ apt_packages=(
   build-essential cmake ninja-build ccache pkg-config git python3-venv python3-dev
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libyaml-cpp-dev libgtest-dev libpcre2-dev libutf8proc-dev
+  clang libclang-rt-dev  # the sanitizer build and libFuzzer (scripts/test-asan.sh, scripts/fuzz.sh)
 )
 # The reference implementations the tests compare with, and what the build links.
-py_packages=(torch transformers peft safetensors sentencepiece tokenizers gguf numpy pytest protobuf)
+py_packages=(torch transformers peft safetensors sentencepiece tokenizers gguf numpy pytest protobuf "bitsandbytes>=0.49")
 
 start=$(date +%s)
 

@@ -269,6 +269,10 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
       p.max_steps > 0 ? p.max_steps : std::max<int64_t>(1, (p.epochs * per_epoch + p.grad_accum_steps - 1) / p.grad_accum_steps);
   const int64_t warmup_steps =
       p.warmup_steps > 0 ? p.warmup_steps : static_cast<int64_t>(std::ceil(p.warmup_ratio * static_cast<double>(total_steps)));
+  if (p.grad_accum_steps > per_epoch)
+    spdlog::warn("train.grad_accum_steps {} is more micro-batches than an epoch has ({}): every optimizer step goes through "
+                 "the data {:.3g} times", p.grad_accum_steps, per_epoch,
+                 static_cast<double>(p.grad_accum_steps) / static_cast<double>(per_epoch));
   const train::Schedule schedule = train::parse_schedule(p.lr_scheduler);
   spdlog::info("data: {} train / {} validation examples, {} batches of {} per epoch; {} optimizer steps ({} batches each), warmup {}",
                dataset.train.size(), dataset.val.size(), per_epoch, p.batch_size, total_steps, p.grad_accum_steps,

@@ -14,7 +14,7 @@ import torch
 DTYPES = {
     "float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
     "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
-    "bool": torch.bool, "uint8": torch.uint8,
+    "bool": torch.bool, "uint8": torch.uint8, "int8": torch.int8,
 }
 NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -275,6 +275,47 @@ FUNCTIONS = {f.__name__: f for f in (adamw_steps, rms_norm_llama, rms_norm_gemma
                                      causal_lm_loss, peft_adapter_logits, peft_lora_grads, peft_targeted_modules,
                                      peft_init, peft_load_saved, lr_schedules, full_finetune_grads)}
 
+
+
+def _bnb():
+    # bitsandbytes compiles its PyTorch kernels with torch.compile: seconds per call, the same numbers.
+    import torch._dynamo
+    torch._dynamo.config.disable = True
+    import bitsandbytes.functional as F
+    return F
+
+
+def bnb_quantize_4bit(x, blocksize, quant_type, double_quant=False):
+    """bitsandbytes.functional.quantize_4bit: packed bytes, absmax (uint8 codes when nested) and the
+    dequantized weight; with double quant also the nested absmax, map and offset."""
+    F = _bnb()
+    packed, st = F.quantize_4bit(x, blocksize=blocksize, quant_type=quant_type, compress_statistics=double_quant)
+    out = [packed, st.absmax, F.dequantize_4bit(packed, st)]
+    if double_quant:
+        out += [st.state2.absmax, st.state2.code, torch.tensor([float(st.offset)], dtype=torch.float32),
+                F.dequantize_blockwise(st.absmax, st.state2) + st.offset]
+    return out
+
+
+def bnb_dequantize_4bit(packed, absmax, blocksize, quant_type, shape, dtype):
+    F = _bnb()
+    st = F.QuantState(absmax=absmax, shape=torch.Size(shape), code=F.get_4bit_type(quant_type, device="cpu"), blocksize=blocksize,
+                      quant_type=quant_type, dtype=DTYPES[dtype])
+    return [F.dequantize_4bit(packed, st)]
+
+
+def bnb_dynamic_map():
+    return [_bnb().create_dynamic_map(signed=True)]
+
+
+def bnb_int8(w):
+    """What bnb.nn.Int8Params stores (CB, SCB) and bitsandbytes' dequantization of it."""
+    F = _bnb()
+    cb, scb, _ = F.int8_vectorwise_quant(w)
+    return [cb, scb, F.int8_vectorwise_dequant(cb, scb)]
+
+
+FUNCTIONS.update({f.__name__: f for f in (bnb_quantize_4bit, bnb_dequantize_4bit, bnb_dynamic_map, bnb_int8)})
 
 def main(directory):
     with open(os.path.join(directory, "manifest.json")) as f:

@@ -29,12 +29,13 @@ std::string dtype_str(at::ScalarType t) {
     case at::kInt: return "int32";
     case at::kBool: return "bool";
     case at::kByte: return "uint8";
+    case at::kChar: return "int8";
     default: throw std::runtime_error("interop: unsupported dtype");
   }
 }
 
 at::ScalarType dtype_from(const std::string& s) {
-  for (auto t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kLong, at::kInt, at::kBool, at::kByte})
+  for (auto t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kLong, at::kInt, at::kBool, at::kByte, at::kChar})
     if (dtype_str(t) == s) return t;
   throw std::runtime_error("interop: unknown dtype " + s);
 }
