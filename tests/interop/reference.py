@@ -315,7 +315,40 @@ def bnb_int8(w):
     return [cb, scb, F.int8_vectorwise_dequant(cb, scb)]
 
 
-FUNCTIONS.update({f.__name__: f for f in (bnb_quantize_4bit, bnb_dequantize_4bit, bnb_dynamic_map, bnb_int8)})
+def bnb_linear4bit(x, w, b, quant_type, blocksize, double_quant=False):
+    """bnb.nn.Linear4bit (fp32 compute) over `w`: its output and the gradient of sum(output) to x."""
+    _bnb()
+    import bitsandbytes as bnb
+    layer = bnb.nn.Linear4bit(w.shape[1], w.shape[0], bias=b.numel() > 0, compute_dtype=torch.float32,
+                              quant_type=quant_type, compress_statistics=double_quant)
+    layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type=quant_type, blocksize=blocksize,
+                                     compress_statistics=double_quant)._quantize("cpu")
+    if b.numel():
+        layer.bias = torch.nn.Parameter(b)
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    y.sum().backward()
+    return [y, x.grad]
+
+
+def bnb_causal_lm_logits(ids, model_dir, quant_type, double_quant=False):
+    """transformers loading `model_dir` with BitsAndBytesConfig(load_in_4bit) on the CPU, fp32 compute."""
+    _bnb()
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=config, dtype=torch.float32,
+                                                 device_map="cpu")
+    # With gradients on (the embeddings require them), Linear4bit runs bitsandbytes' training path
+    # (dequantize, then linear), the one QLoRA trains through. Its no-grad CPU path (gemm_4bit,
+    # bitsandbytes 0.50) gives other numbers: up to 0.4 apart in these logits from its own
+    # dequantized weights.
+    model.train()
+    return [model(ids).logits.detach()]
+
+
+FUNCTIONS.update({f.__name__: f for f in (bnb_quantize_4bit, bnb_dequantize_4bit, bnb_dynamic_map, bnb_int8,
+                                          bnb_linear4bit, bnb_causal_lm_logits)})
 
 def main(directory):
     with open(os.path.join(directory, "manifest.json")) as f:

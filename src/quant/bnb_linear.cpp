@@ -1,0 +1,70 @@
+// The frozen 4-bit linear: an autograd function whose backward dequantizes again (nothing dense is
+// saved), and the factory that quantizes weights while a model is read.
+#include "llmtune/quant/bnb_linear.h"
+
+#include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cstdint>
+
+#include "llmtune/util/error.h"
+
+namespace llmtune::quant {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// y = x Wᵀ with W dequantized on the fly; dx = dy W, W dequantized again. The packed codes are
+// constants: no gradient flows to them. `weight` outlives the graph (the model owns it).
+struct FourBitMatmul : public torch::autograd::Function<FourBitMatmul> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t weight) {
+    const auto* q = reinterpret_cast<const FourBitTensor*>(static_cast<intptr_t>(weight));
+    ctx->saved_data["weight"] = weight;
+    return at::linear(x, dequantize_4bit(*q, x.scalar_type()));
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto* q = reinterpret_cast<const FourBitTensor*>(static_cast<intptr_t>(ctx->saved_data["weight"].toInt()));
+    const at::Tensor& g = grad_outputs[0];
+    return {at::matmul(g, dequantize_4bit(*q, g.scalar_type())), at::Tensor()};
+  }
+};
+
+bool skipped(const std::string& path, const std::vector<std::string>& skip) {
+  for (const auto& s : skip)
+    if (path == s || (path.size() > s.size() && path.ends_with("." + s))) return true;
+  return false;
+}
+
+}  // namespace
+
+FourBitLinear::FourBitLinear(FourBitTensor weight, at::Tensor bias) : weight_(std::move(weight)), bias_(std::move(bias)) {
+  if (weight_.state.shape.size() != 2) throw QuantError("a 4-bit linear needs a 2-D weight");
+}
+
+at::Tensor FourBitLinear::forward(const at::Tensor& x) const {
+  at::Tensor y = FourBitMatmul::apply(x, static_cast<int64_t>(reinterpret_cast<intptr_t>(&weight_)));
+  if (!bias_.defined()) return y;
+  return y + (bias_.scalar_type() == y.scalar_type() ? bias_ : bias_.to(y.scalar_type()));
+}
+
+std::vector<at::Tensor> FourBitLinear::tensors() const {
+  std::vector<at::Tensor> out{weight_.packed, weight_.state.absmax};
+  if (weight_.state.nested) out.insert(out.end(), {weight_.state.nested_absmax, weight_.state.nested_code});
+  if (bias_.defined()) out.push_back(bias_);
+  return out;
+}
+
+model::LinearFactory four_bit_linear_factory(const FourBitOptions& options) {
+  return [options](const model::LinearRequest& r, const model::TensorSource& get) -> model::LinearPtr {
+    if (skipped(r.path, options.skip)) return model::make_dense_linear(r, get);
+    FourBitTensor q = quantize_4bit(get(r.path + ".weight", {r.out_features, r.in_features}), options.type,
+                                    options.blocksize, options.double_quant);
+    at::Tensor b = r.bias ? get(r.path + ".bias", {r.out_features}) : at::Tensor();
+    return std::make_shared<FourBitLinear>(std::move(q), std::move(b));
+  };
+}
+
+}  // namespace llmtune::quant
