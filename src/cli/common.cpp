@@ -4,6 +4,9 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <charconv>
+#include <climits>
+#include <cmath>
 #include <filesystem>
 #include <iostream>
 #include <tuple>
@@ -64,6 +67,38 @@ std::string check_chat_template(const config::Value& value) {
   return "'" + name + "' is not a chat template: use " + names + ", or a path to a .jinja file";
 }
 
+void check_numeric_options(CLI::App& app) {
+  // CLI11 converts integers with strtoll and keeps the clamped result; check the text first.
+  static const CLI::Validator integer(
+      [](std::string& text) -> std::string {
+        int64_t v = 0;
+        const char* begin = text.data() + (text.starts_with('+') ? 1 : 0);
+        auto [ptr, ec] = std::from_chars(begin, text.data() + text.size(), v);
+        if (ec == std::errc::result_out_of_range)
+          return "'" + text + "' is out of range (an integer from " + std::to_string(INT64_MIN) + " to " +
+                 std::to_string(INT64_MAX) + ")";
+        if (ec != std::errc() || ptr != text.data() + text.size()) return "'" + text + "' is not an integer";
+        return "";
+      },
+      "", "int64");
+  static const CLI::Validator number(
+      [](std::string& text) -> std::string {
+        double v = 0;
+        const char* begin = text.data() + (text.starts_with('+') ? 1 : 0);
+        auto [ptr, ec] = std::from_chars(begin, text.data() + text.size(), v);
+        if (ec == std::errc::result_out_of_range) return "'" + text + "' is out of the range of a number";
+        if (ec != std::errc() || ptr != text.data() + text.size() || !std::isfinite(v))
+          return "'" + text + "' is not a finite number";
+        return "";
+      },
+      "", "finite");
+  for (CLI::Option* option : app.get_options()) {
+    if (option->get_type_name() == "INT") option->check(integer);
+    else if (option->get_type_name() == "FLOAT") option->check(number);
+  }
+  for (CLI::App* sub : app.get_subcommands({})) check_numeric_options(*sub);
+}
+
 bool print_config_if_asked(const config::Config& config, const CommonOptions& options) {
   if (options.print_config) std::cout << config.to_yaml();
   return options.print_config;
@@ -93,10 +128,10 @@ config::Config resolve_config(const config::Schema& schema, const CommonOptions&
       throw UsageError("unexpected argument '" + arg + "': expected a CONFIG.yaml file or key=value");
     }
   }
-  if (o.device) sources.flags.emplace_back("device", *o.device);
-  if (o.dtype) sources.flags.emplace_back("dtype", *o.dtype);
-  if (o.seed) sources.flags.emplace_back("seed", std::to_string(*o.seed));
-  if (o.log_level) sources.flags.emplace_back("log_level", *o.log_level);
+  add_flag_value(sources.flags, "device", o.device);
+  add_flag_value(sources.flags, "dtype", o.dtype);
+  add_flag_value(sources.flags, "seed", o.seed);
+  add_flag_value(sources.flags, "log_level", o.log_level);
   for (auto& f : extra_flags) sources.flags.push_back(std::move(f));
   config::Config cfg = config::Config::resolve(schema, sources);
   log::set_level(cfg.get_string("log_level"));

@@ -35,8 +35,13 @@ struct CommonOptions {
   CommonUse use;        // set by add_common_options
 };
 
-// (key, value) pairs from command-specific flags, the highest config layer.
-using FlagValues = std::vector<std::pair<std::string, std::string>>;
+// Values from command-specific flags, the highest config layer: the key, the text, and the flag as
+// typed ("" when it is "--" + the key with '-' for '_', as "--max-new-tokens" for max_new_tokens).
+using FlagValues = std::vector<config::FlagValue>;
+
+// Range checks for every integer and number option of `app` and its subcommands, on the text as
+// typed: CLI11 would clamp 1e30 to INT64_MAX silently. Refused as "--flag: ... out of range".
+void check_numeric_options(CLI::App& app);
 
 // Adds the shared options to a command (those `use` leaves out are hidden and refused).
 void add_common_options(CLI::App* command, CommonOptions& options, const CommonUse& use = kEveryCommonOption);
@@ -55,18 +60,24 @@ inline constexpr const char* kChatTemplateHelp =
 config::Config resolve_config(const config::Schema& schema, const CommonOptions& options,
                               FlagValues extra_flags = {});
 
-// Adds the flag's value under `key` when the flag was given on the command line.
+// Adds the flag's value under `key` when the flag was given on the command line; `flag_name` is
+// the flag as typed when it is not "--" + key with '-' for '_' ("--max-steps" for train.max_steps).
 template <typename T>
-void add_flag_value(FlagValues& values, const char* key, const std::optional<T>& flag) {
+void add_flag_value(FlagValues& values, const char* key, const std::optional<T>& flag, const char* flag_name = "") {
   if (!flag) return;
   if constexpr (std::is_same_v<T, std::string>) {
-    values.emplace_back(key, *flag);
+    values.push_back({key, *flag, flag_name});
   } else {
     std::ostringstream text;
     text.precision(17);  // doubles round-trip exactly
     text << *flag;
-    values.emplace_back(key, text.str());
+    values.push_back({key, text.str(), flag_name});
   }
+}
+
+// A boolean flag given on the command line (`--force`) sets its key to true.
+inline void add_flag_value(FlagValues& values, const char* key, bool given) {
+  if (given) values.push_back({key, "true", ""});
 }
 
 // With --print-config: prints the resolved config as YAML and returns true (the command ends).

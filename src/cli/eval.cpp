@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "llmtune/peft/method.h"
 #include "llmtune/pipelines/eval.h"
 
 namespace llmtune::cli {
@@ -66,7 +67,8 @@ Command register_eval(CLI::App& root) {
             if (print_config_if_asked(cfg, *options)) return 0;
             pipelines::EvalParams p;
             p.model = cfg.get_string("model");
-            p.adapter = cfg.has("adapter") ? cfg.get_string("adapter") : "";
+            // Resolved here so that a wrong path is called an adapter, not a model.
+            p.adapter = cfg.has("adapter") ? peft::resolve_adapter_dir(cfg.get_string("adapter")).string() : "";
             p.data = cfg.get_string("data");
             p.format = cfg.get_string("format");
             p.chat_template = cfg.get_string("template");
@@ -80,7 +82,7 @@ Command register_eval(CLI::App& root) {
                                        {"sequences", r.sequences}, {"load_seconds", r.load_seconds},
                                        {"eval_seconds", r.eval_seconds}, {"tokens_per_second", r.tokens_per_second},
                                        {"device", r.device}, {"dtype", r.dtype}};
-              std::cout << j.dump(2) << "\n";
+              std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
             } else {
               std::cout << fmt::format("loss {:.6f}  perplexity {:.4f}  tokens {}  sequences {}  ({:.1f} tokens/s on {}, {})\n",
                                        r.loss, r.perplexity, r.tokens, r.sequences, r.tokens_per_second, r.device, r.dtype);

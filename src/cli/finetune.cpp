@@ -33,6 +33,13 @@ config::Schema finetune_schema() {
   s.add({.name = "model.init", .type = Type::String, .default_value = std::string("pretrained"),
          .help = "pretrained: load the weights; random: transformers' init from config.json (full fine-tuning from scratch)",
          .choices = {"pretrained", "random"}});
+  s.add({.name = "model.quantize", .type = Type::String, .default_value = std::string("none"),
+         .help = "quantize the frozen base while it loads (QLoRA): nf4 or fp4 (bitsandbytes' formats; lm_head stays dense), none",
+         .choices = {"none", "nf4", "fp4"}});
+  s.add({.name = "model.double_quant", .type = Type::Bool, .default_value = true,
+         .help = "with model.quantize: double-quantize the block absmax (8-bit, blocks of 256), as QLoRA does"});
+  s.add({.name = "model.quant_blocksize", .type = Type::Int, .default_value = int64_t{64},
+         .help = "with model.quantize: weights per absmax block (a power of two, 32-4096)", .min = 32, .max = 4096});
   s.add({.name = "output", .type = Type::String, .help = "run directory (config.yaml, adapter/ or model/, checkpoints/, metrics.jsonl, summary.json, train.log)", .required = true});
   // `method`: every registered adapter method (each adds its own config section) or full.
   std::vector<std::string> methods = peft::adapter_method_names();
@@ -113,18 +120,27 @@ Command register_finetune(CLI::App& root) {
               flags->resume = std::string();
             }
             FlagValues extra;
-            add_flag_value(extra, "model.path", flags->model);
-            add_flag_value(extra, "data.path", flags->data);
+            add_flag_value(extra, "model.path", flags->model, "--model");
+            add_flag_value(extra, "data.path", flags->data, "--data");
             add_flag_value(extra, "output", flags->output);
-            add_flag_value(extra, "train.max_steps", flags->max_steps);
+            add_flag_value(extra, "train.max_steps", flags->max_steps, "--max-steps");
             config::Config cfg = resolve_config(finetune_schema(), *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
 
             pipelines::FinetuneParams p;
             p.model = cfg.get_string("model.path");
             p.model_init = cfg.get_string("model.init");
+            p.quantize = cfg.get_string("model.quantize");
+            p.double_quant = cfg.get_bool("model.double_quant");
+            p.quant_blocksize = cfg.get_int("model.quant_blocksize");
+            if (p.quantize != "none" && p.model_init == "random")
+              throw ConfigError("model.quantize: " + p.quantize + " quantizes pretrained weights: it does not go with model.init: random");
+            if (p.quant_blocksize & (p.quant_blocksize - 1))
+              throw ConfigError("model.quant_blocksize: " + std::to_string(p.quant_blocksize) + " is not a power of two");
             p.output = cfg.get_string("output");
             p.method = cfg.get_string("method");
+            if (p.quantize != "none" && p.method == "full")
+              throw ConfigError("model.quantize: " + p.quantize + " freezes the base in 4 bits: it needs an adapter method (lora), not full");
             if (p.method != "full") p.adapter = peft::find_adapter_method(p.method)->from_config(cfg);
             // Settings of a method that is not the one chosen would be silently ignored: refuse them.
             std::vector<std::string> sections = peft::adapter_method_names();
@@ -190,7 +206,7 @@ Command register_finetune(CLI::App& root) {
             p.quiet = options->json;
 
             nlohmann::json summary = pipelines::run_finetune(p);
-            if (options->json) std::cout << summary.dump(2) << "\n";
+            if (options->json) std::cout << summary.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
             else if (!summary.value("interrupted", false))
               std::cout << fmt::format("done: {} steps, final loss {:.4f}{}, {:.0f} tokens/s -> {}\n", summary["steps"].get<int64_t>(),
                                        summary["final_loss"].get<double>(),

@@ -79,11 +79,11 @@ Command register_infer(CLI::App& root) {
             put("top_p", f->top_p);
             put("min_p", f->min_p);
             put("repetition_penalty", f->repetition_penalty);
-            if (f->chat) extra.emplace_back("chat", "true");
-            if (f->raw) extra.emplace_back("raw", "true");
+            add_flag_value(extra, "chat", f->chat);
+            add_flag_value(extra, "raw", f->raw);
             if (!f->stop.empty()) {
               nlohmann::json list = f->stop;
-              extra.emplace_back("stop", list.dump());
+              extra.push_back({"stop", list.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "--stop"});
             }
             config::Config cfg = resolve_config(infer_schema(), *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
@@ -91,7 +91,7 @@ Command register_infer(CLI::App& root) {
             pipelines::InferParams p;
             p.model = cfg.get_string("model");
             p.adapter = opt("adapter");
-            p.prompt = opt("prompt");
+            if (cfg.has("prompt")) p.prompt = cfg.get_string("prompt");
             p.prompts_file = opt("prompts_file");
             p.output = opt("output");
             p.system = opt("system");

@@ -78,11 +78,11 @@ Command register_merge(CLI::App& root) {
             add_flag_value(extra, "adapter", flags->adapter);
             add_flag_value(extra, "output", flags->output);
             add_flag_value(extra, "shard_size", flags->shard_size);
-            if (flags->force) extra.emplace_back("force", "true");
+            add_flag_value(extra, "force", flags->force);
             add_flag_value(extra, "gguf", flags->gguf);
             add_flag_value(extra, "gguf_type", flags->gguf_type);
             add_flag_value(extra, "name", flags->name);
-            if (flags->ollama) extra.emplace_back("ollama", "true");
+            add_flag_value(extra, "ollama", flags->ollama);
             add_flag_value(extra, "lora_gguf", flags->lora_gguf);
             add_flag_value(extra, "lora_gguf_type", flags->lora_gguf_type);
             config::Config cfg = resolve_config(merge_schema(), *options, extra);
@@ -117,7 +117,7 @@ Command register_merge(CLI::App& root) {
                              {"tensors_per_type", r.gguf_report.tensors_per_type}, {"seconds", r.gguf_report.seconds},
                              {"modelfile", r.gguf_report.modelfile.string()}};
               if (!r.lora_gguf.empty()) j["lora_gguf"] = r.lora_gguf.string();
-              std::cout << j.dump(2) << "\n";
+              std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
             } else {
               if (!r.output.empty())
                 std::cout << fmt::format("merged {} adapter modules into {} tensors → {} ({}, {} file(s))\n", r.adapter_modules,

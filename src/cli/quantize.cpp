@@ -65,8 +65,8 @@ Command register_quantize(CLI::App& root) {
             add_flag_value(extra, "output", flags->output);
             add_flag_value(extra, "type", flags->type);
             add_flag_value(extra, "name", flags->name);
-            if (flags->ollama) extra.emplace_back("ollama", "true");
-            if (flags->force) extra.emplace_back("force", "true");
+            add_flag_value(extra, "ollama", flags->ollama);
+            add_flag_value(extra, "force", flags->force);
             add_flag_value(extra, "eval_data", flags->eval_data);
             add_flag_value(extra, "max_seq_len", flags->max_seq_len);
             add_flag_value(extra, "batch_size", flags->batch_size);
@@ -100,7 +100,7 @@ Command register_quantize(CLI::App& root) {
                 j["gguf_loss"] = r.gguf_eval->loss;
                 j["eval_tokens"] = r.gguf_eval->tokens;
               }
-              std::cout << j.dump(2) << "\n";
+              std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
             } else {
               std::cout << fmt::format("{} ({}, {:.1f} MB from {:.1f} MB, {:.1f} s)\n", r.gguf.path.string(), r.gguf.file_type,
                                        r.gguf.bytes / 1e6, r.source_bytes / 1e6, r.gguf.seconds);

@@ -18,6 +18,12 @@ namespace {
 const CommonUse kTokenizeUse{.device = false, .dtype = false, .seed = false,
                              .why_not = "tokenize loads the tokenizer only: no weights, no device, nothing random"};
 
+// JSON output of a text that need not be valid UTF-8 (the user's bytes, a piece of a multi-byte
+// character): invalid bytes are written as U+FFFD, as the tokenizer itself reads them.
+std::string dump_json(const nlohmann::ordered_json& j) {
+  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
 // The text with trained spans in green on a terminal, or between « and » otherwise.
 std::string mark_spans(const std::string& text, const std::vector<std::pair<size_t, size_t>>& spans, bool color) {
   std::string out;
@@ -38,7 +44,7 @@ void print_text(const pipelines::TokenizeResult& r, bool json) {
     j["text"] = r.text;
     j["ids"] = r.ids;
     j["pieces"] = r.pieces;
-    std::cout << j.dump(2) << "\n";
+    std::cout << dump_json(j) << "\n";
     return;
   }
   std::cout << fmt::format("{} tokens\n", r.ids.size());
@@ -54,7 +60,7 @@ void print_row(const pipelines::TokenizeResult& r, bool json) {
     for (auto [b, e] : r.trained_spans) j["trained_spans"].push_back({b, e});
     j["input_ids"] = r.ids;
     j["labels"] = r.labels;
-    std::cout << j.dump(2) << "\n";
+    std::cout << dump_json(j) << "\n";
     return;
   }
   const bool color = ::isatty(STDOUT_FILENO);
@@ -64,7 +70,7 @@ void print_row(const pipelines::TokenizeResult& r, bool json) {
   for (size_t i = 0; i < r.ids.size(); ++i) {
     const bool t = r.labels[i] != -100;
     std::cout << fmt::format("{:>6}  {:>8}  {:>8}  {}{}{}\n", i, r.ids[i], r.labels[i], color && t ? "\x1b[32m" : "",
-                             nlohmann::json(r.pieces[i]).dump(), color && t ? "\x1b[0m" : "");
+                             nlohmann::json(r.pieces[i]).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), color && t ? "\x1b[0m" : "");
   }
 }
 

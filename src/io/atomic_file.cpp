@@ -2,12 +2,17 @@
 #include "llmtune/io/atomic_file.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <charconv>
+#include <climits>
+#include <csignal>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include "llmtune/util/error.h"
@@ -42,11 +47,98 @@ void fsync_path(const fs::path& path, int flags) {
 
 fs::path parent_or_dot(const fs::path& path) { return path.has_parent_path() ? path.parent_path() : fs::path("."); }
 
+// Temporary files being written, for the signal handler: fixed slots of plain bytes, so that it
+// reads them without locks or allocation. state: 0 free, 1 being filled or emptied, 2 live.
+struct TempSlot {
+  std::atomic<int> state{0};
+  char path[PATH_MAX];
+};
+constexpr int kTempSlots = 64;
+TempSlot g_temp_slots[kTempSlots];
+constexpr int kCleanupSignals[] = {SIGINT, SIGTERM, SIGHUP};
+
+void remove_temporaries_and_reraise(int sig) {
+  remove_temporaries_now();
+  struct sigaction dfl{};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  sigaction(sig, &dfl, nullptr);
+  raise(sig);  // dies of the signal, as it would have without this handler
+}
+
+// Installed once, for the signals nobody else handles (finetune's stop handler stays in charge).
+void install_cleanup_handlers() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (int sig : kCleanupSignals) {
+      struct sigaction current{};
+      if (sigaction(sig, nullptr, &current) != 0 || current.sa_handler != SIG_DFL) continue;
+      struct sigaction sa{};
+      sa.sa_handler = remove_temporaries_and_reraise;
+      sigemptyset(&sa.sa_mask);
+      sigaction(sig, &sa, nullptr);
+    }
+  });
+}
+
+int register_temporary(const fs::path& path) {
+  const std::string& text = path.native();
+  if (text.size() >= PATH_MAX) return -1;
+  install_cleanup_handlers();
+  for (int i = 0; i < kTempSlots; ++i) {
+    int expected = 0;
+    if (!g_temp_slots[i].state.compare_exchange_strong(expected, 1)) continue;
+    std::memcpy(g_temp_slots[i].path, text.c_str(), text.size() + 1);
+    g_temp_slots[i].state.store(2);
+    return i;
+  }
+  return -1;  // more than 64 at once: that one is only removed as stale by the next run
+}
+
+void unregister_temporary(int slot) {
+  if (slot >= 0) g_temp_slots[slot].state.store(0);
+}
+
+// Siblings ".<name>.tmp-<pid>-<n>" (and ".<name>.old-<pid>-<n>" when `path` exists, a replaced
+// directory whose removal was cut short) left by a process that no longer runs: an llmtune killed
+// while writing `path`. Removed before the next write of `path`.
+void remove_stale_siblings(const fs::path& path) {
+  std::error_code ec;
+  const fs::path dir = parent_or_dot(path);
+  const std::string base = "." + path.filename().string() + ".";
+  const bool target_exists = fs::exists(path, ec);
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.starts_with(base)) continue;
+    std::string_view rest = std::string_view(name).substr(base.size());
+    if (!(rest.starts_with("tmp-") || (target_exists && rest.starts_with("old-")))) continue;
+    rest.remove_prefix(4);
+    pid_t pid = 0;
+    auto [end_pid, err] = std::from_chars(rest.data(), rest.data() + rest.size(), pid);
+    if (err != std::errc() || end_pid == rest.data() + rest.size() || *end_pid != '-' || pid <= 0) continue;
+    if (pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) continue;  // its writer may still run
+    std::error_code rm;
+    fs::remove_all(it->path(), rm);
+    if (!rm) spdlog::info("removed {}: a temporary left by an interrupted llmtune (pid {})", it->path().string(), pid);
+  }
+}
+
 }  // namespace
 
+void remove_temporaries_now() noexcept {
+  for (auto& slot : g_temp_slots)
+    if (slot.state.load() == 2) ::unlink(slot.path);
+}
+
 AtomicFile::AtomicFile(fs::path path) : path_(std::move(path)), temp_path_(sibling(path_, "tmp")) {
+  remove_stale_siblings(path_);
+  slot_ = register_temporary(temp_path_);
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ < 0) io_fail(path_, "cannot create a temporary file beside it", errno);
+  if (fd_ < 0) {
+    int err = errno;
+    unregister_temporary(slot_);
+    io_fail(path_, "cannot create a temporary file beside it", err);
+  }
 }
 
 AtomicFile::~AtomicFile() {
@@ -54,6 +146,7 @@ AtomicFile::~AtomicFile() {
     ::close(fd_);
     ::unlink(temp_path_.c_str());
   }
+  unregister_temporary(slot_);
 }
 
 void AtomicFile::write(const void* data, size_t n_bytes) {
@@ -83,8 +176,12 @@ void AtomicFile::commit() {
   if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
     int err = errno;
     ::unlink(temp_path_.c_str());
+    unregister_temporary(slot_);
+    slot_ = -1;
     io_fail(path_, "cannot rename the temporary file into place", err);
   }
+  unregister_temporary(slot_);  // (a signal between the rename and here unlinks a name that is gone)
+  slot_ = -1;
   fsync_path(parent_or_dot(path_), O_RDONLY | O_DIRECTORY);
 }
 
@@ -98,6 +195,7 @@ AtomicDir::AtomicDir(fs::path path) : path_(std::move(path)), staging_(sibling(p
   std::error_code ec;
   fs::create_directories(parent_or_dot(path_), ec);
   if (ec) throw IoError(path_.string() + ": cannot create its parent directory: " + ec.message() + " (check permissions)");
+  remove_stale_siblings(path_);
   fs::create_directory(staging_, ec);
   if (ec) throw IoError(staging_.string() + ": cannot create a staging directory: " + ec.message() + " (check permissions)");
 }

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
+#include <type_traits>
 
 #include "llmtune/util/error.h"
 
@@ -54,16 +55,31 @@ nlohmann::json sorted_list(const std::vector<std::string>& names) {
 LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& source) {
   auto fail = [&](const std::string& m) -> void { throw AdapterError(source + ": " + m); };
   if (!j.is_object()) fail("must be a JSON object");
+  // A field of the wrong JSON type is named, with the type it has ("lora_alpha" must be a number).
+  auto field = [&](const char* key, auto fallback) {
+    using T = decltype(fallback);
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return fallback;
+    const bool ok = std::is_same_v<T, bool> ? it->is_boolean()
+                    : std::is_same_v<T, int64_t> ? it->is_number_integer()
+                    : std::is_arithmetic_v<T> ? it->is_number() : it->is_string();
+    if (!ok)
+      fail(std::string("field '") + key + "' must be " +
+           (std::is_same_v<T, bool> ? "true or false" : std::is_same_v<T, int64_t> ? "an integer"
+            : std::is_arithmetic_v<T> ? "a number" : "a string") + ", got " + it->type_name() + " " +
+           it->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).substr(0, 40));
+    return it->template get<T>();
+  };
   LoraConfig c;
   try {
-    std::string type = j.value("peft_type", "LORA");
+    std::string type = field("peft_type", std::string("LORA"));
     if (type != "LORA") fail("peft_type '" + type + "' is not supported (only LORA adapters)");
-    c.r = j.value("r", int64_t{8});
-    c.lora_alpha = j.value("lora_alpha", 8.0);
-    c.lora_dropout = j.value("lora_dropout", 0.0);
-    c.use_rslora = j.value("use_rslora", false);
-    c.use_dora = j.value("use_dora", false);
-    c.bias = j.value("bias", std::string("none"));
+    c.r = field("r", int64_t{8});
+    c.lora_alpha = field("lora_alpha", 8.0);
+    c.lora_dropout = field("lora_dropout", 0.0);
+    c.use_rslora = field("use_rslora", false);
+    c.use_dora = field("use_dora", false);
+    c.bias = field("bias", std::string("none"));
     c.base_model_name_or_path = j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string()
                                     ? j["base_model_name_or_path"].get<std::string>() : "";
     if (j.contains("task_type") && j["task_type"].is_string()) c.task_type = j["task_type"].get<std::string>();
@@ -86,12 +102,15 @@ LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& sou
       for (auto& [k, v] : it->items()) c.alpha_pattern[k] = v.get<double>();
     if (auto it = j.find("modules_to_save"); it != j.end() && !it->is_null() && !it->empty())
       fail("modules_to_save is not supported yet (fully trained copies of modules)");
-    if (j.value("lora_bias", false)) fail("lora_bias is not supported yet");
-    if (j.value("fan_in_fan_out", false)) fail("fan_in_fan_out adapters (GPT-2 Conv1D) do not apply to Llama-family models");
+    if (field("lora_bias", false)) fail("lora_bias is not supported yet");
+    if (field("fan_in_fan_out", false)) fail("fan_in_fan_out adapters (GPT-2 Conv1D) do not apply to Llama-family models");
     if (auto it = j.find("layer_replication"); it != j.end() && !it->is_null())
       fail("layer_replication is not supported");
   } catch (const nlohmann::json::exception& e) {
-    fail(std::string("a field has the wrong type (") + e.what() + ")");
+    // (lists of names, patterns): nlohmann's "[json.exception.type_error.302] type must be ..." without its tag
+    std::string what = e.what();
+    if (auto close = what.find("] "); what.starts_with("[json.exception") && close != std::string::npos) what = what.substr(close + 2);
+    fail("a field has the wrong type (" + what + ")");
   }
   c.validate(source);
   return c;

@@ -4,6 +4,7 @@
 #include <ATen/ops/count_nonzero.h>
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -62,7 +63,13 @@ class LoraMethod : public AdapterMethod {
     return saved.to_json();
   }
   std::string base_model() const override { return config_.base_model_name_or_path; }
-  void set_base_model(const std::string& path) override { config_.base_model_name_or_path = path; }
+  // A local directory is recorded absolute, so that merge finds it from any working directory; a
+  // hub repo id stays as it is (PEFT records whatever from_pretrained was given: both read back).
+  void set_base_model(const std::string& path) override {
+    std::error_code ec;
+    config_.base_model_name_or_path =
+        std::filesystem::is_directory(path, ec) ? std::filesystem::absolute(path, ec).lexically_normal().string() : path;
+  }
 
   std::vector<NamedTensor> inject(model::CausalLM& model, at::ScalarType param_dtype) override {
     return inject_lora(model, config_, param_dtype);
@@ -83,6 +90,20 @@ class LoraMethod : public AdapterMethod {
       const AdapterModuleTensors m = module_tensors(tensors, module);
       if (!m.a.defined() || !m.b.defined())
         throw AdapterError(source + ": module '" + module + "' lacks lora_A or lora_B");
+      const std::string p = std::string(kPeftPrefix) + module;
+      if (m.a.dim() != 2 || m.b.dim() != 2 || m.b.size(1) != m.a.size(0))
+        throw AdapterError(source + ": module '" + module + "': lora_A " + c10::str(m.a.sizes()) + " and lora_B " +
+                           c10::str(m.b.sizes()) + " are not (r, in) and (out, r) matrices of one rank r");
+      // PEFT builds each module at the rank adapter_config.json gives and refuses tensors of another.
+      const int64_t r = config_.rank_for(module);
+      if (m.a.size(0) != r) {
+        const auto config_path = std::filesystem::path(source).parent_path() / "adapter_config.json";
+        throw AdapterError(config_path.string() + ": r = " + std::to_string(r) +
+                           (config_.rank_pattern.empty() ? "" : " (with rank_pattern)") + " but tensor '" + p +
+                           ".lora_A.weight' in " + std::filesystem::path(source).filename().string() + " has rank " +
+                           std::to_string(m.a.size(0)) + " (shape " + c10::str(m.a.sizes()) +
+                           "): the config and the weights disagree (PEFT refuses to load it too)");
+      }
       if (config_.use_dora != m.magnitude.defined())
         throw AdapterError(source + ": module '" + module + "': use_dora is " + (config_.use_dora ? "true" : "false") +
                            " but the magnitude vector is " + (m.magnitude.defined() ? "present" : "absent"));

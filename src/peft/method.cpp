@@ -10,6 +10,7 @@
 #include <set>
 
 #include "llmtune/io/atomic_file.h"
+#include "llmtune/io/hf_dir.h"
 #include "llmtune/io/read_file.h"
 #include "llmtune/io/safetensors.h"
 #include "llmtune/util/error.h"
@@ -49,6 +50,21 @@ std::vector<std::string> adapter_method_names() {
   return registry().names(kAll, [](const AdapterMethodType& t) { return t.name; });
 }
 
+std::filesystem::path resolve_adapter_dir(const std::string& spec) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(spec, ec)) return adapter_dir(spec);
+  if (fs::exists(spec, ec))
+    throw AdapterError(spec + ": is a file, not an adapter directory (give the directory holding adapter_config.json "
+                       "and adapter_model.safetensors, or a finetune run directory)");
+  try {
+    return adapter_dir(io::resolve_model_dir(spec));  // an adapter in the Hugging Face cache
+  } catch (const ModelLoadError&) {
+    throw AdapterError(spec + ": no such adapter directory (give a PEFT adapter directory, a finetune run directory, "
+                       "or the repo id of an adapter in the Hugging Face cache)");
+  }
+}
+
 std::filesystem::path adapter_dir(const std::filesystem::path& dir) {
   // A finetune run directory holds its final adapter under adapter/.
   if (!std::filesystem::exists(dir / "adapter_config.json") && std::filesystem::exists(dir / "adapter" / "adapter_config.json"))
@@ -58,7 +74,7 @@ std::filesystem::path adapter_dir(const std::filesystem::path& dir) {
 
 SavedAdapter open_adapter(const std::filesystem::path& dir_in) {
   SavedAdapter adapter;
-  adapter.dir = adapter_dir(dir_in);
+  adapter.dir = resolve_adapter_dir(dir_in.string());
   const auto& dir = adapter.dir;
   const auto config_path = (dir / "adapter_config.json").string();
   if (!std::filesystem::exists(dir / "adapter_config.json"))

@@ -25,6 +25,7 @@
 #include "llmtune/model/causal_lm.h"
 #include "llmtune/model/family.h"
 #include "llmtune/ops/runtime.h"
+#include "llmtune/quant/bnb_linear.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "llmtune/train/checkpoint.h"
 #include "llmtune/train/loss.h"
@@ -192,7 +193,8 @@ void check_memory(const FinetuneParams& p, const model::ModelConfig& c, const da
   const model::FamilyDesc& family = model::family_for(c.model_type, model_dir.string());
   const double params = model::parameter_count(family, c, !c.tie_word_embeddings);
   const double elt = static_cast<double>(c10::elementSize(dtype));
-  const double weights = params * (p.adapter ? elt : 16.0 + (dtype == at::kFloat ? 0.0 : elt));
+  // (A 4-bit base: half a byte per weight, a lower bound as embeddings and lm_head stay dense.)
+  const double weights = params * (p.adapter ? (p.quantize != "none" ? 0.5 : elt) : 16.0 + (dtype == at::kFloat ? 0.0 : elt));
   ops::check_fits(weights, device,
                   fmt::format("{} ({:.3g} parameters{})", (model_dir / "config.json").string(), params,
                               p.adapter ? "" : ", trained in full with AdamW"),
@@ -292,7 +294,15 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   at::manual_seed(p.seed);
   model::CausalLM model = p.model_init == "random"
                               ? model::CausalLM::init_random(model_dir, device.device, dtype.dtype, p.seed)
-                              : model::CausalLM::load(model_dir, device.device, dtype.dtype);
+                              : p.quantize == "none"
+                                  ? model::CausalLM::load(model_dir, device.device, dtype.dtype)
+                                  : model::CausalLM::load(model_dir, device.device, dtype.dtype,
+                                                          quant::four_bit_linear_factory({.type = quant::four_bit_from_name(p.quantize),
+                                                                                          .blocksize = p.quant_blocksize,
+                                                                                          .double_quant = p.double_quant}));
+  if (p.quantize != "none")
+    spdlog::info("base quantized to {} while loading (blocks of {}{}); lm_head and embeddings stay {}", p.quantize,
+                 p.quant_blocksize, p.double_quant ? ", double-quantized absmax" : "", dtype_name(dtype.dtype));
   model.set_gradient_checkpointing(p.gradient_checkpointing);
 
   // Trainable tensors: fp32 adapters (LoRA) or fp32 copies of the unfrozen weights (full).

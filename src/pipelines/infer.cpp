@@ -14,6 +14,7 @@
 #include "llmtune/io/jsonl.h"
 #include "llmtune/io/read_file.h"
 #include "llmtune/model/causal_lm.h"
+#include "llmtune/peft/method.h"
 #include "llmtune/pipelines/load.h"
 #include "llmtune/tokenizer/chat_template.h"
 #include "llmtune/tokenizer/tokenizer.h"
@@ -32,7 +33,8 @@ struct Engine {
   std::unique_ptr<model::CausalLM> model;
   const InferParams* params = nullptr;
 
-  std::vector<int64_t> encode_prompt(const json& messages, const std::string& text) const {
+  // `source` names the prompt in messages ("--prompt", "prompts.jsonl:3").
+  std::vector<int64_t> encode_prompt(const json& messages, const std::string& text, const std::string& source) const {
     std::vector<int32_t> ids;
     if (params->raw || tok->chat_template.empty()) {
       if (!params->raw && log::first_time("infer.no_template"))
@@ -53,6 +55,14 @@ struct Engine {
       std::string rendered = tokenizer::apply_chat_template(tok->chat_template, msgs, true, tok->bos_token, tok->eos_token);
       ids = tok->encode(rendered, /*add_special_tokens=*/false);  // the template already wrote BOS
     }
+    // As transformers' generate: an empty prompt starts from BOS; with no BOS there is nothing to start from.
+    if (ids.empty())
+      throw UsageError(source + ": the prompt is empty and the tokenizer adds no BOS token, so there is nothing to generate "
+                       "from (transformers' generate refuses this too); give a prompt, or drop --raw");
+    const int64_t context = model->config().max_position_embeddings;
+    if (static_cast<int64_t>(ids.size()) >= context)
+      throw DataError(source + ": the prompt is " + std::to_string(ids.size()) + " tokens, the model's context "
+                      "(max_position_embeddings) is " + std::to_string(context) + ": shorten it to leave room to generate");
     return {ids.begin(), ids.end()};
   }
 
@@ -98,6 +108,10 @@ struct Engine {
   }
 };
 
+// JSON text of generated text and echoed rows: a completion may end inside a multi-byte character,
+// and bytes that are not UTF-8 are written as U+FFFD rather than failing the dump.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 json report(const Engine::Output& o) {
   double gen_tps = o.gen.decode_seconds > 0 ? static_cast<double>(o.gen.tokens.size() - 1) / o.gen.decode_seconds : 0;
   double prompt_tps = o.gen.prompt_seconds > 0 ? static_cast<double>(o.prompt_tokens) / o.gen.prompt_seconds : 0;
@@ -113,13 +127,31 @@ json report(const Engine::Output& o) {
 }  // namespace
 
 void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
-  int modes = !p.prompt.empty() + !p.prompts_file.empty() + p.chat;
+  int modes = p.prompt.has_value() + !p.prompts_file.empty() + p.chat;
   if (modes != 1) throw UsageError("infer needs exactly one of --prompt, --prompts-file or --chat");
   if (!p.prompts_file.empty() && p.output.empty()) throw UsageError("--prompts-file needs --output FILE.jsonl");
+  if (!p.output.empty() && p.prompts_file.empty())
+    throw UsageError("--output is written for --prompts-file; with --prompt or --chat the text goes to stdout");
   if (p.raw && !p.system.empty())
     throw UsageError("--system has no effect with --raw (no chat template places it): drop one of them");
+  // The files, before the model is loaded.
+  if (!p.prompts_file.empty()) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (fs::is_directory(p.prompts_file, ec))
+      throw UsageError("--prompts-file " + p.prompts_file + ": is a directory, not a JSONL file");
+    if (!fs::exists(p.prompts_file, ec)) throw UsageError("--prompts-file " + p.prompts_file + ": no such file");
+    const fs::path output(p.output);
+    if (fs::is_directory(output, ec))
+      throw UsageError("--output " + p.output + ": is a directory; give the path of the .jsonl file to write");
+    if (output.has_parent_path() && !fs::is_directory(output.parent_path(), ec))
+      throw UsageError("--output " + p.output + ": the directory " + output.parent_path().string() + " does not exist");
+    if (fs::exists(output, ec) && fs::equivalent(output, p.prompts_file, ec))
+      throw UsageError("--output " + p.output + ": is the prompts file itself; write the completions to another file");
+  }
 
-  LoadedModel loaded = load_model("infer", p.model, p.adapter, p.device, p.dtype);
+  const std::string adapter = p.adapter.empty() ? "" : peft::resolve_adapter_dir(p.adapter).string();
+  LoadedModel loaded = load_model("infer", p.model, adapter, p.device, p.dtype);
   Engine e;
   e.tok = std::move(loaded.tokenizer);
   // The template the adapter was trained with (finetune saves it next to the adapter).
@@ -135,9 +167,9 @@ void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
   }
   e.params = &q;
 
-  if (!p.prompt.empty()) {
-    auto o = e.complete(e.encode_prompt(json::array(), p.prompt), p.json ? nullptr : &out);
-    if (p.json) out << report(o).dump() << "\n";
+  if (p.prompt) {
+    auto o = e.complete(e.encode_prompt(json::array(), *p.prompt, "--prompt"), p.json ? nullptr : &out);
+    if (p.json) out << dump(report(o)) << "\n";
     return;
   }
 
@@ -156,17 +188,18 @@ void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
           spdlog::info("infer: rows with a system message of their own keep it; --system applies to the others");
       } else if (row.contains("prompt") && row["prompt"].is_string()) text = row["prompt"].get<std::string>();
       else throw DataError(p.prompts_file + ":" + std::to_string(line) + ": expected \"prompt\" (string) or \"messages\" (list)");
-      auto o = e.complete(e.encode_prompt(messages, text), nullptr);
+      auto o = e.complete(e.encode_prompt(messages, text, p.prompts_file + ":" + std::to_string(line)), nullptr);
       json rec = row;
       json stats = report(o);
       for (auto& [k, v] : stats.items()) rec[k] = v;
-      std::string text_line = rec.dump() + "\n";
+      std::string text_line = dump(rec) + "\n";
       sink.write(text_line.data(), text_line.size());
-      if (p.json) out << rec.dump() << "\n";
       ++n;
     });
     sink.commit();
     spdlog::info("infer: {} completion(s) written to {}", n, p.output);
+    // With --json, one report once the file is in place (nothing on stdout when a row fails).
+    if (p.json) out << dump(json{{"output", p.output}, {"completions", n}}) << "\n";
     return;
   }
 
@@ -183,8 +216,16 @@ void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
     }
     if (line.empty()) continue;
     messages.push_back({{"role", "user"}, {"content", line}});
-    auto o = e.complete(e.encode_prompt(messages, ""), p.json ? nullptr : &out);
-    if (p.json) out << report(o).dump() << "\n";
+    std::vector<int64_t> ids;
+    try {
+      ids = e.encode_prompt(messages, "", "chat");
+    } catch (const DataError& err) {  // the conversation outgrew the context: say so, keep the chat
+      messages.erase(messages.end() - 1);
+      spdlog::warn("{}; /reset starts a new conversation", err.what());
+      continue;
+    }
+    auto o = e.complete(ids, p.json ? nullptr : &out);
+    if (p.json) out << dump(report(o)) << "\n";
     messages.push_back({{"role", "assistant"}, {"content", o.text}});
   }
 }

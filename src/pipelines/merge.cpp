@@ -162,12 +162,28 @@ MergeReport run_merge(const MergeParams& params) {
   const peft::SavedAdapter adapter = peft::open_adapter(params.adapter);
   std::string model = params.model;
   if (model.empty()) {
+    const std::string config_path = (adapter.dir / "adapter_config.json").string();
     model = adapter.method->base_model();
-    if (model.empty())
-      throw ConfigError(adapter.dir.string() + ": adapter_config.json names no base_model_name_or_path; pass --model");
-    spdlog::info("merge: base model {} (from adapter_config.json)", model);
+    if (model.empty()) throw ConfigError(config_path + ": names no base_model_name_or_path; pass --model");
+    // A relative path was relative to where the adapter was trained: look from the adapter (and its
+    // run directory) when it is not found from here.
+    std::error_code ec;
+    if (fs::path(model).is_relative() && !fs::is_directory(model, ec)) {
+      for (const fs::path& from : {adapter.dir, adapter.dir.parent_path()})
+        if (!from.empty() && fs::is_directory(from / model, ec)) {
+          model = (from / model).lexically_normal().string();
+          break;
+        }
+    }
+    try {
+      report.model_dir = io::resolve_model_dir(model);
+    } catch (const ModelLoadError& e) {
+      throw ModelLoadError(config_path + ": base_model_name_or_path: " + e.what() + "; or pass --model BASE");
+    }
+    spdlog::info("merge: base model {} (from adapter_config.json)", report.model_dir.string());
+  } else {
+    report.model_dir = io::resolve_model_dir(model);
   }
-  report.model_dir = io::resolve_model_dir(model);
   report.adapter_dir = adapter.dir;
 
   // Outputs: where, and refused when they exist (without --force) or would overwrite an input.

@@ -4,6 +4,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
+
 #include "llmtune/data/dataset.h"
 #include "llmtune/io/hf_dir.h"
 #include "llmtune/tokenizer/tokenizer.h"
@@ -23,6 +25,9 @@ TokenizeResult run_tokenize(const TokenizeParams& p) {
   }
   if (p.max_seq_len && *p.max_seq_len <= 0) throw UsageError("--max-seq-len must be positive");
   if (p.row && *p.row <= 0) throw UsageError("--row is 1-based: it must be positive");
+
+  if (!p.data.empty() && std::filesystem::is_directory(p.data))
+    throw UsageError("--data " + p.data + ": is a directory, not a data file (give a .jsonl or .json file)");
 
   auto tok = tokenizer::load_tokenizer(io::resolve_model_dir(p.model));
   TokenizeResult r;

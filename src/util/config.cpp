@@ -2,12 +2,17 @@
 // one, so a user fixes a config in one pass.
 #include "llmtune/util/config.h"
 
+#include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <charconv>
+#include <climits>
+#include <cstdint>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -67,6 +72,10 @@ std::variant<Value, std::string> convert_scalar(const Key& key, const std::strin
       int64_t v = 0;
       const char* end = text.data() + text.size();
       auto [ptr, ec] = std::from_chars(text.data() + (text.starts_with('+') ? 1 : 0), end, v);
+      // Never clamped: a number past int64 is refused with the range.
+      if (ec == std::errc::result_out_of_range && ptr == end)
+        return "expects an integer between " + std::to_string(INT64_MIN) + " and " + std::to_string(INT64_MAX) +
+               ", got '" + text + "'";
       if (ec != std::errc() || ptr != end) return expected();
       return Value{v};
     }
@@ -74,6 +83,8 @@ std::variant<Value, std::string> convert_scalar(const Key& key, const std::strin
       double v = 0;
       const char* end = text.data() + text.size();
       auto [ptr, ec] = std::from_chars(text.data() + (text.starts_with('+') ? 1 : 0), end, v);
+      if (ec == std::errc::result_out_of_range && ptr == end)
+        return "expects a finite number, got '" + text + "' (out of the range of a double)";
       if (ec != std::errc() || ptr != end || !std::isfinite(v)) return expected();
       return Value{v};
     }
@@ -234,6 +245,7 @@ class Filler {
 
   void unknown_key(const Origin& where, const std::string& name, bool is_map) {
     std::string hint = schema_.suggest(name);
+    if (!hint.empty()) reported_.insert(hint);
     std::string msg = "unknown " + std::string(is_map ? "section" : "key") + " '" + name + "'";
     msg += hint.empty() ? " (llmtune <command> --print-config lists the valid keys)" : " (did you mean '" + hint + "'?)";
     error(where, msg);
@@ -242,11 +254,13 @@ class Filler {
   void set(const Key& key, const Origin& where, std::variant<Value, std::string> converted) {
     if (auto* msg = std::get_if<std::string>(&converted)) {
       error(where, "key '" + key.name + "' " + *msg);
+      reported_.insert(key.name);
       return;
     }
     Value& v = std::get<Value>(converted);
     if (auto msg = validate(key, v); !msg.empty()) {
       error(where, "key '" + key.name + "' " + msg);
+      reported_.insert(key.name);
       return;
     }
     values_[key.name] = std::move(v);
@@ -292,11 +306,24 @@ class Filler {
     }
   }
 
+  // Keys an error already named, or pointed at as the likely intent of an unknown key: a typo or a
+  // bad value of a required key is one error, not two with "missing required key".
+  bool already_reported(const std::string& name) const { return reported_.count(name) > 0; }
+
   // One "key=value" from the command line or one flag.
   void fill_one(const std::string& name, const std::string& text, const Origin& where) {
     const Key* key = schema_.find(name);
     if (!key) {
       unknown_key(where, name, false);
+      return;
+    }
+    // `--prompt ''` is an empty string; `key=`, `key=null` restore the default.
+    if (where.kind == Origin::Kind::Flag && text.empty() && key->type == Type::String) {
+      if (key->required) {
+        error(where, "key '" + name + "' needs a value, got an empty string");
+        reported_.insert(name);
+      }
+      else set(*key, where, Value{text});
       return;
     }
     if (text.empty() || text == "null" || text == "~") {
@@ -320,7 +347,82 @@ class Filler {
   std::map<std::string, std::optional<Value>, std::less<>>& values_;
   std::map<std::string, Origin, std::less<>>& origins_;
   std::vector<std::string>& errors_;
+  std::set<std::string> reported_;
 };
+
+// Height of a YAML node (a scalar is 1), each distinct node counted once: aliases share their
+// anchor's node (and its mark), so an alias bomb costs one visit per anchor, not one per use.
+// YAML::LoadAll, guarded against a yaml-cpp 0.7 hang: a document that starts with a stray flow
+// token (',' at the top level) is returned empty without being consumed, so LoadAll reads it
+// again forever, growing without bound. One pass with a no-op handler first: a document starting
+// where the previous one started is that case, reported as a syntax error at its mark.
+std::vector<YAML::Node> load_all_documents(const std::string& text) {
+  struct DocumentStarts : YAML::EventHandler {
+    const std::string& text;
+    std::optional<size_t> last;
+    explicit DocumentStarts(const std::string& t) : text(t) {}
+    void OnDocumentStart(const YAML::Mark& mark) override {
+      const auto pos = static_cast<size_t>(mark.pos);
+      if (last == pos)
+        throw YAML::ParserException(mark, "unexpected '" + text.substr(pos, 1) + "' (a stray flow character?)");
+      last = pos;
+    }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+    void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+    void OnMapEnd() override {}
+  };
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStarts starts(text);
+  while (parser.HandleNextDocument(starts)) {
+  }
+  return YAML::LoadAll(text);
+}
+
+int yaml_height(const YAML::Node& node, std::map<std::pair<int, int>, int>& memo) {
+  if (!node.IsSequence() && !node.IsMap()) return 1;
+  const std::pair<int, int> at{node.Mark().line, node.Mark().column};
+  if (auto it = memo.find(at); it != memo.end()) return it->second;
+  memo[at] = 1;  // only guards the recursion: a parsed tree has no cycles
+  int below = 0;
+  for (const auto& item : node) {
+    if (node.IsMap()) below = std::max({below, yaml_height(item.first, memo), yaml_height(item.second, memo)});
+    else below = std::max(below, yaml_height(item, memo));
+  }
+  return memo[at] = below + 1;
+}
+
+// The line of the first map or list nested deeper than kMaxYamlDepth, looked for below `node`, a
+// map or list at nesting `level` (the root is 1) that holds one.
+int too_deep_line(const YAML::Node& node, int level, std::map<std::pair<int, int>, int>& memo) {
+  if (level > kMaxYamlDepth) return node.Mark().line + 1;
+  for (const auto& item : node) {
+    for (const YAML::Node& child : node.IsMap() ? std::vector<YAML::Node>{item.first, item.second} : std::vector<YAML::Node>{item})
+      if ((child.IsMap() || child.IsSequence()) && level + yaml_height(child, memo) - 1 > kMaxYamlDepth)
+        return too_deep_line(child, level + 1, memo);
+  }
+  return node.Mark().line + 1;
+}
+
+// The 1-based line where the second YAML document of `text` starts ("---" after some content).
+int second_document_line(const std::string& text) {
+  std::istringstream lines(text);
+  bool content = false;
+  int n = 0;
+  for (std::string line; std::getline(lines, line);) {
+    ++n;
+    const bool marker = line.starts_with("---") && (line.size() == 3 || line[3] == ' ' || line[3] == '\t' || line[3] == '\r');
+    if (marker && content) return n;
+    const auto first = line.find_first_not_of(" \t\r");
+    if (!marker && first != std::string::npos && line[first] != '#' && !line.starts_with("%")) content = true;
+  }
+  return n;
+}
 
 std::string read_text_file(const std::filesystem::path& path) {
   if (std::filesystem::is_directory(path))
@@ -347,20 +449,36 @@ Config Config::resolve(const Schema& schema, const Sources& sources) {
   }
   Filler filler(schema, values, origins, errors);
 
+  // A file that cannot be read as one map of keys reports that alone: its keys are unknown, so
+  // "missing required key" lines after it would be false.
+  bool file_unreadable = false;
   if (sources.file || sources.yaml_text) {
     std::string name = sources.file ? sources.file->string() : "<config>";
     std::string text = sources.yaml_text ? *sources.yaml_text : read_text_file(*sources.file);
+    const std::string too_deep =
+        ": nested deeper than " + std::to_string(kMaxYamlDepth) + " levels (a config is a few levels of maps)";
+    auto refuse = [&](int line, const std::string& message) {
+      file_unreadable = true;
+      errors.push_back(name + ":" + std::to_string(line) + message);
+    };
     try {
-      YAML::Node root = YAML::Load(text);
-      if (root.IsMap()) {
+      std::vector<YAML::Node> documents = load_all_documents(text);
+      YAML::Node root = documents.empty() ? YAML::Node() : documents[0];
+      std::map<std::pair<int, int>, int> memo;
+      if (documents.size() > 1) {
+        refuse(second_document_line(text),
+               ": a second YAML document ('---'); a config file holds one (merge them, or split them into two files)");
+      } else if (yaml_height(root, memo) > kMaxYamlDepth + 1) {
+        refuse(too_deep_line(root, 1, memo), too_deep);
+      } else if (root.IsMap()) {
         filler.fill_map(root, "", name);
       } else if (!root.IsNull()) {
-        errors.push_back(name + ":" + std::to_string(root.Mark().line + 1) +
-                         ": the config must be a map of key: value lines");
+        refuse(root.Mark().line + 1, ": the config must be a map of key: value lines");
       }
+    } catch (const YAML::DeepRecursion& e) {  // yaml-cpp's own guard, deeper than ours
+      refuse(e.mark.line + 1, too_deep);
     } catch (const YAML::Exception& e) {
-      errors.push_back(name + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
-                       ": YAML syntax error: " + e.msg);
+      refuse(e.mark.line + 1, ":" + std::to_string(e.mark.column + 1) + ": YAML syntax error: " + e.msg);
     }
   }
 
@@ -373,12 +491,17 @@ Config Config::resolve(const Schema& schema, const Sources& sources) {
     }
     filler.fill_one(kv->first, kv->second, where);
   }
-  for (const auto& [name, text] : sources.flags) {
-    Origin where{Origin::Kind::Flag, "--" + name, 0};
-    filler.fill_one(name, text, where);
+  for (const auto& f : sources.flags) {
+    std::string spelled = f.flag;
+    if (spelled.empty()) {
+      spelled = "--" + f.key;
+      std::replace(spelled.begin(), spelled.end(), '_', '-');
+    }
+    filler.fill_one(f.key, f.value, Origin{Origin::Kind::Flag, spelled, 0});
   }
 
   for (const auto& k : schema.keys()) {
+    if (file_unreadable || filler.already_reported(k.name)) continue;
     if (k.required && !values[k.name]) {
       errors.push_back("missing required key '" + k.name +
                        "': set it in the config file or as " + k.name + "=VALUE");

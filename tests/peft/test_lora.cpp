@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "llmtune/model/causal_lm.h"
 #include "llmtune/peft/lora.h"
@@ -78,6 +79,77 @@ TEST(PeftAdapterErrors, MismatchedAndMalformedAdaptersAreNamed) {
   EXPECT_THROW(apply_adapter(llama, adapter), AdapterError);
   EXPECT_THROW(apply_adapter(llama, adapter / "absent"), AdapterError);
   fs::remove_all(adapter);
+}
+
+// PEFT builds each module at adapter_config.json's rank: a config whose r (or rank_pattern)
+// disagrees with the saved tensors is refused, naming the file and the tensor.
+TEST(PeftAdapterErrors, ConfigRankThatDisagreesWithTheTensorsIsNamed) {
+  fs::path adapter = fs::temp_directory_path() / ("llmtune-adapter-rank-" + std::to_string(::getpid()));
+  fs::remove_all(adapter);
+  model::CausalLM m = model::CausalLM::load(fixture("llama3"), c10::kCPU, at::kFloat);
+  LoraConfig config;
+  config.r = 4;
+  config.target_modules = {"q_proj"};
+  save_adapter(adapter, config, inject_lora(m, config));
+  auto rewrite = [&](const std::string& extra) {
+    std::ofstream(adapter / "adapter_config.json")
+        << R"({"peft_type": "LORA", "lora_alpha": 8, "target_modules": ["q_proj"], )" << extra << "}";
+  };
+  rewrite(R"("r": 8)");
+  try {
+    open_adapter(adapter);
+    FAIL();
+  } catch (const AdapterError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find((adapter / "adapter_config.json").string() + ": r = 8"), std::string::npos) << m;
+    EXPECT_NE(m.find("q_proj.lora_A.weight' in adapter_model.safetensors has rank 4"), std::string::npos) << m;
+  }
+  rewrite(R"("r": 8, "rank_pattern": {"q_proj": 4})");  // the per-module rank is what counts
+  EXPECT_NO_THROW(open_adapter(adapter));
+  rewrite(R"("r": 4)");
+  EXPECT_NO_THROW(open_adapter(adapter));
+  fs::remove_all(adapter);
+}
+
+TEST(PeftAdapterErrors, AWrongPathIsCalledAnAdapter) {
+  const fs::path file = fs::temp_directory_path() / ("llmtune-adapter-file-" + std::to_string(::getpid()));
+  std::ofstream(file) << "x";
+  for (const fs::path& path : {file, file.parent_path() / "llmtune-no-such-adapter"}) {
+    try {
+      resolve_adapter_dir(path.string());
+      FAIL() << path;
+    } catch (const AdapterError& e) {
+      EXPECT_NE(std::string(e.what()).find("adapter"), std::string::npos) << e.what();
+      EXPECT_EQ(std::string(e.what()).find("model not found"), std::string::npos) << e.what();
+    }
+  }
+  fs::remove(file);
+}
+
+TEST(LoraConfigJson, FieldsOfTheWrongTypeAreNamed) {
+  for (const auto& [text, field] : {std::pair{R"({"lora_alpha": "big"})", "'lora_alpha' must be a number, got string"},
+                                    {R"({"r": 4.5})", "'r' must be an integer"},
+                                    {R"({"use_dora": "yes"})", "'use_dora' must be true or false"}}) {
+    try {
+      LoraConfig::from_json(nlohmann::json::parse(text), "a/adapter_config.json");
+      FAIL() << text;
+    } catch (const AdapterError& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("a/adapter_config.json: field ") + field), std::string::npos) << e.what();
+      EXPECT_EQ(std::string(e.what()).find("[json.exception"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(LoraConfigJson, ALocalBaseIsRecordedAbsoluteAndAHubIdAsIs) {
+  const fs::path cwd = fs::current_path();
+  fs::current_path(fixture("llama3").parent_path());
+  AdapterMethodPtr method = make_lora_method(LoraConfig{});
+  method->set_base_model("llama3");
+  EXPECT_EQ(fs::path(method->base_model()), fixture("llama3").lexically_normal()) << method->base_model();
+  EXPECT_TRUE(fs::path(method->base_model()).is_absolute());
+  method->set_base_model("meta-llama/Llama-3.2-1B");
+  EXPECT_EQ(method->base_model(), "meta-llama/Llama-3.2-1B");
+  fs::current_path(cwd);
 }
 
 }  // namespace

@@ -17,7 +17,8 @@ TEST(ByteSize, UnitsAsTransformersWritesThem) {
 }
 
 TEST(ByteSize, AnythingElseNamesTheKey) {
-  for (const char* bad : {"", "GB", "-5GB", "0", "5 GB", "5XB", "five"}) {
+  for (const char* bad : {"", "GB", "-5GB", "0", "5 GB", "5XB", "five", "1.2.3GB", "0.5", "20000000000GB",
+                          "99999999999999999999999", "1e5"}) {
     try {
       parse_byte_size(bad, "shard_size");
       ADD_FAILURE() << bad;
@@ -25,6 +26,16 @@ TEST(ByteSize, AnythingElseNamesTheKey) {
       EXPECT_NE(std::string(e.what()).find("shard_size: '"), std::string::npos) << e.what();
     }
   }
+}
+
+TEST(ByteSize, OverflowIsRefusedNeverWrapped) {
+  try {
+    parse_byte_size("20000000000GB", "shard_size");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("too large"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(parse_byte_size("18000000000GB", "shard_size"), 18'000'000'000'000'000'000ull);
 }
 
 }  // namespace

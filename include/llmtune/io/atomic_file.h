@@ -10,7 +10,9 @@ namespace llmtune::io {
 
 // Usage: AtomicFile f(path); f.write(...); ...; f.commit();
 // Destroyed without commit() (an exception, an early return), it removes the temporary file and
-// leaves `path` untouched. Errors throw IoError naming the target path.
+// leaves `path` untouched. Errors throw IoError naming the target path. SIGINT, SIGTERM and SIGHUP,
+// when nothing else handles them, remove the temporary files before the process dies of them; and
+// temporaries of `path` left by a process that no longer runs (kill -9) are removed on the next write.
 class AtomicFile {
  public:
   explicit AtomicFile(std::filesystem::path path);
@@ -26,7 +28,12 @@ class AtomicFile {
  private:
   std::filesystem::path path_, temp_path_;
   int fd_ = -1;
+  int slot_ = -1;  // in the table of temporaries a signal removes
 };
+
+// Unlinks every AtomicFile temporary being written, now. Async-signal-safe: for a signal handler of
+// one's own that ends the process (finetune's second Ctrl-C) to call before it does.
+void remove_temporaries_now() noexcept;
 
 // The whole of `content` into `path`, atomically.
 void write_file_atomic(const std::filesystem::path& path, std::string_view content);
@@ -34,7 +41,8 @@ void write_file_atomic(const std::filesystem::path& path, std::string_view conte
 // A directory produced as a unit (a merged model, a checkpoint step): files are written into
 // staging() (a sibling "<name>.tmp-<pid>-<n>" directory) and commit() moves it into place. An
 // existing directory at `path` is moved aside first and removed after, so there is a short moment
-// with no directory at `path`, but never a half-written one. Without commit(), staging is removed.
+// with no directory at `path`, but never a half-written one. Without commit(), staging is removed;
+// stagings left by a process that no longer runs are removed when `path` is next written.
 class AtomicDir {
  public:
   explicit AtomicDir(std::filesystem::path path);

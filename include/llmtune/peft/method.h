@@ -108,6 +108,10 @@ struct SavedAdapter {
 // directory (it has no adapter_config.json, its adapter/ has).
 std::filesystem::path adapter_dir(const std::filesystem::path& dir);
 
+// The adapter directory `spec` names: a local directory (as adapter_dir), or an adapter's repo id
+// in the Hugging Face cache. AdapterErrors that call it an adapter: a file, or nothing there.
+std::filesystem::path resolve_adapter_dir(const std::string& spec);
+
 // Reads adapter_config.json + adapter_model.safetensors of `dir` (or of `dir`/adapter, a finetune
 // run directory), dispatching on peft_type. Pickled weights, unknown peft_types and keys the
 // method does not know are AdapterErrors naming the file and key.

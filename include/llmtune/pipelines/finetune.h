@@ -18,6 +18,9 @@ namespace llmtune::pipelines {
 struct FinetuneParams {
   std::string model;                    // model.path: directory or Hugging Face cache repo id
   std::string model_init = "pretrained";  // pretrained | random (config.json's shape, transformers' init)
+  std::string quantize = "none";        // none | nf4 | fp4: the frozen base quantized while it loads (QLoRA)
+  bool double_quant = true;
+  int64_t quant_blocksize = 64;
   std::filesystem::path output;         // the run directory
   std::string method = "lora";          // an adapter method's name (lora, ...) or full
   peft::AdapterMethodPtr adapter;       // the adapter method and its settings; null for full

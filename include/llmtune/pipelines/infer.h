@@ -3,6 +3,7 @@
 #pragma once
 
 #include <iosfwd>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,7 +14,7 @@ namespace llmtune::pipelines {
 struct InferParams {
   std::string model;
   std::string adapter;       // "" for none
-  std::string prompt;        // one prompt, or
+  std::optional<std::string> prompt;  // one prompt (may be empty: the template alone, or BOS), or
   std::string prompts_file;  // JSONL rows with "prompt" (string) or "messages" (list), written to
   std::string output;        //   this JSONL file, or
   bool chat = false;         // interactive chat on stdin/stdout

@@ -60,11 +60,21 @@ struct Origin {
   std::string describe() const;
 };
 
+// A value given by a command-line flag: the key it sets, the text, and the flag as the user spells
+// it ("--max-new-tokens" for max_new_tokens), for messages; "" spells it "--" + key with '-' for '_'.
+// An empty text sets an empty string (`--prompt ''`); unlike `key=`, it does not restore the default.
+struct FlagValue {
+  std::string key, value, flag;
+};
+
+// Nesting deeper than this in a YAML config is refused (as io::kMaxJsonDepth for JSON).
+inline constexpr int kMaxYamlDepth = 512;
+
 struct Sources {
-  std::optional<std::filesystem::path> file;  // the YAML config file
+  std::optional<std::filesystem::path> file;  // the YAML config file (one document)
   std::optional<std::string> yaml_text;       // YAML given directly (tests); named by `file`
   std::vector<std::string> overrides;         // "key=value" arguments
-  std::vector<std::pair<std::string, std::string>> flags;  // (key, value) from explicit flags
+  std::vector<FlagValue> flags;               // from explicit flags, the highest layer
 };
 
 class Config {
