@@ -14,6 +14,7 @@
 #include <ATen/ops/where.h>
 
 #include <chrono>
+#include <cmath>
 #include <limits>
 
 #include "llmtune/util/error.h"
@@ -32,7 +33,11 @@ int64_t choose_token(at::Tensor logits, const std::vector<int64_t>& history, con
   }
   if (p.temperature <= 0.0) return logits.argmax().item<int64_t>();
 
-  logits = logits / p.temperature;
+  // A temperature so small that the division overflows (or the float32 scalar underflows to 0)
+  // puts all the probability on the largest logit: that is greedy.
+  at::Tensor scaled = logits / p.temperature;
+  if (!std::isfinite(scaled.max().item<double>())) return logits.argmax().item<int64_t>();
+  logits = scaled;
   if (p.top_k > 0 && p.top_k < logits.size(0)) {
     double kth = std::get<0>(at::topk(logits, p.top_k)).min().item<double>();
     logits.masked_fill_(logits < kth, neg_inf);

@@ -3,6 +3,8 @@
 // training loss), report.
 #include "llmtune/pipelines/eval.h"
 
+#include <algorithm>
+
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/zeros.h>
 #include <spdlog/spdlog.h>
@@ -107,7 +109,9 @@ EvalResult run_eval(const EvalParams& params) {
   auto t_eval = SteadyClock::now();
   // One sequence per row, in order, right-padded to the longest of its batch: causal attention
   // never lets a real token see a pad, and pads carry no label.
-  data::Batcher batches(std::move(seqs), {.batch_size = p.batch_size, .max_seq_len = p.max_seq_len, .packing = false,
+  // (More rows per batch than there are sequences is one batch of them all.)
+  const int64_t batch_size = std::clamp<int64_t>(p.batch_size, 1, std::max<int64_t>(1, static_cast<int64_t>(seqs.size())));
+  data::Batcher batches(std::move(seqs), {.batch_size = batch_size, .max_seq_len = p.max_seq_len, .packing = false,
                                           .pad_to_multiple_of = 1, .pad_id = 0, .shuffle = false});
   at::NoGradGuard no_grad;
   // The LM head and loss over chunks of the scored positions (no full logits); summed on the

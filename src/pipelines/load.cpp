@@ -60,7 +60,7 @@ LoadedModel load_model(const std::string& command, const std::string& model, con
     check_finite(weights, m.dir.string(), refuse_non_finite);
   }
   if (!adapter.empty()) {
-    const std::filesystem::path dir = io::resolve_model_dir(adapter);
+    const std::filesystem::path dir = peft::resolve_adapter_dir(adapter);
     peft::apply_adapter(*m.model, dir);
     const peft::SavedAdapter saved = peft::open_adapter(dir);
     std::vector<std::pair<std::string, const at::Tensor*>> tensors;

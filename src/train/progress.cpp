@@ -20,6 +20,7 @@ volatile std::sig_atomic_t g_stop_signal = 0;
 
 void on_stop_signal(int sig) {
   if (g_stop_signal != 0 && sig == SIGINT) {
+    io::remove_temporaries_now();  // a half-written output's temporary goes with the process
     std::signal(SIGINT, SIG_DFL);
     std::raise(SIGINT);
     return;
