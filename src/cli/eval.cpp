@@ -19,6 +19,7 @@ const CommonUse kEvalUse{.seed = false, .why_not = "eval scores every token, it 
 struct EvalFlags {
   std::optional<std::string> model, adapter, data, format, chat_template;
   std::optional<int64_t> max_seq_len, batch_size;
+  bool refuse_non_finite = false;
 };
 
 config::Schema eval_schema() {
@@ -36,6 +37,7 @@ config::Schema eval_schema() {
          .check = check_chat_template});
   s.add({.name = "max_seq_len", .type = Type::Int, .default_value = int64_t{2048}, .help = "window / row length in tokens", .min = 2});
   s.add({.name = "batch_size", .type = Type::Int, .default_value = int64_t{8}, .help = "sequences per forward pass", .min = 1});
+  s.add({.name = "refuse_non_finite", .type = Type::Bool, .default_value = false, .help = "refuse weights or adapter tensors holding NaN or infinite values (default: a warning naming them)"});
   return s;
 }
 
@@ -54,6 +56,7 @@ Command register_eval(CLI::App& root) {
                   "chat template for instruction/chat rows: auto|alpaca|chatml|llama3|mistral|zephyr|FILE.jinja");
   app->add_option("--max-seq-len", flags->max_seq_len, "window (.txt) or truncation (.jsonl) length in tokens [2048]");
   app->add_option("--batch-size", flags->batch_size, "sequences per forward pass [8]");
+  app->add_flag("--refuse-non-finite", flags->refuse_non_finite, "refuse weights or adapter tensors holding NaN or infinite values (default: a warning naming them)");
   return {app, [options, flags] {
             FlagValues extra;
             add_flag_value(extra, "model", flags->model);
@@ -63,6 +66,7 @@ Command register_eval(CLI::App& root) {
             add_flag_value(extra, "template", flags->chat_template);
             add_flag_value(extra, "max_seq_len", flags->max_seq_len);
             add_flag_value(extra, "batch_size", flags->batch_size);
+            add_flag_value(extra, "refuse_non_finite", flags->refuse_non_finite);
             config::Config cfg = resolve_config(eval_schema(), *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
             pipelines::EvalParams p;
@@ -74,6 +78,7 @@ Command register_eval(CLI::App& root) {
             p.chat_template = cfg.get_string("template");
             p.max_seq_len = cfg.get_int("max_seq_len");
             p.batch_size = cfg.get_int("batch_size");
+            p.refuse_non_finite = cfg.get_bool("refuse_non_finite");
             p.device = cfg.get_string("device");
             p.dtype = cfg.get_string("dtype");
             auto r = pipelines::run_eval(p);

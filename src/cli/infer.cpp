@@ -23,6 +23,7 @@ config::Schema infer_schema() {
   s.add({.name = "output", .type = Type::String, .help = "JSONL output for prompts_file"});
   s.add({.name = "chat", .type = Type::Bool, .default_value = false, .help = "interactive chat"});
   s.add({.name = "raw", .type = Type::Bool, .default_value = false, .help = "no chat template"});
+  s.add({.name = "refuse_non_finite", .type = Type::Bool, .default_value = false, .help = "refuse weights or adapter tensors holding NaN or infinite values (default: a warning naming them)"});
   s.add({.name = "system", .type = Type::String, .help = "system prompt"});
   s.add({.name = "max_new_tokens", .type = Type::Int, .default_value = int64_t{256}, .help = "tokens to generate at most", .min = 1});
   s.add({.name = "temperature", .type = Type::Float, .default_value = 0.0, .help = "0 = greedy", .min = 0});
@@ -39,7 +40,7 @@ struct InferFlags {
   std::optional<int64_t> max_new_tokens, top_k;
   std::optional<double> temperature, top_p, min_p, repetition_penalty;
   std::vector<std::string> stop;
-  bool chat = false, raw = false;
+  bool chat = false, raw = false, refuse_non_finite = false;
 };
 
 }  // namespace
@@ -56,6 +57,7 @@ Command register_infer(CLI::App& root) {
   app->add_option("--output", f->output, "JSONL written for --prompts-file");
   app->add_flag("--chat", f->chat, "interactive chat on stdin (/reset, /exit)");
   app->add_flag("--raw", f->raw, "no chat template: the prompt as is, with the tokenizer's BOS");
+  app->add_flag("--refuse-non-finite", f->refuse_non_finite, "refuse weights or adapter tensors holding NaN or infinite values (default: a warning naming them)");
   app->add_option("--system", f->system, "system prompt for chat-templated prompts");
   app->add_option("--max-new-tokens", f->max_new_tokens, "tokens to generate at most [256]");
   app->add_option("--temperature", f->temperature, "sampling temperature; 0 = greedy [0]");
@@ -81,6 +83,7 @@ Command register_infer(CLI::App& root) {
             put("repetition_penalty", f->repetition_penalty);
             add_flag_value(extra, "chat", f->chat);
             add_flag_value(extra, "raw", f->raw);
+            add_flag_value(extra, "refuse_non_finite", f->refuse_non_finite);
             if (!f->stop.empty()) {
               nlohmann::json list = f->stop;
               extra.push_back({"stop", list.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "--stop"});
@@ -97,6 +100,7 @@ Command register_infer(CLI::App& root) {
             p.system = opt("system");
             p.chat = cfg.get_bool("chat");
             p.raw = cfg.get_bool("raw");
+            p.refuse_non_finite = cfg.get_bool("refuse_non_finite");
             p.stop = cfg.get_list("stop");
             p.sampling.max_new_tokens = cfg.get_int("max_new_tokens");
             p.sampling.temperature = cfg.get_float("temperature");

@@ -20,7 +20,7 @@ const CommonUse kMergeUse{.device = false, .seed = false,
 
 struct MergeFlags {
   std::optional<std::string> model, adapter, output, shard_size, gguf, gguf_type, name, lora_gguf, lora_gguf_type;
-  bool force = false, ollama = false;
+  bool force = false, ollama = false, refuse_non_finite = false;
 };
 
 const std::vector<std::string>& gguf_type_choices() {
@@ -41,6 +41,7 @@ config::Schema merge_schema() {
   s.add({.name = "shard_size", .type = Type::String, .default_value = std::string("5GB"),
          .help = "largest safetensors shard (5GB, 500MB, 2GiB, bytes)"});
   s.add({.name = "force", .type = Type::Bool, .default_value = false, .help = "replace existing outputs"});
+  s.add({.name = "refuse_non_finite", .type = Type::Bool, .default_value = false, .help = "refuse an adapter holding NaN or infinite values (default: a warning naming its tensors)"});
   s.add({.name = "gguf", .type = Type::String, .help = "also write the merged model as this .gguf file"});
   s.add({.name = "gguf_type", .type = Type::String, .default_value = std::string("auto"),
          .help = "GGUF tensor type or llama.cpp mix (auto: BF16 for a bf16 model, else F16)", .choices = gguf_type_choices()});
@@ -66,6 +67,7 @@ Command register_merge(CLI::App& root) {
   app->add_option("--output", flags->output, "merged Hugging Face directory [<run>/merged or <adapter>-merged]");
   app->add_option("--shard-size", flags->shard_size, "largest safetensors shard [5GB]");
   app->add_flag("--force", flags->force, "replace existing outputs");
+  app->add_flag("--refuse-non-finite", flags->refuse_non_finite, "refuse an adapter holding NaN or infinite values (default: a warning naming its tensors)");
   app->add_option("--gguf", flags->gguf, "also write the merged model as this .gguf file");
   app->add_option("--gguf-type", flags->gguf_type, "GGUF type: auto|f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m|q4_k_s|q5_k_m|q5_k_s [auto]");
   app->add_option("--name", flags->name, "general.name of the GGUF file");
@@ -79,6 +81,7 @@ Command register_merge(CLI::App& root) {
             add_flag_value(extra, "output", flags->output);
             add_flag_value(extra, "shard_size", flags->shard_size);
             add_flag_value(extra, "force", flags->force);
+            add_flag_value(extra, "refuse_non_finite", flags->refuse_non_finite);
             add_flag_value(extra, "gguf", flags->gguf);
             add_flag_value(extra, "gguf_type", flags->gguf_type);
             add_flag_value(extra, "name", flags->name);
@@ -96,6 +99,7 @@ Command register_merge(CLI::App& root) {
             p.dtype = dtype == "auto" ? "" : dtype;
             p.shard_size_bytes = parse_byte_size(cfg.get_string("shard_size"), "shard_size");
             p.force = cfg.get_bool("force");
+            p.refuse_non_finite = cfg.get_bool("refuse_non_finite");
             p.gguf = opt("gguf");
             p.gguf_options.type = cfg.get_string("gguf_type");
             p.gguf_options.name = opt("name");

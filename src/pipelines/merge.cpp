@@ -15,6 +15,7 @@
 
 #include "llmtune/io/atomic_file.h"
 #include "llmtune/io/hf_dir.h"
+#include "llmtune/pipelines/load.h"
 #include "llmtune/io/read_file.h"
 #include "llmtune/ops/runtime.h"
 #include "llmtune/util/device.h"
@@ -160,6 +161,11 @@ MergeReport run_merge(const MergeParams& params) {
 
   // Inputs: the adapter, then its base (named, or the one the adapter was trained on).
   const peft::SavedAdapter adapter = peft::open_adapter(params.adapter);
+  {
+    std::vector<std::pair<std::string, const at::Tensor*>> tensors;
+    for (const auto& [name, t] : adapter.tensors) tensors.emplace_back(name, &t);
+    check_finite(tensors, adapter.weights_path.string(), params.refuse_non_finite);
+  }
   std::string model = params.model;
   if (model.empty()) {
     const std::string config_path = (adapter.dir / "adapter_config.json").string();

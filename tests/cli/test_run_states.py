@@ -212,6 +212,28 @@ def test_non_finite_adapter_weights_are_named(llmtune, data, tmp_path):
     assert len(warnings) == 1 and name in warnings[0] and "adapter_model.safetensors" in warnings[0], r.err
 
 
+def test_non_finite_adapters_are_refused_on_request_and_named_by_merge(llmtune, data, tmp_path):
+    out = tmp_path / "run"
+    assert finetune(llmtune, data, out, "--max-steps", 1).code == 0
+    from safetensors.torch import load_file, save_file
+    path = out / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    name = sorted(tensors)[-1]
+    tensors[name][0, 0] = float("inf")
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    for command in (["eval", "--data", data], ["infer", "--prompt", "hi", "--max-new-tokens", 2]):
+        r = llmtune(command[0], "--model", MODEL, "--adapter", out / "adapter", *command[1:], "--device", "cpu",
+                    "--refuse-non-finite", "--json")
+        errors_ = errors(r)
+        assert r.code == 1 and len(errors_) == 1 and name in errors_[0], (command, r.err)
+        assert r.out == ""
+    merged = tmp_path / "merged"
+    r = llmtune("merge", "--model", MODEL, "--adapter", out / "adapter", "--output", merged, "--refuse-non-finite")
+    assert r.code == 1 and name in errors(r)[0] and not merged.exists(), r.err
+    r = llmtune("merge", "--model", MODEL, "--adapter", out / "adapter", "--output", merged)
+    assert any("NaN or infinite" in l and name in l for l in r.err_lines), r.err
+
+
 def test_examples_beyond_the_context_are_warned_about(llmtune, tmp_path):
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"text": " ".join(["word"] * 600)}) + "\n")

@@ -18,6 +18,7 @@ struct EvalParams {
   int64_t batch_size = 8;
   std::string device = "auto";
   std::string dtype = "auto";
+  bool refuse_non_finite = false;  // NaN/inf weights: an error instead of a warning
 };
 
 struct EvalResult {

@@ -24,6 +24,7 @@ struct InferParams {
   model::SamplingParams sampling;
   std::string device = "auto";
   std::string dtype = "auto";
+  bool refuse_non_finite = false;  // NaN/inf weights: an error instead of a warning
   bool json = false;  // one JSON object per prompt on stdout instead of streamed text
 };
 

@@ -66,6 +66,7 @@ struct MergeParams {
   std::string dtype;  // "" → the base's dtype; bf16 | fp16 | fp32
   uint64_t shard_size_bytes = 5'000'000'000;  // transformers' default max_shard_size "5GB"
   bool force = false;                          // replace existing outputs
+  bool refuse_non_finite = false;              // an adapter holding NaN/inf: an error instead of a warning
   std::filesystem::path gguf;                  // also write the merged model as GGUF ("" none)
   GgufExportOptions gguf_options;
   std::filesystem::path lora_gguf;  // also write the adapter alone in llama.cpp's GGUF LoRA format
