@@ -20,6 +20,9 @@
 #include <ATen/ops/tensor.h>
 
 #include <cmath>
+#include <map>
+#include <string>
+#include <utility>
 
 #include "llmtune/util/error.h"
 
@@ -54,6 +57,15 @@ std::pair<at::Tensor, at::Tensor> scale_blocks(const at::Tensor& x, int64_t bloc
     scaled = at::cat({scaled, at::clamp(tail / am, -1, 1)});
   }
   return {absmax, scaled};
+}
+
+// The code table on `device`, made once per device and type: a forward dequantizes every layer,
+// and a host-to-device copy per call would synchronise the GPU each time.
+const at::Tensor& four_bit_code_on(FourBit type, const c10::Device& device) {
+  static thread_local std::map<std::pair<int, std::string>, at::Tensor> cache;
+  at::Tensor& t = cache[{static_cast<int>(type), device.str()}];
+  if (!t.defined()) t = four_bit_code(type).to(device);
+  return t;
 }
 
 }  // namespace
@@ -158,7 +170,7 @@ at::Tensor dequantize_4bit(const FourBitTensor& q, at::ScalarType dtype) {
     throw QuantError("4-bit weight of shape " + c10::str(at::IntArrayRef(s.shape)) + " needs " + std::to_string((n + 1) / 2) +
                      " packed bytes, got " + std::to_string(bytes.numel()));
   const at::Tensor idx = at::stack({bytes.__rshift__(4), bytes.__and__(0xF)}, 1).reshape({-1}).narrow(0, 0, n).to(at::kLong);
-  const at::Tensor values = four_bit_code(s.type).to(bytes.device()).index_select(0, idx);
+  const at::Tensor values = four_bit_code_on(s.type, bytes.device()).index_select(0, idx);
   const at::Tensor absmax = four_bit_absmax(s).to(bytes.device());
   const int64_t rem = n % s.blocksize, full = n - rem;
   if (absmax.numel() != full / s.blocksize + (rem ? 1 : 0))
