@@ -104,6 +104,8 @@ run finetune-lora finetune_check lora method=lora
 rows[-1]="${rows[-1]%|*}|$(summary_of finetune-lora)"
 run finetune-dora finetune_check dora method=lora lora.use_dora=true
 rows[-1]="${rows[-1]%|*}|$(summary_of finetune-dora)"
+run finetune-qlora finetune_check qlora method=lora model.quantize=nf4
+rows[-1]="${rows[-1]%|*}|$(summary_of finetune-qlora)"
 finetune_full() {
   local full="$work/full-full" split="$work/full-split"
   local args=(finetune --model demo/model --data "$data" --max-steps 20 device=$dev dtype=$dtype method=full
