@@ -110,7 +110,7 @@ at::Tensor CausalLM::forward_hidden(const at::Tensor& input_ids, const ForwardOp
         tensors.insert(tensors.end(), t.begin(), t.end());
       }
       h = recompute_in_backward(
-          [this, &layer, index, cos, sin, options, past, plan](const at::Tensor& x) {
+          [this, &layer, index, cos = cos, sin = sin, options, past, plan](const at::Tensor& x) {  // (clang 14: no capture of structured bindings)
             return decoder_layer(layer, index, x, cos, sin, options, past, plan ? &*plan : nullptr);
           },
           h, tensors);

@@ -3,11 +3,13 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/zeros.h>
+#include <pcre2.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <memory>
 #include <regex>
 #include <set>
 
@@ -23,12 +25,38 @@ bool ends_with_name(const std::string& path, const std::string& name) {
   return path == name || (path.size() > name.size() && path.ends_with(name) && path[path.size() - name.size() - 1] == '.');
 }
 
+// re.fullmatch(pattern, path), as PEFT matches a string target_modules. With PCRE2 under a match
+// limit: a pattern from a downloaded adapter_config.json that backtracks catastrophically (std::regex
+// has no limit: it hung merge, infer and eval) is an error instead of a hang.
 bool full_match(const std::string& pattern, const std::string& path, const char* key) {
-  try {
-    return std::regex_match(path, std::regex(pattern));
-  } catch (const std::regex_error& e) {
-    throw AdapterError(std::string(key) + " '" + pattern + "' is not a valid regular expression (" + e.what() + ")");
+  int error = 0;
+  PCRE2_SIZE offset = 0;
+  std::unique_ptr<pcre2_code, decltype(&pcre2_code_free)> code(
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_ANCHORED | PCRE2_ENDANCHORED,
+                    &error, &offset, nullptr),
+      &pcre2_code_free);
+  if (!code) {
+    PCRE2_UCHAR message[256];
+    pcre2_get_error_message(error, message, sizeof(message));
+    throw AdapterError(std::string(key) + " '" + pattern + "' is not a valid regular expression (at offset " +
+                       std::to_string(offset) + ": " + reinterpret_cast<const char*>(message) + ")");
   }
+  std::unique_ptr<pcre2_match_context, decltype(&pcre2_match_context_free)> context(pcre2_match_context_create(nullptr),
+                                                                                   &pcre2_match_context_free);
+  pcre2_set_match_limit(context.get(), 1000000);
+  pcre2_set_depth_limit(context.get(), 10000);
+  std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> data(
+      pcre2_match_data_create_from_pattern(code.get(), nullptr), &pcre2_match_data_free);
+  const int rc = pcre2_match(code.get(), reinterpret_cast<PCRE2_SPTR>(path.data()), path.size(), 0, 0, data.get(),
+                             context.get());
+  if (rc >= 0) return true;
+  if (rc == PCRE2_ERROR_NOMATCH) return false;
+  if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT)
+    throw AdapterError(std::string(key) + " '" + pattern + "' backtracks without end on '" + path +
+                       "' (a pattern no module name needs): simplify it");
+  PCRE2_UCHAR message[256];
+  pcre2_get_error_message(rc, message, sizeof(message));
+  throw AdapterError(std::string(key) + " '" + pattern + "' cannot be matched: " + reinterpret_cast<const char*>(message));
 }
 
 // PEFT's layers_to_transform: the first numbered path segment (after `layers_pattern` when given).

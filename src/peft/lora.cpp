@@ -88,16 +88,24 @@ LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& sou
     std::string one_pattern;
     read_names(j, "layers_pattern", c.layers_pattern, one_pattern);
     if (!one_pattern.empty()) c.layers_pattern = {one_pattern};
+    // Integers only: a float such as 1e30 converted to int64 is undefined behaviour.
+    auto integer = [&](const nlohmann::json& v, const std::string& what) {
+      if (!v.is_number_integer()) fail(what + " must be an integer, got " + v.dump());
+      return v.get<int64_t>();
+    };
     if (auto it = j.find("layers_to_transform"); it != j.end() && !it->is_null()) {
-      if (it->is_number_integer()) c.layers_to_transform = {it->get<int64_t>()};
-      else c.layers_to_transform = it->get<std::vector<int64_t>>();
+      if (it->is_array()) {
+        for (const auto& v : *it) c.layers_to_transform.push_back(integer(v, "layers_to_transform"));
+      } else {
+        c.layers_to_transform = {integer(*it, "layers_to_transform")};
+      }
     }
     if (auto it = j.find("init_lora_weights"); it != j.end() && !it->is_null()) {
       if (it->is_boolean()) c.init_lora_weights = it->get<bool>() ? "true" : "false";
       else c.init_lora_weights = it->get<std::string>();
     }
     if (auto it = j.find("rank_pattern"); it != j.end() && it->is_object())
-      for (auto& [k, v] : it->items()) c.rank_pattern[k] = v.get<int64_t>();
+      for (auto& [k, v] : it->items()) c.rank_pattern[k] = integer(v, "rank_pattern['" + k + "']");
     if (auto it = j.find("alpha_pattern"); it != j.end() && it->is_object())
       for (auto& [k, v] : it->items()) c.alpha_pattern[k] = v.get<double>();
     if (auto it = j.find("modules_to_save"); it != j.end() && !it->is_null() && !it->empty())

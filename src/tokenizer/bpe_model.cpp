@@ -18,6 +18,10 @@ namespace {
 
 using nlohmann::json;
 
+// A JSON value for an error message. Merges read from a GGUF file are raw bytes, not always UTF-8,
+// and dump() would throw its own type_error instead of our message: invalid bytes become U+FFFD.
+std::string shown(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 struct StringHash {
   using is_transparent = void;
   size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
@@ -65,13 +69,13 @@ class BpeModel : public Model {
         a = m[0];
         b = m[1];
       } else {
-        throw TokenizerError(file + ": merge " + m.dump() + " is neither \"a b\" nor [\"a\", \"b\"]");
+        throw TokenizerError(file + ": merge " + shown(m) + " is neither \"a b\" nor [\"a\", \"b\"]");
       }
       auto ia = vocab_.find(a), ib = vocab_.find(b);
       std::string merged = a + (b.size() >= prefix_len ? b.substr(prefix_len) : b);
       auto im = vocab_.find(merged);
       if (ia == vocab_.end() || ib == vocab_.end() || im == vocab_.end())
-        throw TokenizerError(file + ": merge " + m.dump() + " uses a token that is not in model.vocab");
+        throw TokenizerError(file + ": merge " + shown(m) + " uses a token that is not in model.vocab");
       merges_.emplace(pair_key(ia->second, ib->second), std::make_pair(rank++, im->second));
     }
   }

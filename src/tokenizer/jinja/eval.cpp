@@ -176,12 +176,13 @@ class Evaluator {
 
   // Budgets per render. A template arrives with any downloaded model, so its loops, strings and
   // output are bounded: the shipped templates need a few thousand steps per conversation, and a
-  // 1,000-turn conversation well under a million.
-  static constexpr int64_t kMaxSteps = 20'000'000;
+  // 1,000-turn conversation well under a million. A step (an iteration, a statement or an
+  // expression) costs up to ~1.5 us, so the budget also bounds a render to a few seconds.
+  static constexpr int64_t kMaxSteps = 2'000'000;
   static constexpr size_t kMaxBytes = size_t{64} << 20;
   void tick() {
     if (++steps_ > kMaxSteps)
-      throw EvalError("the template ran past its budget of 20,000,000 evaluation steps",
+      throw EvalError("the template ran past its budget of 2,000,000 evaluation steps",
                       "a loop that runs too long, e.g. nested range() loops; the template is refused");
   }
   void check_size(size_t bytes, const char* what) const {
@@ -286,6 +287,7 @@ class Evaluator {
     }
     int64_t n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      tick();  // an iteration is a step even when its body is empty (nested range() loops)
       push_scope();
       bind(s.targets, items[i]);
       Value loop = Value::dict();
