@@ -72,6 +72,8 @@ void read_rows(const std::filesystem::path& path, const std::function<void(int64
                       ": not valid JSON (" + e.what() + "); a .json dataset must be one JSON array of row objects");
     } catch (const io::JsonTooDeep& e) {
       throw DataError(file + ": refused: " + e.what());
+    } catch (const nlohmann::ordered_json::exception& e) {  // a number beyond a double (1e999)
+      throw DataError(file + ": a number is out of range (" + io::json_error_text(e) + ")");
     }
     std::vector<int64_t> lines = element_lines(text);
     for (size_t i = 0; i < all.size(); ++i) {
@@ -101,6 +103,9 @@ void read_rows(const std::filesystem::path& path, const std::function<void(int64
       continue;
     } catch (const io::JsonTooDeep& e) {
       fail(n, std::string("refused: ") + e.what());
+      continue;
+    } catch (const nlohmann::ordered_json::exception& e) {  // a number beyond a double (1e999)
+      fail(n, "a number is out of range (" + io::json_error_text(e) + ")");
       continue;
     }
     if (!j.is_object()) {

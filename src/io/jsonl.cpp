@@ -22,6 +22,8 @@ void read_jsonl(const std::filesystem::path& path, const std::function<void(int6
       throw DataError(path.string() + ":" + std::to_string(n) + ": not valid JSON (" + e.what() + ")");
     } catch (const JsonTooDeep& e) {
       throw DataError(path.string() + ":" + std::to_string(n) + ": refused: " + e.what());
+    } catch (const nlohmann::ordered_json::exception& e) {  // a number beyond a double (1e999)
+      throw DataError(path.string() + ":" + std::to_string(n) + ": a number is out of range (" + json_error_text(e) + ")");
     }
     if (!j.is_object()) throw DataError(path.string() + ":" + std::to_string(n) + ": each line must be a JSON object");
     row(n, j);

@@ -50,6 +50,13 @@ std::string read_text_file(const std::filesystem::path& path, std::string_view w
   return text;
 }
 
+// nlohmann's message without its "[json.exception.out_of_range.406] " prefix.
+inline std::string json_error_text(const std::exception& e) {
+  const std::string what = e.what();
+  const size_t end = what.starts_with("[json.exception.") ? what.find("] ") : std::string::npos;
+  return end == std::string::npos ? what : what.substr(end + 2);
+}
+
 // The JSON object in the file at `path`. A file that cannot be read (as read_text_file), is not
 // JSON ("<path>: malformed JSON in <what> (<parser message>)") or is not an object throws Err.
 // Json is nlohmann::ordered_json (keys keep their file order, for files written back) or
@@ -60,6 +67,8 @@ Json read_json_file(const std::filesystem::path& path, std::string_view what) {
   Json j;
   try {
     j = parse_json_bounded<Json>(text);
+  } catch (const nlohmann::json::out_of_range& e) {
+    throw Err(path.string() + ": a number in " + std::string(what) + " is out of range (" + json_error_text(e) + ")");
   } catch (const nlohmann::json::exception& e) {
     throw Err(path.string() + ": malformed JSON in " + std::string(what) + " (" + e.what() + ")");
   } catch (const JsonTooDeep& e) {
