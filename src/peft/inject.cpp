@@ -3,18 +3,19 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/zeros.h>
-#include <pcre2.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <memory>
-#include <regex>
+#include <optional>
 #include <set>
 
 #include "llmtune/peft/lora.h"
 #include "llmtune/util/error.h"
+#include "llmtune/util/regex.h"
+#include "patterns.h"
 
 namespace llmtune::peft {
 namespace {
@@ -25,73 +26,40 @@ bool ends_with_name(const std::string& path, const std::string& name) {
   return path == name || (path.size() > name.size() && path.ends_with(name) && path[path.size() - name.size() - 1] == '.');
 }
 
-// re.fullmatch(pattern, path), as PEFT matches a string target_modules. With PCRE2 under a match
-// limit: a pattern from a downloaded adapter_config.json that backtracks catastrophically (std::regex
-// has no limit: it hung merge, infer and eval) is an error instead of a hang.
-bool full_match(const std::string& pattern, const std::string& path, const char* key) {
-  int error = 0;
-  PCRE2_SIZE offset = 0;
-  std::unique_ptr<pcre2_code, decltype(&pcre2_code_free)> code(
-      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_ANCHORED | PCRE2_ENDANCHORED,
-                    &error, &offset, nullptr),
-      &pcre2_code_free);
-  if (!code) {
-    PCRE2_UCHAR message[256];
-    pcre2_get_error_message(error, message, sizeof(message));
-    throw AdapterError(std::string(key) + " '" + pattern + "' is not a valid regular expression (at offset " +
-                       std::to_string(offset) + ": " + reinterpret_cast<const char*>(message) + ")");
-  }
-  std::unique_ptr<pcre2_match_context, decltype(&pcre2_match_context_free)> context(pcre2_match_context_create(nullptr),
-                                                                                   &pcre2_match_context_free);
-  pcre2_set_match_limit(context.get(), 1000000);
-  pcre2_set_depth_limit(context.get(), 10000);
-  std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> data(
-      pcre2_match_data_create_from_pattern(code.get(), nullptr), &pcre2_match_data_free);
-  const int rc = pcre2_match(code.get(), reinterpret_cast<PCRE2_SPTR>(path.data()), path.size(), 0, 0, data.get(),
-                             context.get());
-  if (rc >= 0) return true;
-  if (rc == PCRE2_ERROR_NOMATCH) return false;
-  if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT)
-    throw AdapterError(std::string(key) + " '" + pattern + "' backtracks without end on '" + path +
-                       "' (a pattern no module name needs): simplify it");
-  PCRE2_UCHAR message[256];
-  pcre2_get_error_message(rc, message, sizeof(message));
-  throw AdapterError(std::string(key) + " '" + pattern + "' cannot be matched: " + reinterpret_cast<const char*>(message));
-}
-
-// PEFT's layers_to_transform: the first numbered path segment (after `layers_pattern` when given).
+// PEFT's layers_to_transform: the first numbered path segment (after a `layers_pattern` when given;
+// the first of them that matches decides, even when it captured no index).
 bool in_transformed_layers(const LoraConfig& config, const std::string& path) {
   if (config.layers_to_transform.empty()) return true;
-  std::smatch m;
-  bool found = false;
+  std::optional<std::string> index;
   if (config.layers_pattern.empty()) {
-    found = std::regex_search(path, m, std::regex(R"(^.*?\.[^.]*\.(\d+)\.)"));
+    layer_index_regex(config, nullptr).match(path, "idx", index);
   } else {
-    for (const auto& p : config.layers_pattern) {
-      try {
-        found = std::regex_search(path, m, std::regex("^(?:.*?\\.)?" + p + "\\.(\\d+)\\."));
-      } catch (const std::regex_error& e) {
-        throw AdapterError("layers_pattern '" + p + "' is not a valid regular expression (" + e.what() + ")");
-      }
-      if (found) break;
-    }
+    for (const auto& p : config.layers_pattern)
+      if (layer_index_regex(config, &p).match(path, "idx", index)) break;
   }
-  if (!found) return false;
-  int64_t index = std::stoll(m[1].str());
+  if (!index) return false;
+  // \d+ in Python and PCRE2 (UCP) also takes non-ASCII digits, which int() reads and stoll does not:
+  // no module path has them, and an index too long for int64 is in no list either.
+  int64_t value = 0;
+  try {
+    value = std::stoll(*index);
+  } catch (const std::exception&) {
+    return false;
+  }
   for (int64_t i : config.layers_to_transform)
-    if (i == index) return true;
+    if (i == value) return true;
   return false;
 }
 
 bool is_targeted(const LoraConfig& config, const std::string& path) {
   if (!config.exclude_regex.empty()) {
-    if (full_match(config.exclude_regex, path, "exclude_modules")) return false;
+    if (module_regex(config, config.exclude_regex, "exclude_modules").match(path)) return false;
   } else {
     for (const auto& name : config.exclude_modules)
       if (ends_with_name(path, name)) return false;
   }
   if (config.is_all_linear()) return path != "lm_head";  // the output embedding is never targeted
-  if (!config.target_regex.empty()) return full_match(config.target_regex, path, "target_modules");
+  if (!config.target_regex.empty()) return module_regex(config, config.target_regex, "target_modules").match(path);
   for (const auto& name : config.target_modules)
     if (path == name) return true;  // named exactly: layers_to_transform does not apply (as PEFT)
   for (const auto& name : config.target_modules)
@@ -110,9 +78,13 @@ std::string describe_targets(const LoraConfig& config) {
 
 std::vector<std::string> select_target_modules(model::CausalLM& model, const LoraConfig& config) {
   std::vector<std::string> selected, all;
-  for (const auto& [path, slot] : model.named_linears()) {
-    all.push_back(path);
-    if (is_targeted(config, path)) selected.push_back(path);
+  try {
+    for (const auto& [path, slot] : model.named_linears()) {
+      all.push_back(path);
+      if (is_targeted(config, path)) selected.push_back(path);
+    }
+  } catch (const RegexError& e) {
+    throw AdapterError(e.what());
   }
   if (selected.empty()) {
     if (config.target_modules.empty() && config.target_regex.empty())

@@ -10,24 +10,28 @@
 #include <cctype>
 #include <cmath>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <set>
 #include <type_traits>
 
 #include "llmtune/util/error.h"
+#include "llmtune/util/regex.h"
+#include "patterns.h"
 
 namespace llmtune::peft {
 namespace {
 
-// PEFT's pattern keys match a module path when the path ends with ".<key>" or equals it.
+// PEFT's get_pattern_key: the first key whose pattern matches the path's end after a '.' (or the
+// whole path). Keys are tried in sorted order, the order of the adapter_config.json files PEFT writes
+// (sort_keys=True) and so of its own reading of them; only a hand-written file with keys out of order
+// that match the same module could resolve differently in PEFT (in file order).
 template <typename T>
-const T* match_pattern(const std::map<std::string, T>& patterns, const std::string& path) {
-  for (const auto& [key, value] : patterns) {
-    try {
-      if (std::regex_match(path, std::regex("(^|.*\\.)(" + key + ")"))) return &value;
-    } catch (const std::regex_error&) {
-      throw AdapterError("adapter_config.json: pattern '" + key + "' is not a valid regular expression");
-    }
+const T* match_pattern(const LoraConfig& config, const std::map<std::string, T>& patterns, const std::string& path,
+                       const char* field) {
+  try {
+    for (const auto& [key, value] : patterns)
+      if (pattern_key_regex(config, key, field).match(path)) return &value;
+  } catch (const RegexError& e) {
+    throw AdapterError(e.what());
   }
   return nullptr;
 }
@@ -114,6 +118,7 @@ LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& sou
     if (field("fan_in_fan_out", false)) fail("fan_in_fan_out adapters (GPT-2 Conv1D) do not apply to Llama-family models");
     if (auto it = j.find("layer_replication"); it != j.end() && !it->is_null())
       fail("layer_replication is not supported");
+    c.source = source;
   } catch (const nlohmann::json::exception& e) {
     // (lists of names, patterns): nlohmann's "[json.exception.type_error.302] type must be ..." without its tag
     std::string what = e.what();
@@ -138,6 +143,36 @@ void LoraConfig::validate(const std::string& source) const {
     if (!(value > 0)) fail("alpha_pattern['" + key + "'] must be a positive number (got " + std::to_string(value) + ")");
   if (!target_modules.empty() && !target_regex.empty())
     fail("target_modules is either a list of names or one regex, not both");
+  // Every regular expression compiles (a bad one is named now, not when the first module meets it).
+  try {
+    if (!target_regex.empty() && !is_all_linear()) module_regex(*this, target_regex, "target_modules");
+    if (!exclude_regex.empty()) module_regex(*this, exclude_regex, "exclude_modules");
+    for (const auto& [key, value] : rank_pattern) pattern_key_regex(*this, key, "rank_pattern");
+    for (const auto& [key, value] : alpha_pattern) pattern_key_regex(*this, key, "alpha_pattern");
+    for (const auto& p : layers_pattern) layer_index_regex(*this, &p);
+  } catch (const RegexError& e) {
+    throw AdapterError(e.what());
+  }
+}
+
+std::string LoraConfig::where(const std::string& key) const { return source.empty() ? "lora." + key : source + ": " + key; }
+
+BoundedRegex module_regex(const LoraConfig& config, const std::string& pattern, const char* key) {
+  return BoundedRegex(pattern, BoundedRegex::Anchor::full, config.where(key));
+}
+
+BoundedRegex pattern_key_regex(const LoraConfig& config, const std::string& pattern_key, const char* key) {
+  // The key is inserted as PEFT inserts it, unescaped: it is a regular expression.
+  return BoundedRegex("(.*\\.)?(" + pattern_key + ")$", BoundedRegex::Anchor::start, config.where(key) + " key",
+                      pattern_key);
+}
+
+BoundedRegex layer_index_regex(const LoraConfig& config, const std::string* layers_pattern) {
+  if (!layers_pattern)
+    return BoundedRegex(R"(.*?\.[^.]*\.(?P<idx>\d+)\.)", BoundedRegex::Anchor::start, "the layer index pattern");
+  // Unparenthesized, as PEFT: "a|b" becomes two alternatives of the whole pattern.
+  return BoundedRegex("(?:^|.*?\\.)" + *layers_pattern + "\\.(?P<idx>\\d+)\\.", BoundedRegex::Anchor::start,
+                      config.where("layers_pattern"), *layers_pattern);
 }
 
 bool LoraConfig::is_all_linear() const {
@@ -210,12 +245,12 @@ nlohmann::json LoraConfig::to_json() const {
 }
 
 int64_t LoraConfig::rank_for(const std::string& module_path) const {
-  const int64_t* rank = match_pattern(rank_pattern, module_path);
+  const int64_t* rank = match_pattern(*this, rank_pattern, module_path, "rank_pattern");
   return rank ? *rank : r;
 }
 
 double LoraConfig::scaling_for(const std::string& module_path, int64_t r) const {
-  const double* alpha = match_pattern(alpha_pattern, module_path);
+  const double* alpha = match_pattern(*this, alpha_pattern, module_path, "alpha_pattern");
   double a = alpha ? *alpha : lora_alpha;
   return use_rslora ? a / std::sqrt(static_cast<double>(r)) : a / static_cast<double>(r);
 }

@@ -177,7 +177,11 @@ LoraConfig lora_config_from(const config::Config& cfg) {
   set_targets(c, cfg.get_list("lora.target_modules"));
   c.use_rslora = cfg.get_bool("lora.use_rslora");
   c.use_dora = cfg.get_bool("lora.use_dora");
-  c.validate("lora settings");
+  try {
+    c.validate("lora settings");
+  } catch (const AdapterError& e) {
+    throw ConfigError(e.what());  // a lora.* value (a target regex that does not compile): a config error
+  }
   return c;
 }
 

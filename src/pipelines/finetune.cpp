@@ -376,9 +376,11 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
     const double grad_norm = finite ? train::clip_grad_norm(trainable, p.max_grad_norm) : std::nan("");
     const double loss_sum = loss_acc.item<double>();
     const double lr = p.lr * train::lr_multiplier(schedule, step, warmup_steps, total_steps);
-    // Diverged (fp32/bf16; fp16's scaler skips such steps itself): stop before the update, so that
-    // nothing of this step reaches the weights and the last checkpoint stays the last good state.
-    if (!scaler.enabled() && (!std::isfinite(loss_sum) || (p.max_grad_norm > 0 && !std::isfinite(grad_norm)))) {
+    // Diverged (fp16: inf/nan gradients with the loss scale at its floor; it skips them until then):
+    // stop before the update, so that nothing of this step reaches the weights and the last
+    // checkpoint stays the last good state.
+    if (scaler.enabled() ? scaler.diverged(!finite)
+                         : !std::isfinite(loss_sum) || (p.max_grad_norm > 0 && !std::isfinite(grad_norm))) {
       const std::optional<fs::path> last = train::latest_checkpoint(p.output / "checkpoints");
       auto number = [](double v) { return std::isnan(v) ? std::string("NaN") : std::isinf(v) ? (v > 0 ? "inf" : "-inf") : fmt::format("{:g}", v); };
       throw Error(fmt::format("step {}: the loss is {} (gradient norm {}): training diverged, this step was not applied; {} "

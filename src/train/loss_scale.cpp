@@ -1,4 +1,4 @@
-// GradScaler's update rule, with the gradients unscaled and checked in two multi-tensor kernels.
+// GradScaler's update rule with a floor (DeepSpeed's), the gradients unscaled and checked in two multi-tensor kernels.
 #include "llmtune/train/loss_scale.h"
 
 #include <ATen/core/grad_mode.h>
@@ -6,10 +6,12 @@
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/stack.h>
 
+#include <algorithm>
+
 namespace llmtune::train {
 
-LossScaler::LossScaler(bool enabled, double initial_scale, int64_t growth_interval)
-    : enabled_(enabled), scale_(enabled ? initial_scale : 1.0), growth_interval_(growth_interval) {}
+LossScaler::LossScaler(bool enabled, double initial_scale, int64_t growth_interval, double min_scale)
+    : enabled_(enabled), scale_(enabled ? initial_scale : 1.0), growth_interval_(growth_interval), min_scale_(min_scale) {}
 
 void LossScaler::restore(double scale, int64_t good_steps) {
   if (!enabled_) return;
@@ -31,7 +33,7 @@ bool LossScaler::unscale_and_check(const std::vector<NamedParameter>& params) {
 void LossScaler::update(bool overflow) {
   if (!enabled_) return;
   if (overflow) {
-    scale_ *= 0.5;
+    scale_ = std::max(scale_ * 0.5, min_scale_);
     good_steps_ = 0;
   } else if (++good_steps_ >= growth_interval_) {
     scale_ *= 2.0;

@@ -202,6 +202,18 @@ def test_target_modules_matching_nothing_is_a_usage_error(llmtune, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("regex,needle", [("q_proj(", "is not a valid regular expression"),
+                                          ("(.|.)*[#%]", "backtracks without end")])
+def test_a_bad_or_runaway_target_regex_is_a_usage_error(llmtune, tmp_path, regex, needle):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(chat_row()) + "\n")
+    out = tmp_path / "run"
+    r = llmtune("finetune", "--model", MODELS / "qwen2", "--data", data, "--output", out, "--max-steps", 1,
+                f'lora.target_modules=["{regex}"]', timeout=60)
+    assert_clean_failure(r, (f"lora.target_modules '{regex}'", needle), code=2)
+    assert not out.exists()
+
+
 def test_a_directory_as_the_config_file_is_refused(llmtune, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.mkdir()
@@ -676,6 +688,25 @@ def test_adapter_r_that_disagrees_with_its_tensors_is_refused(llmtune, adapter, 
     for args in (["infer", "--model", MODELS / "qwen2", "--prompt", "hi"], ["merge", "--output", tmp_path / "m"]):
         r = llmtune(*args, "--adapter", ad, "--json")
         assert_clean_failure(r, ("adapter_config.json", "r = 8", "lora_A.weight", "rank 4"), json_mode=True)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"rank_pattern": {"(.|.)*[#%]": 4}}, "rank_pattern key '(.|.)*[#%]' backtracks without end"),
+    ({"alpha_pattern": {"(.|.)*[#%]": 16}}, "alpha_pattern key '(.|.)*[#%]' backtracks without end"),
+    ({"rank_pattern": {"(" * 50000 + "q_proj" + ")" * 50000: 4}}, "rank_pattern key '((("),
+    ({"rank_pattern": {"(" * 1000 + "q_proj" + ")" * 1000: 4}}, "too deeply nested"),
+    ({"layers_to_transform": [0], "layers_pattern": "lay(ers"}, "layers_pattern 'lay(ers' is not a valid regular expression"),
+])
+def test_hostile_adapter_patterns_fail_fast(llmtune, adapter, tmp_path, change, needle):
+    # Regexes from a downloaded adapter_config.json: std::regex hung on the first and overflowed the
+    # stack (segfault) on the third.
+    ad = adapter_copy(adapter, tmp_path, **change)
+    for args in (["infer", "--model", MODELS / "qwen2", "--prompt", "hi"], ["merge", "--output", tmp_path / "m"]):
+        t0 = time.monotonic()
+        r = llmtune(*args, "--adapter", ad, "--json", timeout=60)
+        assert time.monotonic() - t0 < 30
+        assert_clean_failure(r, ("adapter_config.json", needle), code=1, json_mode=True)
     assert not (tmp_path / "m").exists()
 
 

@@ -118,6 +118,24 @@ def test_a_run_that_failed_before_its_first_checkpoint_restarts(llmtune, data, t
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
 
 
+def test_fp16_training_that_overflows_for_good_stops_at_the_loss_scale_floor(llmtune, data, tmp_path):
+    # fp16's loss scaler skips inf/nan steps, halving the scale; an overflow with the scale at its
+    # floor (1) is a divergence, not one more skip: step 1 applied, 16 skipped (65536 -> 1), step 18
+    # stops. Without the floor this run skipped all 1000 steps and exited 0.
+    out = tmp_path / "run"
+    r = finetune(llmtune, data, out, "--dtype", "fp16", "--max-steps", 1000, "train.lr=1e30", "train.max_grad_norm=0",
+                 "checkpoint.every_steps=10")
+    assert r.code == 1, r.err
+    assert len(errors(r)) == 1 and "step 18: the loss is NaN" in errors(r)[0] and "diverged" in errors(r)[0], r.err
+    assert "checkpoints/step-10" in errors(r)[0]
+    st = state(out)
+    assert st["state"] == "failed" and st["step"] == 17 and "diverged" in st["error"]
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["skipped"] for rec in records] == [False] + [True] * 16
+    assert records[-1]["loss_scale"] == 1
+    assert not (out / "adapter").exists() and not (out / "summary.json").exists()
+
+
 def test_force_starts_over_and_excludes_resume(llmtune, data, tmp_path):
     out = tmp_path / "run"
     assert finetune(llmtune, data, out, "--max-steps", 3, "checkpoint.every_steps=1", "checkpoint.keep=0").code == 0

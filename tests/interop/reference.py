@@ -350,6 +350,347 @@ def bnb_causal_lm_logits(ids, model_dir, quant_type, double_quant=False):
 FUNCTIONS.update({f.__name__: f for f in (bnb_quantize_4bit, bnb_dequantize_4bit, bnb_dynamic_map, bnb_int8,
                                           bnb_linear4bit, bnb_causal_lm_logits)})
 
+# Pruning references, written from the papers' descriptions: Wanda (Sun et al. 2023, "A Simple and
+# Effective Pruning Approach for Large Language Models") and SparseGPT (Frantar & Alistarh 2023),
+# run on a transformers model layer by layer as their authors' code does: each decoder layer's
+# linears see the calibration inputs of the layer as it was, are pruned together, and the pruned
+# layer's outputs become the next layer's inputs. Prune counts: exactly int(n * sparsity) of each
+# comparison group (a row, the whole matrix, or a SparseGPT block), the N:M groups M - N.
+
+
+def _lowest_mask(scores, k):
+    """True at the k lowest entries of each row of scores (ties to the lower column)."""
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        order = torch.sort(scores, dim=-1, stable=True).indices
+        mask.scatter_(-1, order[..., :k], True)
+    return mask
+
+
+def _score_mask(scores, sparsity, n, m, scope):
+    rows, cols = scores.shape
+    if m:
+        groups = scores.reshape(rows, cols // m, m)
+        return _lowest_mask(groups, m - n).reshape(rows, cols)
+    if scope == "layer":
+        return _lowest_mask(scores.reshape(1, -1), int(scores.numel() * sparsity)).reshape(rows, cols)
+    return _lowest_mask(scores, int(cols * sparsity))
+
+
+def sparsegpt_reference(weight, hessian, sparsity=0.5, n=0, m=0, damp=0.01, block_size=128):
+    """SparseGPT's OBS reconstruction of one weight (out, in) from its Hessian (in, in), fp32."""
+    W = weight.clone().float()
+    H = hessian.clone().float()
+    cols = W.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    for start in range(0, cols, block_size):
+        end = min(start + block_size, cols)
+        W1 = W[:, start:end].clone()
+        Hb = Hinv[start:end, start:end]
+        d = torch.diag(Hb)
+        Q1 = torch.zeros_like(W1)
+        E1 = torch.zeros_like(W1)
+        if m:
+            mask = torch.zeros_like(W1, dtype=torch.bool)
+        else:
+            score = W1 ** 2 / d.reshape(1, -1) ** 2
+            mask = _lowest_mask(score.reshape(1, -1), int(score.numel() * sparsity)).reshape(score.shape)
+        for j in range(end - start):
+            if m and j % m == 0:
+                score = W1[:, j:j + m] ** 2 / d[j:j + m].reshape(1, -1) ** 2
+                mask[:, j:j + m] |= _lowest_mask(score, m - n)
+            w = W1[:, j]
+            q = torch.where(mask[:, j], torch.zeros_like(w), w)
+            Q1[:, j] = q
+            err = (w - q) / d[j]
+            W1[:, j:] -= err.unsqueeze(1) @ Hb[j, j:].unsqueeze(0)
+            E1[:, j] = err
+        W[:, start:end] = Q1
+        W[:, end:] -= E1 @ Hinv[start:end, end:]
+    return [W]
+
+
+def prune_reference(ids, model_dir, method, modules, sparsity=0.5, n=0, m=0, scope="row", damp=0.01, block_size=128):
+    """Prunes the transformers model (fp32) on calibration ids (N, T); returns, for each decoder
+    layer and each module path in `modules` (",".join of "self_attn.q_proj", ...), the pruned weight
+    and the scores the mask was chosen by (|W| or |W|*||X_j||; SparseGPT: its pruned weight twice)."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    layers = model.model.layers
+    names = modules.split(",")
+    captured = {}
+
+    def capture(i):
+        def hook(module, args, kwargs):
+            captured[i] = (args, dict(kwargs))
+        return hook
+
+    handles = [layer.register_forward_pre_hook(capture(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in handles:
+        h.remove()
+
+    def run(layer, i, hidden):
+        args, kwargs = captured[i]
+        kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        out = layer(hidden, *args[1:], **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    args0, kwargs0 = captured[0]
+    hidden = args0[0] if args0 else kwargs0["hidden_states"]
+    outputs = []
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            linears = {name: layer.get_submodule(name) for name in names}
+            sq_norms, hessians, seen = {}, {}, {}
+
+            def record(name):
+                def hook(module, inputs, output):
+                    x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
+                    batch = inputs[0].shape[0] if inputs[0].dim() == 3 else 1
+                    # Running means as the authors accumulate them: Wanda's ||X_j||^2 / samples and
+                    # SparseGPT's 2/samples * X^T X, samples counting sequences.
+                    before = seen.get(name, 0)
+                    seen[name] = before + batch
+                    scale = before / seen[name]
+                    sq_norms[name] = sq_norms.get(name, 0) * scale + (x ** 2).sum(0) / seen[name]
+                    xs = (2.0 / seen[name]) ** 0.5 * x
+                    hessians[name] = hessians.get(name, 0) * scale + xs.t() @ xs
+                return hook
+
+            handles = [mod.register_forward_hook(record(name)) for name, mod in linears.items()]
+            run(layer, i, hidden)
+            for h in handles:
+                h.remove()
+            for name in names:
+                mod = linears[name]
+                W = mod.weight.data.float()
+                if method == "sparsegpt":
+                    pruned = sparsegpt_reference(W, hessians[name], sparsity, n, m, damp, block_size)[0]
+                    scores = pruned
+                else:
+                    scores = W.abs() * (torch.sqrt(sq_norms[name]).reshape(1, -1) if method == "wanda" else 1.0)
+                    pruned = W.masked_fill(_score_mask(scores, sparsity, n, m, scope), 0.0)
+                mod.weight.data.copy_(pruned)
+                outputs += [pruned.clone(), scores]
+            hidden = run(layer, i, hidden)
+    return outputs
+
+
+FUNCTIONS.update({f.__name__: f for f in (sparsegpt_reference, prune_reference)})
+
+
+def peft_module_ranks(model_dir, cases):
+    """Per case {targets, r?, alpha?, rank_pattern?, alpha_pattern?, layers_to_transform?, layers_pattern?}:
+    the modules get_peft_model adapts (sorted, one uint8 tensor of names joined by newlines), then
+    each one's rank (int64) and scaling (float64), as PEFT resolves the pattern keys."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+    out = []
+    for case in cases:
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        extra = {k: case[k] for k in ("rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern") if k in case}
+        model = get_peft_model(base, _lora_config(case, **extra))
+        layers = sorted((name[len("base_model.model."):], m) for name, m in model.named_modules()
+                        if hasattr(m, "lora_A") and "default" in m.lora_A)
+        out.append(_encode_names([name for name, _ in layers]))
+        out.append(torch.tensor([m.r["default"] for _, m in layers], dtype=torch.int64))
+        out.append(torch.tensor([m.scaling["default"] for _, m in layers], dtype=torch.float64))
+    return out
+
+
+FUNCTIONS[peft_module_ranks.__name__] = peft_module_ranks
+
+
+def _bnb_logits_both_modes(ids, model_dir):
+    """transformers loading a bitsandbytes directory on the CPU (fp32 compute): logits in eval mode
+    (no grad: Linear8bitLt's LLM.int8 product) and in train mode (Linear4bit/Linear8bitLt's
+    dequantize-then-linear path, the one training runs through)."""
+    _bnb()
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, device_map="cpu")
+    # Train mode first: eval mode repacks 4-bit weights for bitsandbytes' CPU kernel, for good.
+    train_logits = model.train()(ids).logits.detach()
+    with torch.no_grad():
+        eval_logits = model.eval()(ids).logits
+    return [eval_logits, train_logits]
+
+
+def bnb_save_quantized(ids, src_dir, out_dir, cases):
+    """For each case {"name", "config": BitsAndBytesConfig kwargs}: transformers loads `src_dir` with
+    that config, saves it to out_dir/name (tokenizer files copied along), and reloads it from there;
+    outputs its eval- and train-mode logits, case after case."""
+    _bnb()
+    import shutil
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    out = []
+    for case in cases:
+        kwargs = dict(case["config"])
+        for k in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+            if k in kwargs:
+                kwargs[k] = DTYPES[kwargs[k]]
+        target = os.path.join(out_dir, case["name"])
+        model = AutoModelForCausalLM.from_pretrained(src_dir, quantization_config=BitsAndBytesConfig(**kwargs),
+                                                     dtype=torch.float32, device_map="cpu")
+        model.save_pretrained(target)
+        for f in os.listdir(src_dir):
+            if f.startswith("tokenizer") or f.endswith(".jinja") or f == "generation_config.json":
+                shutil.copy(os.path.join(src_dir, f), target)
+        out += _bnb_logits_both_modes(ids, target)
+    return out
+
+
+def bnb_load_logits(ids, model_dirs):
+    """transformers + bitsandbytes loading quantized directories written by llmtune: eval- and
+    train-mode logits, directory after directory."""
+    return [t for d in model_dirs for t in _bnb_logits_both_modes(ids, d)]
+
+
+def bnb_linear8bit(x, w, b, threshold):
+    """bnb.nn.Linear8bitLt over `w` (int8 weights, has_fp16_weights=False) on the CPU: the eval-mode
+    output (LLM.int8 with outlier decomposition), and the train-mode output and gradient of
+    sum(output) to x."""
+    _bnb()
+    import bitsandbytes as bnb
+    layer = bnb.nn.Linear8bitLt(w.shape[1], w.shape[0], bias=b.numel() > 0, has_fp16_weights=False, threshold=threshold)
+    layer.weight = bnb.nn.Int8Params(w.to(torch.float16), requires_grad=False, has_fp16_weights=False)._quantize("cpu")
+    if b.numel():
+        layer.bias = torch.nn.Parameter(b)
+    cb, scb = layer.weight.data.clone(), layer.weight.SCB.clone()  # the first forward moves them into layer.state
+    with torch.no_grad():
+        y_eval = layer.eval()(x.clone())
+    x = x.clone().requires_grad_(True)
+    y = layer.train()(x)
+    y.sum().backward()
+    return [cb, scb, y_eval, y, x.grad]
+
+
+FUNCTIONS.update({f.__name__: f for f in (bnb_save_quantized, bnb_load_logits, bnb_linear8bit)})
+
+
+# QLoRA references: transformers loading the fixture with BitsAndBytesConfig (fp32 compute) and PEFT
+# over its Linear4bit modules. `modules` (module paths) with per module the 4-bit state to use:
+# packed, absmax and, with double quant, nested_absmax and the offset (float32 [1]), so that both
+# sides run the same base; bitsandbytes' own quantization of the same weights is compared with it.
+
+
+def _qlora_base(model_dir, quant_type, double_quant, modules, states):
+    """The bnb 4-bit model with the given states put in; and per module [packed bytes that differ
+    from bitsandbytes' own quantization, max |absmax - bitsandbytes' absmax|] (float64, summed/maxed)."""
+    _bnb()
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
+                                bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=config, dtype=torch.float32, device_map="cpu")
+    per = 4 if double_quant else 2
+    if len(states) != per * len(modules):
+        raise ValueError(f"{len(states)} state tensors for {len(modules)} modules")
+    bytes_differ, absmax_diff = 0, 0.0
+    for i, name in enumerate(modules):
+        layer = model.get_submodule(name)
+        if not isinstance(layer, bnb.nn.Linear4bit):
+            raise ValueError(f"{name} is not a bitsandbytes Linear4bit")
+        w, qs = layer.weight, layer.weight.quant_state
+        packed, absmax = states[per * i], states[per * i + 1]
+        if w.data.shape != packed.shape or qs.absmax.shape != absmax.shape:
+            raise ValueError(f"{name}: packed {tuple(packed.shape)} / absmax {tuple(absmax.shape)} vs bitsandbytes "
+                             f"{tuple(w.data.shape)} / {tuple(qs.absmax.shape)}")
+        bytes_differ += int((w.data != packed).sum())
+        if double_quant:
+            ours = _bnb().dequantize_blockwise(absmax, absmax=states[per * i + 2], code=qs.state2.code, blocksize=256) + states[per * i + 3]
+            theirs = _bnb().dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
+        else:
+            ours, theirs = absmax, qs.absmax
+        absmax_diff = max(absmax_diff, float((ours - theirs).abs().max()))
+        w.data = packed.clone()
+        qs.absmax = absmax.clone()
+        if double_quant:
+            qs.state2.absmax = states[per * i + 2].clone()
+            qs.offset = states[per * i + 3].reshape(()).clone()
+    # Gradients flow from the embeddings on, as prepare_model_for_kbit_training arranges: Linear4bit
+    # then runs bitsandbytes' training path (dequantize, then matmul), the one QLoRA trains through.
+    model.enable_input_require_grads()
+    return model, torch.tensor([float(bytes_differ), absmax_diff], dtype=torch.float64)
+
+
+def _qlora_peft(model_dir, case, states):
+    from peft import get_peft_model
+    base, mismatch = _qlora_base(model_dir, case["quant_type"], case["double_quant"], case["modules"], states)
+    model = get_peft_model(base, _lora_config(case))
+    return model, mismatch
+
+
+def peft_qlora_grads(ids, labels, *tensors, cases):
+    """Per case {model_dir, quant_type, double_quant, modules, kind, targets, r, alpha, names}: the
+    adapter tensors (`names`, our file keys) then the base's states; PEFT's loss and gradients over
+    bnb Linear4bit. Returns per case: loss (float64 [1]), one grad per name, the mismatch [2]."""
+    out, at = [], 0
+    for case in cases:
+        names, per = case["names"], 4 if case["double_quant"] else 2
+        given = tensors[at:at + len(names)]
+        states = tensors[at + len(names):at + len(names) + per * len(case["modules"])]
+        at += len(names) + per * len(case["modules"])
+        model, mismatch = _qlora_peft(case["model_dir"], case, states)
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        wanted = {_peft_name(n): n for n in names}
+        if set(params) != set(wanted):
+            raise ValueError(f"trainable tensors differ: peft-only {sorted(set(params) - set(wanted))[:4]}, "
+                             f"ours-only {sorted(set(wanted) - set(params))[:4]}")
+        with torch.no_grad():
+            for n, t in zip(names, given):
+                params[_peft_name(n)].copy_(t)
+        model.train()
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        out.append(loss.detach().double().reshape(1))
+        out.extend(params[_peft_name(n)].grad for n in names)
+        out.append(mismatch)
+    return out
+
+
+def peft_qlora_train(ids, labels, mask, *states, model_dir, quant_type, double_quant, modules, kind, targets, r, alpha,
+                     first, steps, lr, warmup_steps, weight_decay, max_grad_norm):
+    """PEFT + torch AdamW + transformers' cosine schedule over the bnb base, from the adapter tensors
+    in `first` (a safetensors file of our keys): the loss of every step (float64 [steps]), the keys
+    (sorted, uint8 joined by newlines) and the adapter tensors after the last step in that order."""
+    from safetensors.torch import load_file
+    from transformers import get_cosine_schedule_with_warmup
+    case = {"quant_type": quant_type, "double_quant": double_quant, "modules": modules, "kind": kind, "targets": targets,
+            "r": r, "alpha": alpha}
+    model, _ = _qlora_peft(model_dir, case, states)
+    start = load_file(first)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(params) != {_peft_name(k) for k in start}:
+        raise ValueError(f"{first}: its tensors are not PEFT's trainable ones")
+    with torch.no_grad():
+        for k, t in start.items():
+            params[_peft_name(k)].copy_(t)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, foreach=False)
+    sched = get_cosine_schedule_with_warmup(opt, warmup_steps, steps)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    keys = sorted(start)
+    return [torch.tensor(losses, dtype=torch.float64), _encode_names(keys)] + [params[_peft_name(k)].detach() for k in keys]
+
+
+FUNCTIONS.update({f.__name__: f for f in (peft_qlora_grads, peft_qlora_train)})
+
+
 def main(directory):
     with open(os.path.join(directory, "manifest.json")) as f:
         manifest = json.load(f)

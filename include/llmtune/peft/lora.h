@@ -37,17 +37,24 @@ struct LoraConfig {
   std::map<std::string, double> alpha_pattern;
   std::string base_model_name_or_path;
   std::string task_type = "CAUSAL_LM";
+  // Where these settings came from, named in pattern errors: the adapter_config.json path
+  // (from_json), or empty for finetune's lora.* keys.
+  std::string source;
 
   // Reads PEFT's adapter_config.json content; unsupported settings are AdapterErrors naming `source`.
   static LoraConfig from_json(const nlohmann::json& j, const std::string& source);
   // adapter_config.json content with every field PEFT 0.21 writes, valued as PEFT writes them
   // (inference_mode true, sets as sorted lists). Dump with dump(2): PEFT writes indent=2, sorted keys.
   nlohmann::json to_json() const;
-  // r, lora_alpha, lora_dropout, bias, rank/alpha patterns: throws one AdapterError line
-  // naming `source` and the key.
+  // r, lora_alpha, lora_dropout, bias, rank/alpha patterns, and that every regular expression
+  // (target/exclude regex, pattern keys, layers_pattern) compiles: throws one AdapterError line
+  // naming `source` (where(key) for the regexes) and the key.
   void validate(const std::string& source = "LoRA config") const;
   bool is_all_linear() const;
-  // The rank of a module (rank_pattern or r) and alpha / r (alpha / sqrt(r) with rsLoRA).
+  // How errors name a key: "<source>: rank_pattern", or "lora.target_modules" without a source.
+  std::string where(const std::string& key) const;
+  // The rank of a module (rank_pattern or r) and alpha / r (alpha / sqrt(r) with rsLoRA). A pattern
+  // key that backtracks without end is an AdapterError naming it.
   int64_t rank_for(const std::string& module_path) const;
   double scaling_for(const std::string& module_path, int64_t r) const;
 };
