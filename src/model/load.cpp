@@ -29,6 +29,14 @@ class WeightLoader {
     if (!ckpt_.contains(name))
       throw ModelLoadError(dir_.string() + ": tensor '" + name + "' is missing from the checkpoint (is config.json from the same model?)");
     at::Tensor t = ckpt_.tensor(name);
+    if (shape == kStoredTensor) {  // a quantized format's packed tensors: it checks and moves them
+      used_.insert(name);
+      return t;
+    }
+    if (!at::isFloatingType(t.scalar_type())) {  // packed 4-bit or int8 codes, not a dense weight
+      throw ModelLoadError(dir_.string() + ": tensor '" + name + "' is stored quantized (" + c10::toString(t.scalar_type()) +
+                           " " + c10::str(t.sizes()) + "); load the directory through its quantization_config");
+    }
     if (t.sizes() != at::IntArrayRef(shape)) {
       throw ModelLoadError(dir_.string() + ": tensor '" + name + "' has shape " + c10::str(t.sizes()) + " but config.json implies " +
                            c10::str(at::IntArrayRef(shape)));

@@ -91,7 +91,7 @@ std::vector<Scored> load_sequences(const EvalParams& p, const tokenizer::Tokeniz
 EvalResult run_eval(const EvalParams& params) {
   auto t_load = SteadyClock::now();
   LoadedModel loaded = load_model("eval", params.model, params.adapter, params.device, params.dtype,
-                                  params.refuse_non_finite);
+                                  params.refuse_non_finite, params.quantize);
   const model::CausalLM& model = *loaded.model;
   EvalParams p = params;
   // The template the adapter was trained with (finetune saves it next to the adapter) unless one was named.

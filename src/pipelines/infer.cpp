@@ -151,7 +151,7 @@ void run_infer(const InferParams& p, std::ostream& out, std::istream& in) {
   }
 
   const std::string adapter = p.adapter.empty() ? "" : peft::resolve_adapter_dir(p.adapter).string();
-  LoadedModel loaded = load_model("infer", p.model, adapter, p.device, p.dtype, p.refuse_non_finite);
+  LoadedModel loaded = load_model("infer", p.model, adapter, p.device, p.dtype, p.refuse_non_finite, p.quantize);
   Engine e;
   e.tok = std::move(loaded.tokenizer);
   // The template the adapter was trained with (finetune saves it next to the adapter).

@@ -7,6 +7,9 @@
 #include "llmtune/io/hf_dir.h"
 #include "llmtune/peft/method.h"
 #include "llmtune/pipelines/gguf.h"
+#include "llmtune/quant/bnb_checkpoint.h"
+#include "llmtune/quant/bnb_linear.h"
+#include "llmtune/quant/int8_linear.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::pipelines {
@@ -34,11 +37,58 @@ int64_t check_finite(const std::vector<std::pair<std::string, const at::Tensor*>
   return affected;
 }
 
+namespace {
+
+// The linear factory for a Hugging Face directory: its stored bitsandbytes format, a quantization
+// asked for on the command line, or dense. `what` gets a description for the log.
+model::LinearFactory choose_linear_factory(const std::filesystem::path& dir, c10::Device device, const std::string& quantize,
+                                           std::string* what) {
+  const std::optional<quant::BnbConfig> bnb = quant::read_bnb_config(dir);
+  if (bnb) {
+    if (quantize != "none")
+      throw UsageError(dir.string() + " is already a bitsandbytes " + (bnb->load_in_4bit ? "4-bit" : "8-bit") +
+                       " checkpoint (config.json quantization_config); drop --quantize " + quantize);
+    *what = bnb->load_in_4bit ? fmt::format("bitsandbytes 4-bit {} checkpoint{}", quant::four_bit_name(bnb->type),
+                                            bnb->double_quant ? " (double quant)" : "")
+                              : fmt::format("bitsandbytes 8-bit checkpoint (LLM.int8, threshold {})", bnb->int8_threshold);
+    return quant::bnb_checkpoint_linear_factory(*bnb, io::WeightFiles::open(dir), dir, device);
+  }
+  if (quantize == "none") return model::make_dense_linear;
+  if (quantize == "int8") {
+    *what = "quantized to int8 (LLM.int8) while loading";
+    return quant::int8_linear_factory();
+  }
+  if (quantize != "nf4" && quantize != "fp4") throw UsageError("--quantize must be nf4, fp4, int8 or none, got '" + quantize + "'");
+  *what = "quantized to " + quantize + " (blocksize 64) while loading";
+  quant::FourBitOptions options;
+  options.type = quant::four_bit_from_name(quantize);
+  return quant::four_bit_linear_factory(options);
+}
+
+// "N of M linears 4-bit/int8, X MiB packed": said once after a quantized load.
+void log_quantized(const std::string& command, model::CausalLM& model, const std::string& what) {
+  int64_t quantized = 0, total = 0, bytes = 0;
+  for (const auto& [path, slot] : model.named_linears()) {
+    ++total;
+    const model::Linear* l = slot->get();
+    if (!dynamic_cast<const quant::FourBitLinear*>(l) && !dynamic_cast<const quant::Int8Linear*>(l)) continue;
+    ++quantized;
+    for (const at::Tensor& t : l->tensors()) bytes += t.defined() ? t.nbytes() : 0;
+  }
+  spdlog::info("{}: {}: {} of {} linears quantized ({:.1f} MiB), the rest dense", command, what, quantized, total,
+               bytes / 1048576.0);
+}
+
+}  // namespace
+
 LoadedModel load_model(const std::string& command, const std::string& model, const std::string& adapter,
-                       const std::string& device, const std::string& dtype, bool refuse_non_finite) {
+                       const std::string& device, const std::string& dtype, bool refuse_non_finite,
+                       const std::string& quantize) {
   LoadedModel m;
   // A .gguf file (ours or llama.cpp's) instead of a model directory: `dir` is then the file.
   const bool gguf = model.ends_with(".gguf");
+  if (gguf && quantize != "none")
+    throw UsageError(model + ": --quantize applies to Hugging Face model directories; a GGUF file keeps its own quantization");
   if (gguf && !std::filesystem::is_regular_file(model))
     throw ModelLoadError(model + ": no such GGUF file");
   m.dir = gguf ? std::filesystem::path(model) : io::resolve_model_dir(model);
@@ -52,7 +102,10 @@ LoadedModel load_model(const std::string& command, const std::string& model, con
     m.model = std::move(g.model);
   } else {
     m.tokenizer = tokenizer::load_tokenizer(m.dir);
-    m.model = std::make_unique<model::CausalLM>(model::CausalLM::load(m.dir, m.device.device, m.dtype.dtype));
+    std::string what;
+    const model::LinearFactory linear = choose_linear_factory(m.dir, m.device.device, quantize, &what);
+    m.model = std::make_unique<model::CausalLM>(model::CausalLM::load(m.dir, m.device.device, m.dtype.dtype, linear));
+    if (!what.empty()) log_quantized(command, *m.model, what);
   }
   {
     std::vector<std::pair<std::string, const at::Tensor*>> weights;

@@ -62,6 +62,10 @@ using LinearPtr = std::shared_ptr<Linear>;
 // Where assembly gets a tensor: by transformers name and expected PyTorch shape, already on the
 // model's device in its dtype (the loader checks the shape and names the file on a mismatch).
 using TensorSource = std::function<at::Tensor(const std::string& name, const std::vector<int64_t>& shape)>;
+// Asked for as the shape, a source returns the tensor as stored (its own dtype and shape, no
+// check, on the CPU): quantized formats read packed bytes and check them against their own
+// metadata, then move them to the model's device themselves.
+inline const std::vector<int64_t> kStoredTensor{-1};
 
 // One linear to build: its module path ("model.layers.0.self_attn.q_proj", "lm_head"), shape and bias.
 struct LinearRequest {
