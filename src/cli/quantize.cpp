@@ -1,4 +1,4 @@
-// `llmtune quantize`: parse, resolve the config, run the quantize pipeline (GGUF types), report.
+// `llmtune quantize`: parse, resolve the config, run the quantize pipeline (GGUF or bitsandbytes), report.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -8,6 +8,8 @@
 
 #include "common.h"
 #include "llmtune/pipelines/quantize.h"
+#include "llmtune/util/byte_size.h"
+#include "llmtune/util/error.h"
 
 namespace llmtune::cli {
 
@@ -16,9 +18,9 @@ namespace {
 const CommonUse kQuantizeUse{.seed = false, .why_not = "quantizing and evaluating draw nothing at random"};
 
 struct QuantizeFlags {
-  std::optional<std::string> model, adapter, output, type, name, eval_data;
-  std::optional<int64_t> max_seq_len, batch_size;
-  bool force = false, ollama = false;
+  std::optional<std::string> model, adapter, output, type, name, eval_data, shard_size;
+  std::optional<int64_t> max_seq_len, batch_size, blocksize;
+  bool force = false, ollama = false, double_quant = false;
 };
 
 config::Schema quantize_schema() {
@@ -27,12 +29,19 @@ config::Schema quantize_schema() {
   add_common_keys(s);
   s.add({.name = "model", .type = Type::String, .help = "model directory or Hugging Face cache repo id", .required = true});
   s.add({.name = "adapter", .type = Type::String, .help = "LoRA adapter folded in before quantizing"});
-  s.add({.name = "output", .type = Type::String, .help = "the .gguf file to write", .required = true});
-  s.add({.name = "type", .type = Type::String, .help = "GGUF tensor type or llama.cpp file mix", .required = true,
+  s.add({.name = "output", .type = Type::String, .help = "the .gguf file (GGUF types) or directory (nf4, fp4, int8) to write",
+         .required = true});
+  s.add({.name = "type", .type = Type::String,
+         .help = "GGUF tensor type or llama.cpp file mix, or a bitsandbytes type (nf4, fp4, int8: a Hugging Face directory)",
+         .required = true,
          .choices = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q4_k_s",
-                     "q5_k_m", "q5_k_s"}});
-  s.add({.name = "name", .type = Type::String, .help = "general.name in the GGUF file (default: the directory name)"});
-  s.add({.name = "ollama", .type = Type::Bool, .default_value = false, .help = "write an Ollama Modelfile next to the file"});
+                     "q5_k_m", "q5_k_s", "nf4", "fp4", "int8"}});
+  s.add({.name = "double_quant", .type = Type::Bool, .default_value = false,
+         .help = "nf4/fp4: quantize the block scales too (bnb_4bit_use_double_quant)"});
+  s.add({.name = "blocksize", .type = Type::Int, .help = "nf4/fp4: elements per block, a power of two in [32, 4096] (default 64)"});
+  s.add({.name = "shard_size", .type = Type::String, .help = "nf4/fp4/int8: largest safetensors shard (default 5GB)"});
+  s.add({.name = "name", .type = Type::String, .help = "GGUF types: general.name in the GGUF file (default: the directory name)"});
+  s.add({.name = "ollama", .type = Type::Bool, .default_value = false, .help = "GGUF types: write an Ollama Modelfile next to the file"});
   s.add({.name = "force", .type = Type::Bool, .default_value = false, .help = "replace an existing output"});
   s.add({.name = "eval_data", .type = Type::String,
          .help = "evaluate source and result on this data (as eval's --data) and report the perplexity cost"});
@@ -44,14 +53,19 @@ config::Schema quantize_schema() {
 }  // namespace
 
 Command register_quantize(CLI::App& root) {
-  auto* app = root.add_subcommand("quantize", "Quantize a model (+ adapter) to a GGUF file, and report the perplexity cost");
+  auto* app = root.add_subcommand(
+      "quantize", "Quantize a model (+ adapter) to a GGUF file or a bitsandbytes directory, and report the perplexity cost");
   auto options = std::make_shared<CommonOptions>();
   auto flags = std::make_shared<QuantizeFlags>();
   add_common_options(app, *options, kQuantizeUse);
   app->add_option("--model", flags->model, "model directory or HF cache repo id");
   app->add_option("--adapter", flags->adapter, "LoRA adapter folded in before quantizing");
-  app->add_option("--output", flags->output, "the .gguf file to write");
-  app->add_option("--type", flags->type, "f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m|q4_k_s|q5_k_m|q5_k_s");
+  app->add_option("--output", flags->output, "the .gguf file (GGUF types) or directory (nf4, fp4, int8) to write");
+  app->add_option("--type", flags->type,
+                  "f32|f16|bf16|q8_0|q4_0|q4_1|q5_0|q5_1|q4_k|q5_k|q6_k|q4_k_m|q4_k_s|q5_k_m|q5_k_s (GGUF) or nf4|fp4|int8 (bitsandbytes)");
+  app->add_flag("--double-quant", flags->double_quant, "nf4/fp4: quantize the block scales too");
+  app->add_option("--blocksize", flags->blocksize, "nf4/fp4: elements per block, a power of two in [32, 4096] [64]");
+  app->add_option("--shard-size", flags->shard_size, "nf4/fp4/int8: largest safetensors shard [5GB]");
   app->add_option("--name", flags->name, "general.name of the GGUF file");
   app->add_flag("--ollama", flags->ollama, "write an Ollama Modelfile next to the file");
   app->add_flag("--force", flags->force, "replace an existing output");
@@ -64,6 +78,9 @@ Command register_quantize(CLI::App& root) {
             add_flag_value(extra, "adapter", flags->adapter);
             add_flag_value(extra, "output", flags->output);
             add_flag_value(extra, "type", flags->type);
+            add_flag_value(extra, "double_quant", flags->double_quant);
+            add_flag_value(extra, "blocksize", flags->blocksize);
+            add_flag_value(extra, "shard_size", flags->shard_size);
             add_flag_value(extra, "name", flags->name);
             add_flag_value(extra, "ollama", flags->ollama);
             add_flag_value(extra, "force", flags->force);
@@ -77,9 +94,30 @@ Command register_quantize(CLI::App& root) {
             p.model = cfg.get_string("model");
             p.adapter = opt("adapter");
             p.output = cfg.get_string("output");
-            p.gguf.type = cfg.get_string("type");
-            p.gguf.name = opt("name");
-            p.gguf.ollama = cfg.get_bool("ollama");
+            const std::string type = cfg.get_string("type");
+            const bool bnb = pipelines::is_bnb_type(type);
+            const bool four_bit = bnb && type != "int8";
+            // Every option belongs to some types: given with another, it is refused, not ignored.
+            auto refuse = [&](const char* key, bool given, const char* types) {
+              if (given)
+                throw ConfigError(std::string(key) + ": applies to " + types + " only, not --type " + type +
+                                  " (remove it, or choose such a type)");
+            };
+            refuse("double_quant", cfg.get_bool("double_quant") && !four_bit, "nf4 and fp4");
+            refuse("blocksize", cfg.has("blocksize") && !four_bit, "nf4 and fp4");
+            refuse("shard_size", cfg.has("shard_size") && !bnb, "nf4, fp4 and int8 (a GGUF file is one file)");
+            refuse("name", cfg.has("name") && bnb, "GGUF types");
+            refuse("ollama", cfg.get_bool("ollama") && bnb, "GGUF types");
+            if (bnb) {
+              p.bnb.type = type;
+              p.bnb.double_quant = cfg.get_bool("double_quant");
+              if (cfg.has("blocksize")) p.bnb.blocksize = cfg.get_int("blocksize");
+              if (cfg.has("shard_size")) p.bnb.shard_size_bytes = parse_byte_size(cfg.get_string("shard_size"), "shard_size");
+            } else {
+              p.gguf.type = type;
+              p.gguf.name = opt("name");
+              p.gguf.ollama = cfg.get_bool("ollama");
+            }
             p.force = cfg.get_bool("force");
             p.eval_data = opt("eval_data");
             p.eval_max_seq_len = cfg.get_int("max_seq_len");
@@ -88,27 +126,47 @@ Command register_quantize(CLI::App& root) {
             p.dtype = cfg.get_string("dtype");
             auto r = pipelines::run_quantize(p);
             if (options->json) {
-              nlohmann::ordered_json j{{"output", r.gguf.path.string()}, {"file_type", r.gguf.file_type},
-                                       {"bytes", r.gguf.bytes}, {"source_bytes", r.source_bytes},
-                                       {"tensors_per_type", r.gguf.tensors_per_type}, {"modelfile", r.gguf.modelfile.string()},
-                                       {"export_seconds", r.gguf.seconds}, {"seconds", r.seconds},
-                                       {"peak_rss_bytes", r.peak_rss_bytes}};
+              nlohmann::ordered_json j{{"output", r.output.string()}, {"type", r.type}, {"bytes", r.bytes},
+                                       {"source_bytes", r.source_bytes}};
+              if (bnb) {
+                j["file_type"] = type;
+                j["double_quant"] = p.bnb.double_quant;
+                j["blocksize"] = four_bit ? nlohmann::ordered_json(p.bnb.blocksize) : nlohmann::ordered_json();
+                j["compute_dtype"] = r.bnb.compute_dtype;
+                j["quantized_modules"] = r.bnb.quantized_modules;
+                j["kept_tensors"] = r.bnb.kept_tensors;
+                j["files"] = nlohmann::ordered_json::array();
+                for (const auto& f : r.bnb.files) j["files"].push_back((r.output / f.filename()).string());
+                j["export_seconds"] = r.bnb.seconds;
+              } else {
+                j["file_type"] = r.gguf.file_type;
+                j["tensors_per_type"] = r.gguf.tensors_per_type;
+                j["modelfile"] = r.gguf.modelfile.string();
+                j["export_seconds"] = r.gguf.seconds;
+              }
+              j["seconds"] = r.seconds;
+              j["peak_rss_bytes"] = r.peak_rss_bytes;
               if (r.source_eval) {
                 j["source_perplexity"] = r.source_eval->perplexity;
-                j["gguf_perplexity"] = r.gguf_eval->perplexity;
+                j["quantized_perplexity"] = r.result_eval->perplexity;
                 j["source_loss"] = r.source_eval->loss;
-                j["gguf_loss"] = r.gguf_eval->loss;
-                j["eval_tokens"] = r.gguf_eval->tokens;
+                j["quantized_loss"] = r.result_eval->loss;
+                if (!bnb) j["gguf_perplexity"] = r.result_eval->perplexity, j["gguf_loss"] = r.result_eval->loss;
+                j["eval_tokens"] = r.result_eval->tokens;
               }
               std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
             } else {
-              std::cout << fmt::format("{} ({}, {:.1f} MB from {:.1f} MB, {:.1f} s)\n", r.gguf.path.string(), r.gguf.file_type,
-                                       r.gguf.bytes / 1e6, r.source_bytes / 1e6, r.gguf.seconds);
-              for (const auto& [type, n] : r.gguf.tensors_per_type) std::cout << fmt::format("  {:>6} {} tensors\n", type, n);
+              const double seconds = bnb ? r.bnb.seconds : r.gguf.seconds;
+              std::cout << fmt::format("{} ({}, {:.1f} MB from {:.1f} MB, {:.1f} s)\n", r.output.string(), r.type,
+                                       r.bytes / 1e6, r.source_bytes / 1e6, seconds);
+              if (bnb)
+                std::cout << fmt::format("  {} linears quantized ({}{}), {} tensors kept as stored\n", r.bnb.quantized_modules,
+                                         type, p.bnb.double_quant ? ", double quant" : "", r.bnb.kept_tensors);
+              for (const auto& [t, n] : r.gguf.tensors_per_type) std::cout << fmt::format("  {:>6} {} tensors\n", t, n);
               if (r.source_eval)
                 std::cout << fmt::format("perplexity {:.4f} (source) → {:.4f} ({}): {:+.2f}%\n", r.source_eval->perplexity,
-                                         r.gguf_eval->perplexity, r.gguf.file_type,
-                                         100.0 * (r.gguf_eval->perplexity / r.source_eval->perplexity - 1.0));
+                                         r.result_eval->perplexity, r.type,
+                                         100.0 * (r.result_eval->perplexity / r.source_eval->perplexity - 1.0));
               if (!r.gguf.modelfile.empty()) std::cout << fmt::format("ollama Modelfile {}\n", r.gguf.modelfile.string());
             }
             return 0;
