@@ -19,9 +19,16 @@ std::vector<CudaDeviceInfo> cuda_devices(bool) {
   return out;
 }
 
-
 at::Tensor rms_norm_forward_cuda(const at::Tensor&, const at::Tensor&, double, bool) {
   throw DeviceError("rms_norm: llmtune was built without its CUDA kernels; rebuild with -DLLMTUNE_CUDA=ON");
+}
+
+void four_bit_dequantize_cuda(const FourBitArgs&, at::Tensor&) {
+  throw DeviceError("4-bit dequantize: llmtune was built without its CUDA kernels; rebuild with -DLLMTUNE_CUDA=ON");
+}
+
+at::Tensor four_bit_gemv_cuda(const FourBitArgs&, const at::Tensor&, int64_t) {
+  throw DeviceError("4-bit gemv: llmtune was built without its CUDA kernels; rebuild with -DLLMTUNE_CUDA=ON");
 }
 
 }  // namespace llmtune::kernels

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One check of llmtune on a machine with an NVIDIA GPU, printed as one table: builds against the
 # local torch (the Debian bundle in .deps/ when apt is not available), runs the CUDA test suite,
-# a 20-step packed LoRA, DoRA and full finetune on the bundled demo model on CUDA, each resumed from
+# the 4-bit kernel tests, a 20-step packed LoRA, DoRA, QLoRA (NF4, FP4) and full finetune on the
+# bundled demo model on CUDA, each resumed from
 # its step-10 checkpoint and compared bit for bit with the uninterrupted run, then eval, infer and
 # merge with the trained adapter, and (with --bench) the GPU training benchmark. Sized for one short
 # run on a borrowed H100/H200: about 5 minutes plus the build.
@@ -66,7 +67,7 @@ run env "$bin" env --json
 # The CUDA suite (skipped tests count as failures here: on this machine there is a GPU).
 if [[ -x $tests ]]; then
   t0=$SECONDS
-  "$tests" --gtest_filter='*CudaFamily*:CudaStep*:Runtime*:*RmsNormCuda*:LinearCrossEntropy*:PackedAttention*' \
+  "$tests" --gtest_filter='*CudaFamily*:CudaStep*:Runtime*:*RmsNormCuda*:LinearCrossEntropy*:PackedAttention*:*BnbKernels*:BnbCudaKernels*' \
     >"$work/cuda-tests.log" 2>&1
   rc=$?
   passed=$(grep -c '^\[       OK \]' "$work/cuda-tests.log")
@@ -77,6 +78,19 @@ if [[ -x $tests ]]; then
   record cuda-tests $result $((SECONDS - t0)) "$passed passed, $skipped skipped, $failures failed"
 else
   record cuda-tests FAIL 0 "$tests missing (build with tests)"
+fi
+
+# The 4-bit kernels on their own row: NF4/FP4 dequantize bit for bit against the ATen reference,
+# the batch-1 gemv against dequantize + matmul, FourBitLinear forward/backward on CUDA.
+if [[ -x $tests ]]; then
+  t0=$SECONDS
+  "$tests" --gtest_filter='*BnbKernels*:BnbCudaKernels*' >"$work/bnb-kernels.log" 2>&1
+  rc=$?
+  passed=$(grep -c '^\[       OK \]' "$work/bnb-kernels.log")
+  skipped=$(grep -c '^\[  SKIPPED \]' "$work/bnb-kernels.log")
+  result=PASS
+  [[ $rc != 0 || $skipped -gt 0 || $passed -lt 6 ]] && result=FAIL
+  record bnb-kernels $result $((SECONDS - t0)) "$passed passed, $skipped skipped (4-bit dequantize, gemv, FourBitLinear)"
 fi
 
 # finetune on CUDA with packing: 20 steps, checkpoint at 10; a second run directory resumes from a
@@ -106,6 +120,8 @@ run finetune-dora finetune_check dora method=lora lora.use_dora=true
 rows[-1]="${rows[-1]%|*}|$(summary_of finetune-dora)"
 run finetune-qlora finetune_check qlora method=lora model.quantize=nf4
 rows[-1]="${rows[-1]%|*}|$(summary_of finetune-qlora)"
+run finetune-qlora-fp4 finetune_check qlora-fp4 method=lora model.quantize=fp4 model.double_quant=false
+rows[-1]="${rows[-1]%|*}|$(summary_of finetune-qlora-fp4)"
 finetune_full() {
   local full="$work/full-full" split="$work/full-split"
   local args=(finetune --model demo/model --data "$data" --max-steps 20 device=$dev dtype=$dtype method=full
@@ -125,6 +141,9 @@ detail="demo val set with the LoRA adapter"
 run eval "$bin" eval --model demo/model --adapter "$adapter" --data demo/data/val.jsonl --device $dev --json
 detail="greedy, 32 tokens"
 run infer "$bin" infer --model demo/model --adapter "$adapter" --prompt "What is the opposite of hot?" \
+  --max-new-tokens 32 --device $dev --json
+detail="NF4 on load, greedy decoding through the 4-bit gemv"
+run infer-nf4 "$bin" infer --model demo/model --quantize nf4 --prompt "What is the opposite of hot?" \
   --max-new-tokens 32 --device $dev --json
 detail="adapter folded into a bf16 HF directory"
 run merge "$bin" merge --adapter "$adapter" --model demo/model --output "$work/merged" --json

@@ -21,10 +21,13 @@
 
 #include <cmath>
 #include <map>
+#include <tuple>
 #include <string>
 #include <utility>
 
+#include "llmtune/ops/four_bit.h"
 #include "llmtune/util/error.h"
+#include "llmtune/util/log.h"
 
 namespace llmtune::quant {
 namespace {
@@ -66,6 +69,107 @@ const at::Tensor& four_bit_code_on(FourBit type, const c10::Device& device) {
   at::Tensor& t = cache[{static_cast<int>(type), device.str()}];
   if (!t.defined()) t = four_bit_code(type).to(device);
   return t;
+}
+
+
+int64_t numel_of(const FourBitState& s) {
+  int64_t n = 1;
+  for (int64_t d : s.shape) n *= d;
+  return n;
+}
+
+// The packed codes as flat contiguous bytes (another bnb_4bit_quant_storage reinterpreted), after
+// checking that they and the absmax count fit the state's shape and block size.
+at::Tensor packed_bytes(const FourBitTensor& q) {
+  const FourBitState& s = q.state;
+  const int64_t n = numel_of(s);
+  at::Tensor bytes = q.packed.contiguous().view({-1});
+  if (bytes.scalar_type() != at::kByte) bytes = bytes.view(at::kByte);
+  if (bytes.numel() * 2 < n)
+    throw QuantError("4-bit weight of shape " + c10::str(at::IntArrayRef(s.shape)) + " needs " + std::to_string((n + 1) / 2) +
+                     " packed bytes, got " + std::to_string(bytes.numel()));
+  const int64_t blocks = (n + s.blocksize - 1) / s.blocksize;
+  if (s.absmax.numel() != blocks)
+    throw QuantError("4-bit weight of shape " + c10::str(at::IntArrayRef(s.shape)) + " in blocks of " +
+                     std::to_string(s.blocksize) + " needs " + std::to_string(blocks) + " absmax values, got " +
+                     std::to_string(s.absmax.numel()));
+  return bytes;
+}
+
+// A state tensor on the packed codes' device: moved there per call only when the caller left it
+// elsewhere (said once, since each call then copies).
+at::Tensor on_device(const at::Tensor& t, const c10::Device& device, at::ScalarType dtype) {
+  if (t.device() == device && t.scalar_type() == dtype) return t.contiguous();
+  if (t.device() != device && log::first_time("bnb.state_device"))
+    spdlog::warn("4-bit weight: its quantization state is on {} but the packed codes on {}; copying it per call "
+                 "(move the whole layer to one device)", t.device().str(), device.str());
+  return t.to(device, dtype).contiguous();
+}
+
+ops::FourBitBlocks blocks_on_device(const FourBitTensor& q, const at::Tensor& bytes) {
+  const FourBitState& s = q.state;
+  const c10::Device device = bytes.device();
+  ops::FourBitBlocks w;
+  w.packed = bytes;
+  w.code = four_bit_code_on(s.type, device);
+  w.blocksize = s.blocksize;
+  w.numel = numel_of(s);
+  if (s.nested) {
+    w.absmax = on_device(s.absmax, device, at::kByte);
+    w.nested_code = on_device(s.nested_code, device, at::kFloat);
+    w.nested_absmax = on_device(s.nested_absmax, device, at::kFloat);
+    w.nested_offset = s.nested_offset;
+    w.nested_blocksize = s.nested_blocksize;
+  } else {
+    w.absmax = on_device(s.absmax, device, at::kFloat);
+  }
+  return w;
+}
+
+// The CPU loop (ops::four_bit_quantize_cpu) for CPU tensors of the usual float dtypes when `fast`,
+// else the ATen ops; both give the same bytes and absmax.
+FourBitTensor quantize_4bit_impl(const at::Tensor& weight, FourBit type, int64_t blocksize, bool double_quant, bool fast) {
+  check_blocksize(blocksize, 32);
+  if (!at::isFloatingType(weight.scalar_type()))
+    throw QuantError("4-bit quantization needs a floating-point weight, got " + std::string(c10::toString(weight.scalar_type())));
+  FourBitTensor out;
+  FourBitState& s = out.state;
+  s.type = type;
+  s.blocksize = blocksize;
+  s.dtype = weight.scalar_type();
+  s.shape = weight.sizes().vec();
+  const auto st = weight.scalar_type();
+  at::Tensor absmax;
+  if (fast && weight.is_cpu() && (st == at::kFloat || st == at::kBFloat16 || st == at::kHalf)) {
+    const int64_t n = weight.numel();
+    auto [mid, order] = buckets(four_bit_code(type));
+    out.packed = at::empty({(n + 1) / 2, 1}, at::kByte);
+    absmax = at::empty({(n + blocksize - 1) / blocksize}, at::kFloat);
+    at::Tensor packed_flat = out.packed.view({-1});
+    ops::four_bit_quantize_cpu(weight.contiguous().view({-1}), mid.contiguous(), order.contiguous(), blocksize,
+                               packed_flat, absmax);
+  } else {
+    at::Tensor scaled;
+    std::tie(absmax, scaled) = scale_blocks(weight, blocksize);
+    if (scaled.numel() % 2) scaled = at::constant_pad_nd(scaled, {0, 1}, 0);
+    auto [mid, order] = buckets(four_bit_code(type).to(weight.device()));
+    at::Tensor q = at::bucketize(scaled, mid, /*out_int32=*/false);
+    if (type != FourBit::NF4) q = order.index_select(0, q);
+    q = q.to(at::kByte);
+    const int64_t pairs = q.numel() / 2;
+    out.packed = (q.slice(0, 0, 2 * pairs, 2).__lshift__(4) | q.slice(0, 1, 2 * pairs, 2)).unsqueeze(1);
+  }
+  if (double_quant) {
+    s.nested = true;
+    s.nested_offset = absmax.mean().item<double>();
+    s.nested_code = dynamic_map().to(weight.device());
+    auto [codes, nested_absmax] = quantize_blockwise(absmax - s.nested_offset, s.nested_code, s.nested_blocksize);
+    s.absmax = codes;
+    s.nested_absmax = nested_absmax;
+  } else {
+    s.absmax = absmax;
+  }
+  return out;
 }
 
 }  // namespace
@@ -124,35 +228,12 @@ at::Tensor dequantize_blockwise(const at::Tensor& codes, const at::Tensor& absma
   return out.reshape(codes.sizes());
 }
 
+FourBitTensor quantize_4bit_reference(const at::Tensor& weight, FourBit type, int64_t blocksize, bool double_quant) {
+  return quantize_4bit_impl(weight, type, blocksize, double_quant, /*fast=*/false);
+}
+
 FourBitTensor quantize_4bit(const at::Tensor& weight, FourBit type, int64_t blocksize, bool double_quant) {
-  check_blocksize(blocksize, 32);
-  if (!at::isFloatingType(weight.scalar_type()))
-    throw QuantError("4-bit quantization needs a floating-point weight, got " + std::string(c10::toString(weight.scalar_type())));
-  FourBitTensor out;
-  FourBitState& s = out.state;
-  s.type = type;
-  s.blocksize = blocksize;
-  s.dtype = weight.scalar_type();
-  s.shape = weight.sizes().vec();
-  auto [absmax, scaled] = scale_blocks(weight, blocksize);
-  if (scaled.numel() % 2) scaled = at::constant_pad_nd(scaled, {0, 1}, 0);
-  auto [mid, order] = buckets(four_bit_code(type).to(weight.device()));
-  at::Tensor q = at::bucketize(scaled, mid, /*out_int32=*/false);
-  if (type != FourBit::NF4) q = order.index_select(0, q);
-  q = q.to(at::kByte);
-  const int64_t pairs = q.numel() / 2;
-  out.packed = (q.slice(0, 0, 2 * pairs, 2).__lshift__(4) | q.slice(0, 1, 2 * pairs, 2)).unsqueeze(1);
-  if (double_quant) {
-    s.nested = true;
-    s.nested_offset = absmax.mean().item<double>();
-    s.nested_code = dynamic_map().to(weight.device());
-    auto [codes, nested_absmax] = quantize_blockwise(absmax - s.nested_offset, s.nested_code, s.nested_blocksize);
-    s.absmax = codes;
-    s.nested_absmax = nested_absmax;
-  } else {
-    s.absmax = absmax;
-  }
-  return out;
+  return quantize_4bit_impl(weight, type, blocksize, double_quant, /*fast=*/true);
 }
 
 at::Tensor four_bit_absmax(const FourBitState& s) {
@@ -160,28 +241,40 @@ at::Tensor four_bit_absmax(const FourBitState& s) {
   return dequantize_blockwise(s.absmax, s.nested_absmax, s.nested_code, s.nested_blocksize) + s.nested_offset;
 }
 
-at::Tensor dequantize_4bit(const FourBitTensor& q, at::ScalarType dtype) {
+at::Tensor dequantize_4bit_reference(const FourBitTensor& q, at::ScalarType dtype) {
   const FourBitState& s = q.state;
-  int64_t n = 1;
-  for (int64_t d : s.shape) n *= d;
-  at::Tensor bytes = q.packed.reshape({-1});
-  if (bytes.scalar_type() != at::kByte) bytes = bytes.view(at::kByte);  // another bnb_4bit_quant_storage
-  if (bytes.numel() * 2 < n)
-    throw QuantError("4-bit weight of shape " + c10::str(at::IntArrayRef(s.shape)) + " needs " + std::to_string((n + 1) / 2) +
-                     " packed bytes, got " + std::to_string(bytes.numel()));
+  const at::Tensor bytes = packed_bytes(q);
+  const int64_t n = numel_of(s);
   const at::Tensor idx = at::stack({bytes.__rshift__(4), bytes.__and__(0xF)}, 1).reshape({-1}).narrow(0, 0, n).to(at::kLong);
   const at::Tensor values = four_bit_code_on(s.type, bytes.device()).index_select(0, idx);
   const at::Tensor absmax = four_bit_absmax(s).to(bytes.device());
   const int64_t rem = n % s.blocksize, full = n - rem;
-  if (absmax.numel() != full / s.blocksize + (rem ? 1 : 0))
-    throw QuantError("4-bit weight of shape " + c10::str(at::IntArrayRef(s.shape)) + " in blocks of " +
-                     std::to_string(s.blocksize) + " needs " + std::to_string(full / s.blocksize + (rem ? 1 : 0)) +
-                     " absmax values, got " + std::to_string(absmax.numel()));
   at::Tensor out = (values.narrow(0, 0, full).view({full / s.blocksize, s.blocksize}) *
                     absmax.narrow(0, 0, full / s.blocksize).unsqueeze(1)).reshape({-1});
   if (rem) out = at::cat({out, values.narrow(0, full, rem) * absmax[full / s.blocksize]});
   return out.reshape(s.shape).to(dtype == at::ScalarType::Undefined ? s.dtype : dtype);
 }
+
+bool dequantize_4bit_has_fast_path(const FourBitTensor& q, at::ScalarType dtype) {
+  return ops::four_bit_dequantize_fast(q.packed.device()) &&
+         (dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf);
+}
+
+void dequantize_4bit_out(const FourBitTensor& q, at::Tensor& out) {
+  const at::Tensor bytes = packed_bytes(q);
+  ops::FourBitBlocks w = blocks_on_device(q, bytes);
+  ops::four_bit_dequantize_out(w, out);
+}
+
+at::Tensor dequantize_4bit(const FourBitTensor& q, at::ScalarType dtype) {
+  if (dtype == at::ScalarType::Undefined) dtype = q.state.dtype;
+  if (!dequantize_4bit_has_fast_path(q, dtype)) return dequantize_4bit_reference(q, dtype);
+  at::Tensor out = at::empty(q.state.shape, q.packed.options().dtype(dtype));
+  dequantize_4bit_out(q, out);
+  return out;
+}
+
+ops::FourBitBlocks four_bit_blocks(const FourBitTensor& q) { return blocks_on_device(q, packed_bytes(q)); }
 
 Int8Tensor quantize_int8(const at::Tensor& weight) {
   if (weight.dim() != 2) throw QuantError("int8 quantization needs a 2-D weight, got " + std::to_string(weight.dim()) + " dimensions");

@@ -1,12 +1,16 @@
 // The frozen 4-bit linear: an autograd function whose backward dequantizes again (nothing dense is
-// saved), and the factory that quantizes weights while a model is read.
+// saved), the batch-1 CUDA gemv for decoding, and the factory that quantizes weights while a model
+// is read.
 #include "llmtune/quant/bnb_linear.h"
 
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cstdint>
+#include <map>
 
 #include "llmtune/util/error.h"
 
@@ -16,19 +20,39 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The dequantized weight for one product, used at once and then dropped. On the CPU it is written
+// into a buffer per thread and dtype that every layer reuses (grown to the largest weight): a fresh
+// tensor of that size costs fresh pages from the kernel on each call. Only while autograd is not
+// recording, so no graph can keep a view of a buffer that the next layer overwrites; on CUDA the
+// caching allocator already reuses the memory.
+at::Tensor transient_weight(const FourBitTensor& q, at::ScalarType dtype) {
+  if (!q.packed.is_cpu() || at::GradMode::is_enabled() || !dequantize_4bit_has_fast_path(q, dtype))
+    return dequantize_4bit(q, dtype);
+  static thread_local std::map<at::ScalarType, at::Tensor> buffers;
+  const int64_t n = q.state.shape[0] * q.state.shape[1];
+  at::Tensor& buffer = buffers[dtype];
+  if (!buffer.defined() || buffer.numel() < n) {
+    buffer = at::Tensor();  // free the old one first
+    buffer = at::empty({n}, at::TensorOptions().dtype(dtype));
+  }
+  at::Tensor w = buffer.narrow(0, 0, n);
+  dequantize_4bit_out(q, w);
+  return w.view(q.state.shape);
+}
+
 // y = x Wᵀ with W dequantized on the fly; dx = dy W, W dequantized again. The packed codes are
 // constants: no gradient flows to them. `weight` outlives the graph (the model owns it).
 struct FourBitMatmul : public torch::autograd::Function<FourBitMatmul> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t weight) {
     const auto* q = reinterpret_cast<const FourBitTensor*>(static_cast<intptr_t>(weight));
     ctx->saved_data["weight"] = weight;
-    return at::linear(x, dequantize_4bit(*q, x.scalar_type()));
+    return at::linear(x, transient_weight(*q, x.scalar_type()));
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto* q = reinterpret_cast<const FourBitTensor*>(static_cast<intptr_t>(ctx->saved_data["weight"].toInt()));
     const at::Tensor& g = grad_outputs[0];
-    return {at::matmul(g, dequantize_4bit(*q, g.scalar_type())), at::Tensor()};
+    return {at::matmul(g, transient_weight(*q, g.scalar_type())), at::Tensor()};
   }
 };
 
@@ -45,7 +69,17 @@ FourBitLinear::FourBitLinear(FourBitTensor weight, at::Tensor bias) : weight_(st
 }
 
 at::Tensor FourBitLinear::forward(const at::Tensor& x) const {
-  at::Tensor y = FourBitMatmul::apply(x, static_cast<int64_t>(reinterpret_cast<intptr_t>(&weight_)));
+  at::Tensor y;
+  const bool recording = at::GradMode::is_enabled() && x.requires_grad();
+  if (!recording && x.dim() >= 1 && x.size(-1) == in_features() && x.numel() == in_features() &&
+      ops::four_bit_gemv_available(x) && x.device() == weight_.packed.device()) {
+    // One token (batch-1 decoding): the CUDA gemv reads the packed codes once, nothing dense.
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = out_features();
+    y = ops::four_bit_gemv(four_bit_blocks(weight_), x.reshape({-1}), out_features()).view(shape);
+  } else {
+    y = FourBitMatmul::apply(x, static_cast<int64_t>(reinterpret_cast<intptr_t>(&weight_)));
+  }
   if (!bias_.defined()) return y;
   return y + (bias_.scalar_type() == y.scalar_type() ? bias_ : bias_.to(y.scalar_type()));
 }

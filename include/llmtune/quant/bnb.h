@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "llmtune/ops/four_bit.h"
+
 namespace llmtune::quant {
 
 enum class FourBit { NF4, FP4 };
@@ -49,9 +51,28 @@ struct FourBitTensor {
 // blocksize: a power of two in [32, 4096] (QuantError otherwise). double_quant compresses absmax.
 FourBitTensor quantize_4bit(const at::Tensor& weight, FourBit type, int64_t blocksize = 64, bool double_quant = false);
 
+// The same through ATen ops only (the reference the fast CPU loop is tested against).
+FourBitTensor quantize_4bit_reference(const at::Tensor& weight, FourBit type, int64_t blocksize = 64,
+                                      bool double_quant = false);
+
 // The weight back, in `dtype` (the state's dtype when Undefined), on packed's device:
-// code[nibble] * absmax[block] in float32, then cast.
+// code[nibble] * absmax[block] in float32, then cast. The CPU loop or the CUDA kernel for
+// fp32/bf16/fp16 on CPU/CUDA, the ATen reference elsewhere (MPS); all bit-identical.
 at::Tensor dequantize_4bit(const FourBitTensor& q, at::ScalarType dtype = at::ScalarType::Undefined);
+
+// The ATen reference of dequantize_4bit (the MPS path and the test oracle).
+at::Tensor dequantize_4bit_reference(const FourBitTensor& q, at::ScalarType dtype = at::ScalarType::Undefined);
+
+// Whether dequantize_4bit_out can write `dtype` on packed's device (fp32/bf16/fp16 on CPU or CUDA).
+bool dequantize_4bit_has_fast_path(const FourBitTensor& q, at::ScalarType dtype);
+
+// dequantize_4bit into `out` (contiguous, numel of the state's shape, fp32/bf16/fp16, on packed's
+// device), e.g. a buffer reused across calls.
+void dequantize_4bit_out(const FourBitTensor& q, at::Tensor& out);
+
+// The weight as the fast paths take it: flat bytes, the code table (cached per device) and the
+// absmax state, all on packed's device. QuantError when the sizes do not fit the state.
+ops::FourBitBlocks four_bit_blocks(const FourBitTensor& q);
 
 // float32 absmax per block (the nested absmax dequantized when the state is double-quantized).
 at::Tensor four_bit_absmax(const FourBitState& state);
