@@ -9,6 +9,7 @@
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -42,7 +43,31 @@ class WeightLoader {
                            c10::str(at::IntArrayRef(shape)));
     }
     used_.insert(name);
+    read_.push_back(name);
     return t.to(device_, dtype_);
+  }
+
+  // Builds one linear and releases the file pages of what it read but does not hold (a weight
+  // quantized while it loads, or one copied to another device or dtype): a mapped page, once
+  // read, stays resident until the mapping goes, so without this the peak would be the file's
+  // size, not the model's. Pages a tensor still views are kept (they would only be read again).
+  LinearPtr build(const LinearFactory& linear, const LinearRequest& request, const TensorSource& get) {
+    read_.clear();
+    LinearPtr built = linear(request, get);
+    const std::vector<at::Tensor> held = built->tensors();
+    for (const auto& name : read_) {
+      const at::Tensor mapped = ckpt_.tensor(name);
+      const auto* begin = static_cast<const char*>(mapped.data_ptr());
+      const auto* end = begin + mapped.nbytes();
+      const bool viewed = std::any_of(held.begin(), held.end(), [&](const at::Tensor& h) {
+        if (!h.defined() || !h.device().is_cpu() || h.nbytes() == 0) return false;
+        const auto* p = static_cast<const char*>(h.data_ptr());
+        return p < end && p + h.nbytes() > begin;
+      });
+      if (!viewed) ckpt_.release(name);
+    }
+    read_.clear();
+    return built;
   }
 
   // Tensors in the file that the model does not use: rotary buffers of old exports are expected;
@@ -64,6 +89,7 @@ class WeightLoader {
   c10::Device device_;
   at::ScalarType dtype_;
   std::set<std::string> used_;
+  std::vector<std::string> read_;  // dense tensors read since the current linear began
 };
 
 }  // namespace
@@ -115,9 +141,9 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, c10::Device device, at
   const bool untied = !config.tie_word_embeddings && ckpt.contains(lm_head);
   if (!config.tie_word_embeddings && !untied)
     spdlog::warn("{}: no {}; using the input embeddings (tied)", dir.string(), lm_head);
-  CausalLM m = assemble(std::move(config), device, dtype,
-                        [&](const std::string& name, const std::vector<int64_t>& shape) { return w.get(name, shape); },
-                        untied, linear);
+  const TensorSource get = [&](const std::string& name, const std::vector<int64_t>& shape) { return w.get(name, shape); };
+  CausalLM m = assemble(std::move(config), device, dtype, get, untied,
+                        [&](const LinearRequest& r, const TensorSource& source) { return w.build(linear, r, source); });
   w.report_unused();
   return m;
 }
