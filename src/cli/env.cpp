@@ -14,7 +14,7 @@ const CommonUse kEnvUse{.seed = false, .why_not = "env only reports what --devic
 }  // namespace
 
 Command register_env(CLI::App& root) {
-  auto* app = root.add_subcommand("env", "What this machine offers: CUDA/MPS/CPU, devices, libtorch, CUDA kernels, the default device and dtype");
+  auto* app = root.add_subcommand("env", "What this machine offers: CUDA/MPS/CPU, devices, libtorch, CUDA kernels, 4-bit/8-bit support, the default device and dtype");
   auto options = std::make_shared<CommonOptions>();
   add_common_options(app, *options, kEnvUse);
   return {app, [options] {

@@ -33,9 +33,10 @@ config::Schema finetune_schema() {
   s.add({.name = "model.init", .type = Type::String, .default_value = std::string("pretrained"),
          .help = "pretrained: load the weights; random: transformers' init from config.json (full fine-tuning from scratch)",
          .choices = {"pretrained", "random"}});
-  s.add({.name = "model.quantize", .type = Type::String, .default_value = std::string("none"),
-         .help = "quantize the frozen base while it loads (QLoRA): nf4 or fp4 (bitsandbytes' formats; lm_head stays dense), none",
-         .choices = {"none", "nf4", "fp4"}});
+  s.add({.name = "model.quantize", .type = Type::String, .default_value = std::string("auto"),
+         .help = "quantize the frozen base while it loads: nf4 or fp4 (bitsandbytes' formats; lm_head, embeddings and norms "
+                 "stay dense), none; auto: nf4 with method qlora, none otherwise",
+         .choices = {"auto", "none", "nf4", "fp4"}});
   s.add({.name = "model.double_quant", .type = Type::Bool, .default_value = true,
          .help = "with model.quantize: double-quantize the block absmax (8-bit, blocks of 256), as QLoRA does"});
   s.add({.name = "model.quant_blocksize", .type = Type::Int, .default_value = int64_t{64},
@@ -45,8 +46,11 @@ config::Schema finetune_schema() {
   std::vector<std::string> methods = peft::adapter_method_names();
   std::string method_help;
   for (const auto& name : methods) method_help += peft::find_adapter_method(name)->help + ", ";
+  methods.push_back("qlora");
   methods.push_back("full");
-  s.add({.name = "method", .type = Type::String, .default_value = std::string("lora"), .help = method_help + "or full fine-tuning",
+  s.add({.name = "method", .type = Type::String, .default_value = std::string("lora"),
+         .help = method_help + "qlora (lora over a base quantized to 4 bits while it loads: model.quantize nf4 with "
+                 "double quant unless set; compute in --dtype, bf16 on CUDA and fp32 on CPU by default) or full fine-tuning",
          .choices = methods});
   for (const auto& name : peft::adapter_method_names()) peft::find_adapter_method(name)->add_config_keys(s);
   s.add({.name = "full.freeze", .type = Type::StringList, .default_value = std::vector<std::string>{},
@@ -98,10 +102,22 @@ config::Schema finetune_schema() {
   return s;
 }
 
+// ", base nf4: its quantized linears in 3.35 GiB instead of 13.0 GiB in 16 bits (9.65 GiB saved)"; "" for a 16-bit base.
+std::string quantization_text(const nlohmann::json& summary) {
+  const nlohmann::json q = summary.value("quantization", nlohmann::json::object());
+  if (q.value("type", std::string("none")) == "none") return "";
+  auto size = [&](const char* key) {
+    const double b = static_cast<double>(q.value(key, int64_t{0}));
+    return b >= (1 << 30) ? fmt::format("{:.2f} GiB", b / (1 << 30)) : fmt::format("{:.2f} MiB", b / (1 << 20));
+  };
+  return fmt::format(", base {}: its quantized linears in {} instead of {} in 16 bits ({} saved)", q["type"].get<std::string>(),
+                     size("quantized_bytes_held"), size("quantized_bytes_16bit"), size("bytes_saved"));
+}
+
 }  // namespace
 
 Command register_finetune(CLI::App& root) {
-  auto* app = root.add_subcommand("finetune", "LoRA / DoRA / full fine-tuning on instruction, chat, function-calling or text data");
+  auto* app = root.add_subcommand("finetune", "LoRA / DoRA / QLoRA / full fine-tuning on instruction, chat, function-calling or text data");
   auto options = std::make_shared<CommonOptions>();
   auto flags = std::make_shared<FinetuneFlags>();
   add_common_options(app, *options);
@@ -130,25 +146,37 @@ Command register_finetune(CLI::App& root) {
             pipelines::FinetuneParams p;
             p.model = cfg.get_string("model.path");
             p.model_init = cfg.get_string("model.init");
-            p.quantize = cfg.get_string("model.quantize");
-            p.double_quant = cfg.get_bool("model.double_quant");
-            p.quant_blocksize = cfg.get_int("model.quant_blocksize");
-            if (p.quantize != "none" && p.model_init == "random")
-              throw ConfigError("model.quantize: " + p.quantize + " quantizes pretrained weights: it does not go with model.init: random");
-            if (p.quant_blocksize & (p.quant_blocksize - 1))
-              throw ConfigError("model.quant_blocksize: " + std::to_string(p.quant_blocksize) + " is not a power of two");
             p.output = cfg.get_string("output");
             p.method = cfg.get_string("method");
-            if (p.quantize != "none" && p.method == "full")
-              throw ConfigError("model.quantize: " + p.quantize + " freezes the base in 4 bits: it needs an adapter method (lora), not full");
-            if (p.method != "full") p.adapter = peft::find_adapter_method(p.method)->from_config(cfg);
+            // QLoRA: LoRA over a 4-bit base, nf4 + double quant (QLoRA's defaults) unless model.* says otherwise;
+            // auto is resolved against the model directory (a bitsandbytes checkpoint loads as stored).
+            p.quantize = cfg.get_string("model.quantize");
+            if (p.method == "qlora" && p.quantize == "none")
+              throw ConfigError("model.quantize: none (" + cfg.origin("model.quantize").describe() +
+                                ") but method qlora trains over a 4-bit base: set model.quantize: nf4 or fp4, or method: lora");
+            const bool four_bit = p.quantize == "nf4" || p.quantize == "fp4" || (p.quantize == "auto" && p.method == "qlora");
+            p.double_quant = cfg.get_bool("model.double_quant");
+            p.quant_blocksize = cfg.get_int("model.quant_blocksize");
+            if (four_bit && p.model_init == "random")
+              throw ConfigError((p.method == "qlora" ? "method qlora" : "model.quantize: " + p.quantize) +
+                                " quantizes pretrained weights: it does not go with model.init: random");
+            if (p.quant_blocksize & (p.quant_blocksize - 1))
+              throw ConfigError("model.quant_blocksize: " + std::to_string(p.quant_blocksize) + " is not a power of two");
+            if (four_bit && p.method == "full")
+              throw ConfigError("model.quantize: " + p.quantize + " freezes the base in 4 bits: it needs an adapter method (lora, qlora), not full");
+            const config::Schema schema = finetune_schema();
+            if (!four_bit)
+              for (const char* key : {"model.double_quant", "model.quant_blocksize"})
+                if (cfg.value(key) != *schema.find(key)->default_value)
+                  throw ConfigError(std::string(key) + " is set (" + cfg.origin(key).describe() +
+                                    ") but the base is not quantized: set model.quantize: nf4 or fp4 (or method: qlora), or remove it");
+            if (p.method != "full") p.adapter = peft::find_adapter_method(p.method == "qlora" ? "lora" : p.method)->from_config(cfg);
             // Settings of a method that is not the one chosen would be silently ignored: refuse them.
             std::vector<std::string> sections = peft::adapter_method_names();
             sections.push_back("full");
             // (A saved config.yaml lists every key at its default: only values that differ count.)
-            const config::Schema schema = finetune_schema();
             for (const auto& section : sections) {
-              if (section == p.method) continue;
+              if (section == p.method || (p.method == "qlora" && section == "lora")) continue;
               for (const auto& key : schema.keys()) {
                 if (!key.name.starts_with(section + ".") || !cfg.has(key.name) || !key.default_value) continue;
                 if (cfg.value(key.name) != *key.default_value)
@@ -208,10 +236,11 @@ Command register_finetune(CLI::App& root) {
             nlohmann::json summary = pipelines::run_finetune(p);
             if (options->json) std::cout << summary.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
             else if (!summary.value("interrupted", false))
-              std::cout << fmt::format("done: {} steps, final loss {:.4f}{}, {:.0f} tokens/s -> {}\n", summary["steps"].get<int64_t>(),
+              std::cout << fmt::format("done: {} steps, final loss {:.4f}{}, {:.0f} tokens/s{} -> {}\n", summary["steps"].get<int64_t>(),
                                        summary["final_loss"].get<double>(),
                                        summary["eval_loss"].is_null() ? "" : fmt::format(", eval loss {:.4f}", summary["eval_loss"].get<double>()),
-                                       summary["tokens_per_second"].get<double>(), summary["output"].get<std::string>());
+                                       summary["tokens_per_second"].get<double>(), quantization_text(summary),
+                                       summary["output"].get<std::string>());
             return 0;
           }};
 }

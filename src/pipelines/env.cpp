@@ -7,8 +7,11 @@
 #include <torch/headeronly/version.h>
 
 #include <nlohmann/json.hpp>
+#include <tuple>
+#include <utility>
 
 #include "llmtune/build_info.h"
+#include "llmtune/ops/four_bit.h"
 #include "llmtune/ops/runtime.h"
 #include "llmtune/util/device.h"
 
@@ -23,6 +26,13 @@ std::optional<std::string> libtorch_cuda_version() {
   } catch (const std::exception&) {
     return std::nullopt;  // libtorch without its CUDA library
   }
+}
+
+// 4-bit CUDA kernels (NF4/FP4 dequantize, the 4-bit gemv for decoding), as ops dispatches to them.
+std::pair<bool, std::string> four_bit_cuda_kernels() {
+  if (ops::four_bit_dequantize_fast(c10::Device(c10::kCUDA, 0)))
+    return {true, "compiled in: NF4/FP4 dequantize and the batch-1 4-bit gemv run as CUDA kernels"};
+  return {false, "not compiled in (no CUDA kernels in this build); 4-bit layers run through the ATen path on every device"};
 }
 
 std::string gib(int64_t bytes) { return fmt::format("{:.1f} GiB", static_cast<double>(bytes) / (1 << 30)); }
@@ -45,6 +55,8 @@ EnvReport collect_env(const EnvParams& params) {
     }
   }
   r.mps_available = at::hasMPS();
+  r.quant_formats = {"nf4", "fp4", "int8"};
+  std::tie(r.four_bit_cuda_kernels, r.four_bit_cuda_reason) = four_bit_cuda_kernels();
   r.cpu_threads = at::get_num_threads();
   r.cpu_interop_threads = at::get_num_interop_threads();
   DeviceChoice device = choose_device(params.device);
@@ -76,6 +88,11 @@ std::string env_report_json(const EnvReport& r) {
     j["cuda_devices"].push_back(dj);
   }
   j["mps_available"] = r.mps_available;
+  j["quantization"] = {{"formats", r.quant_formats},
+                       {"format_family", "bitsandbytes"},
+                       {"devices", "cpu, cuda, mps"},
+                       {"four_bit_cuda_kernels", r.four_bit_cuda_kernels},
+                       {"four_bit_cuda_kernels_reason", r.four_bit_cuda_reason}};
   j["cpu_threads"] = r.cpu_threads;
   j["cpu_interop_threads"] = r.cpu_interop_threads;
   j["default_device"] = r.device;
@@ -96,6 +113,10 @@ std::string env_report_text(const EnvReport& r) {
     line(fmt::format("  cuda:{}", d.index), fmt::format("{} (sm {}), {}", d.name, d.compute_capability, mem));
   }
   line("MPS available", r.mps_available ? "yes" : "no");
+  std::string formats;
+  for (const auto& f : r.quant_formats) formats += (formats.empty() ? "" : "/") + f;
+  line("quantization", "bitsandbytes-compatible " + formats + " on every device (CPU, CUDA, MPS)");
+  line("4-bit kernels", r.four_bit_cuda_reason);
   line("CPU threads", fmt::format("{} intra-op, {} inter-op", r.cpu_threads, r.cpu_interop_threads));
   line("device", r.device + "  (" + r.device_reason + ")");
   line("dtype", r.dtype + "  (" + r.dtype_reason + ")");

@@ -23,8 +23,8 @@
 #include "llmtune/io/read_file.h"
 #include "llmtune/io/safetensors.h"
 #include "llmtune/model/causal_lm.h"
-#include "llmtune/model/family.h"
 #include "llmtune/ops/runtime.h"
+#include "llmtune/quant/bnb_checkpoint.h"
 #include "llmtune/quant/bnb_linear.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "llmtune/train/checkpoint.h"
@@ -36,6 +36,7 @@
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
 #include "llmtune/util/timing.h"
+#include "finetune_memory.h"
 #include "run_directory.h"
 
 namespace llmtune::pipelines {
@@ -97,52 +98,6 @@ EvalStats evaluate(model::CausalLM& model, data::Batcher& batches, int64_t max_b
   return s;
 }
 
-// What a training step will hold, estimated from the config and the data before anything is
-// allocated, and refused (with the estimate) when the device cannot hold it. The terms are lower
-// bounds: weights (fp32 masters, gradients and AdamW moments when training them all), the
-// activations kept for backward (per token and layer: the residual stream, norms, q/k/v, attention
-// output, gate/up/product; only the layer inputs with gradient checkpointing), and the LM head's
-// logits chunk. Also warns when rows run past the model's context.
-void check_memory(const FinetuneParams& p, const model::ModelConfig& c, const data::Dataset& dataset, const c10::Device& device,
-                  at::ScalarType dtype, const fs::path& model_dir) {
-  const model::FamilyDesc& family = model::family_for(c.model_type, model_dir.string());
-  const double params = model::parameter_count(family, c, !c.tie_word_embeddings);
-  const double elt = static_cast<double>(c10::elementSize(dtype));
-  // (A 4-bit base: half a byte per weight, a lower bound as embeddings and lm_head stay dense.)
-  const double weights = params * (p.adapter ? (p.quantize != "none" ? 0.5 : elt) : 16.0 + (dtype == at::kFloat ? 0.0 : elt));
-  ops::check_fits(weights, device,
-                  fmt::format("{} ({:.3g} parameters{})", (model_dir / "config.json").string(), params,
-                              p.adapter ? "" : ", trained in full with AdamW"),
-                  "check hidden_size, intermediate_size, num_hidden_layers and vocab_size there");
-
-  int64_t longest = 0, tokens = 0;
-  for (const auto& e : dataset.train) {
-    longest = std::max<int64_t>(longest, static_cast<int64_t>(e.input_ids.size()));
-    tokens += static_cast<int64_t>(e.input_ids.size());
-  }
-  const int64_t row = p.packing ? std::min(p.data.max_seq_len, tokens) : longest;
-  // Packed examples restart their positions: the longest example is what meets the context.
-  if (longest > c.max_position_embeddings)
-    spdlog::warn("examples of up to {} tokens (data.max_seq_len {}) run past the model's context (max_position_embeddings {} in {}): "
-                 "positions beyond it are outside what the model was trained on",
-                 longest, p.data.max_seq_len, c.max_position_embeddings, (model_dir / "config.json").string());
-  const double batch_tokens = static_cast<double>(p.batch_size) * static_cast<double>(row);
-  const auto h = static_cast<double>(c.hidden_size), inter = static_cast<double>(c.intermediate_size);
-  const double q = static_cast<double>(c.n_heads * c.head_dim), kv = static_cast<double>(c.n_heads_kv * c.head_dim);
-  const double per_layer_token = (4 * h + 2 * q + 2 * kv + 3 * inter) * elt;
-  const double layers = static_cast<double>(c.n_layers);
-  const double activations = batch_tokens * (p.gradient_checkpointing ? h * elt * layers + per_layer_token : per_layer_token * layers);
-  const double logit_rows = p.loss_chunk_rows < 0 ? batch_tokens
-                            : p.loss_chunk_rows > 0 ? std::min<double>(batch_tokens, static_cast<double>(p.loss_chunk_rows))
-                                                    : std::min(batch_tokens, (64.0 * (1 << 20)) / (4.0 * static_cast<double>(c.vocab_size)));
-  const double logits = 2 * 4.0 * logit_rows * static_cast<double>(c.vocab_size);
-  ops::check_fits(weights + activations + logits, device,
-                  fmt::format("a training step on micro-batches of {} rows × {} tokens (weights {:.3g} GB, activations {:.3g} GB)",
-                              p.batch_size, row, weights / 1e9, activations / 1e9),
-                  std::string("lower data.max_seq_len or train.batch_size (and raise train.grad_accum_steps)") +
-                      (p.gradient_checkpointing ? "" : ", or set train.grad_checkpointing: true"));
-}
-
 }  // namespace
 
 // Where a run is, for the failed state that run_finetune records when an error ends it.
@@ -170,7 +125,11 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   data::Dataset dataset = data::load_dataset(p.data, *tok);
   data::check_token_ids(dataset.train, config.vocab_size, p.data.path);
   data::check_token_ids(dataset.val, config.vocab_size, p.data.val_path.empty() ? p.data.path : p.data.val_path);
-  check_memory(p, config, dataset, device.device, dtype.dtype, model_dir);
+  // The base: quantized while it loads (model.quantize, method qlora), or a bitsandbytes checkpoint as stored.
+  const std::optional<quant::BnbConfig> bnb =
+      p.model_init == "pretrained" ? quant::read_bnb_config(model_dir) : std::optional<quant::BnbConfig>();
+  const std::string quantize = quantize_on_load(p, bnb, model_dir);
+  check_memory(p, config, dataset, device.device, dtype.dtype, model_dir, quantize != "none" || bnb.has_value());
 
   // Batches.
   const int32_t pad_id = tok->pad_id.value_or(tok->eos_id.value_or(0));
@@ -198,7 +157,9 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
 
   // Resuming a run that is already finished is a no-op that leaves everything as it is.
   if (resume_dir) {
-    const int64_t saved_step = train::read_checkpoint_state(*resume_dir).at("step").get<int64_t>();
+    const nlohmann::json saved_state = train::read_checkpoint_state(*resume_dir);
+    if (!bnb) check_resume_quantization(saved_state, planned_quantization(p, quantize), *resume_dir);
+    const int64_t saved_step = saved_state.at("step").get<int64_t>();
     if (saved_step >= total_steps && run_finished(p.output, read_run_state(p.output))) {
       spdlog::info("{}: the run finished at step {}/{}; nothing to do (raise train.max_steps to train further, or start over with --force)",
                    p.output.string(), saved_step, total_steps);
@@ -207,25 +168,28 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   }
 
   at::manual_seed(p.seed);
-  model::CausalLM model = p.model_init == "random"
-                              ? model::CausalLM::init_random(model_dir, device.device, dtype.dtype, p.seed)
-                              : p.quantize == "none"
-                                  ? model::CausalLM::load(model_dir, device.device, dtype.dtype)
-                                  : model::CausalLM::load(model_dir, device.device, dtype.dtype,
-                                                          quant::four_bit_linear_factory({.type = quant::four_bit_from_name(p.quantize),
-                                                                                          .blocksize = p.quant_blocksize,
-                                                                                          .double_quant = p.double_quant}));
-  if (p.quantize != "none")
-    spdlog::info("base quantized to {} while loading (blocks of {}{}); lm_head and embeddings stay {}", p.quantize,
-                 p.quant_blocksize, p.double_quant ? ", double-quantized absmax" : "", dtype_name(dtype.dtype));
+  model::LinearFactory linear = model::make_dense_linear;
+  if (bnb)
+    linear = quant::bnb_checkpoint_linear_factory(*bnb, io::WeightFiles::open(model_dir), model_dir, device.device);
+  else if (quantize != "none")
+    linear = quant::four_bit_linear_factory(
+        {.type = quant::four_bit_from_name(quantize), .blocksize = p.quant_blocksize, .double_quant = p.double_quant});
+  model::CausalLM model = p.model_init == "random" ? model::CausalLM::init_random(model_dir, device.device, dtype.dtype, p.seed)
+                                                   : model::CausalLM::load(model_dir, device.device, dtype.dtype, linear);
+  const BaseMemory base = base_memory(model);
+  const nlohmann::json quantization = loaded_quantization(model);
+  if (quantization["type"] != "none")
+    spdlog::info("base {} {}: {} linears in {:.2f} MiB instead of {:.2f} MiB in 16 bits; the rest (lm_head, embeddings, "
+                 "norms) {}, compute in {}", bnb ? "loaded as stored (a bitsandbytes checkpoint):" : "quantized to",
+                 describe_quantization(quantization), base.quantized_linears, base.quantized_bytes_held / double(1 << 20),
+                 base.quantized_bytes_16bit / double(1 << 20), dtype_name(dtype.dtype), dtype_name(dtype.dtype));
   model.set_gradient_checkpointing(p.gradient_checkpointing);
 
   // Trainable tensors: fp32 adapters (LoRA) or fp32 copies of the unfrozen weights (full).
   // An adapter method (lora, ...) or full fine-tuning (p.adapter is null).
   const peft::AdapterMethod* adapter = p.adapter.get();
   const bool use_adapter = adapter != nullptr;
-  int64_t n_total = 0;  // the base model's parameters, before any adapter
-  for (auto& [name, slot] : model.named_weights()) n_total += slot->numel();
+  const int64_t n_total = base.parameters;  // the base model's parameters, before any adapter
   std::vector<train::NamedParameter> trainable;
   if (use_adapter) {
     std::vector<peft::NamedTensor> injected;
@@ -276,6 +240,7 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   double last_loss = std::nan("");
   if (resume_dir) {
     train::CheckpointContents ck = train::load_checkpoint(*resume_dir);
+    check_resume_quantization(ck.state, quantization, *resume_dir);
     std::map<std::string, at::Tensor> saved(ck.trainable.begin(), ck.trainable.end());
     at::NoGradGuard no_grad;
     for (auto& t : trainable) {
@@ -338,7 +303,7 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
     ck.state = {{"step", at_step}, {"optimizer_steps", optimizer.step_count()}, {"data_epoch", pos.epoch},
                 {"data_batch", pos.batch}, {"tokens_seen", tokens_seen},
                 {"elapsed_seconds", elapsed_before + seconds_since(t_start)}, {"total_steps", total_steps},
-                {"method", p.method}, {"loss_scale", scaler.scale()}, {"loss_scale_good_steps", scaler.good_steps()},
+                {"method", p.method}, {"quantization", quantization}, {"loss_scale", scaler.scale()}, {"loss_scale_good_steps", scaler.good_steps()},
                 {"loss", last_loss}, {"train_seconds", train_seconds_before >= 0 ? train_seconds_before + step_seconds_sum : -1.0}};
     auto write_adapter = [&](const fs::path& staging) {
       if (!use_adapter) return;
@@ -489,6 +454,7 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
              {"wall_seconds", elapsed_before + seconds_since(t_start)},
              {"device", device.device.str()},
              {"dtype", dtype_name(dtype.dtype)},
+             {"quantization", quantization_summary(quantization, bnb.has_value(), base, dtype.dtype)},
              {"output", use_adapter ? (p.output / "adapter").string() : (p.output / "model").string()}};
   io::write_file_atomic(p.output / "summary.json", summary.dump(2) + "\n");
   write_run_state(p.output, "finished", step, total_steps);

@@ -485,6 +485,78 @@ def prune_reference(ids, model_dir, method, modules, sparsity=0.5, n=0, m=0, sco
 FUNCTIONS.update({f.__name__: f for f in (sparsegpt_reference, prune_reference)})
 
 
+# Structured pruning references, from the papers' descriptions, with transformers forward hooks on
+# one pass of the unpruned model: ShortGPT's Block Influence (Men et al. 2024: 1 - cos(x_in, x_out)
+# of a layer, averaged over every token), Gromov et al. 2024's angular distance between the inputs
+# of layers l and l+n (arccos of the cosine / pi, at each sequence's final token, averaged), and
+# Minitron's activation importance (Muralidharan et al. 2024) of attention heads (the head's
+# attention output, o_proj's input) and MLP neurons (down_proj's input), aggregated as the L2 norm
+# over a sequence's tokens, then the mean over the batch.
+
+
+def structured_reference(ids, model_dir, block=1, heads=0, kv_heads=0, intermediate=0):
+    """Scores and choices for calibration ids (N, T): block influence (L,), angular distance of
+    blocks of `block` layers (L - block + 1,), head scores (L, Hq), channel scores (L, I), then the
+    layers removed by the lowest BI (block of them, int64), the first layer of the best angular
+    block (int64 [1]); and with heads/kv_heads/intermediate (new counts) the kept query heads
+    (L, heads), kept KV heads (L, kv_heads) and kept channels (L, intermediate), int64 ascending:
+    KV groups by the sum of their heads' scores, the best heads of each kept group."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    cfg = model.config
+    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    seen = {}
+
+    def keep_input(key):
+        def hook(module, args, kwargs):
+            seen[key] = (args[0] if args else kwargs["hidden_states"]).detach().float()
+        return hook
+
+    def keep_output(key):
+        def hook(module, args, kwargs, output):
+            seen[key] = (output[0] if isinstance(output, tuple) else output).detach().float()
+        return hook
+
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        handles.append(layer.register_forward_pre_hook(keep_input(("in", i)), with_kwargs=True))
+        handles.append(layer.register_forward_hook(keep_output(("out", i)), with_kwargs=True))
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(keep_input(("o", i)), with_kwargs=True))
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(keep_input(("down", i)), with_kwargs=True))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    L = len(model.model.layers)
+    cos = torch.nn.functional.cosine_similarity
+    bi = torch.stack([1 - cos(seen[("in", i)].double(), seen[("out", i)].double(), dim=-1).mean() for i in range(L)])
+    finals = [seen[("in", i)][:, -1].double() for i in range(L)] + [seen[("out", L - 1)][:, -1].double()]
+    angular = torch.stack([(torch.arccos(cos(finals[l], finals[l + block], dim=-1).clamp(-1, 1)) / torch.pi).mean()
+                           for l in range(L - block + 1)])
+    n = ids.shape[0]
+    head_scores = torch.stack([seen[("o", i)].reshape(n, ids.shape[1], n_heads, head_dim).pow(2).sum(dim=(1, 3)).sqrt().mean(0)
+                               for i in range(L)])
+    channel_scores = torch.stack([seen[("down", i)].pow(2).sum(1).sqrt().mean(0) for i in range(L)])
+    removed = torch.sort(torch.argsort(bi, stable=True)[:block]).values
+    out = [bi, angular, head_scores, channel_scores, removed, torch.argmin(angular).reshape(1)]
+    if heads:
+        group, per_group = n_heads // n_kv, heads // kv_heads
+        kept_q, kept_kv = [], []
+        for i in range(L):
+            groups = torch.sort(torch.topk(head_scores[i].reshape(n_kv, group).sum(1), kv_heads).indices).values
+            kept_kv.append(groups)
+            kept_q.append(torch.cat([g * group + torch.sort(torch.topk(head_scores[i, g * group:(g + 1) * group], per_group).indices).values
+                                     for g in groups.tolist()]))
+        out += [torch.stack(kept_q), torch.stack(kept_kv)]
+    if intermediate:
+        out.append(torch.stack([torch.sort(torch.topk(channel_scores[i], intermediate).indices).values for i in range(L)]))
+    return out
+
+
+FUNCTIONS[structured_reference.__name__] = structured_reference
+
+
 def peft_module_ranks(model_dir, cases):
     """Per case {targets, r?, alpha?, rank_pattern?, alpha_pattern?, layers_to_transform?, layers_pattern?}:
     the modules get_peft_model adapts (sorted, one uint8 tensor of names joined by newlines), then

@@ -31,6 +31,11 @@ struct EnvReport {
   bool cuda_available = false;
   std::vector<EnvDevice> cuda_devices;
   bool mps_available = false;
+  // Weight formats the quantized linears run in (bitsandbytes-compatible NF4 / FP4 / INT8, on every
+  // device), and whether 4-bit CUDA kernels are compiled in (else CUDA runs the ATen path).
+  std::vector<std::string> quant_formats;
+  bool four_bit_cuda_kernels = false;
+  std::string four_bit_cuda_reason;
   int cpu_threads = 0;
   int cpu_interop_threads = 0;
   std::string device, device_reason;  // what the request resolves to, and why

@@ -1,6 +1,6 @@
-// `llmtune finetune`: LoRA / rsLoRA / DoRA or full fine-tuning of a causal LM on a dataset, with a
-// run directory (config.yaml, adapter/ or model/, checkpoints/step-N/, metrics.jsonl,
-// summary.json, train.log) and lossless resume.
+// `llmtune finetune`: LoRA / rsLoRA / DoRA (over a 16-bit base, or a 4-bit one: QLoRA) or full
+// fine-tuning of a causal LM on a dataset, with a run directory (config.yaml, adapter/ or model/,
+// checkpoints/step-N/, metrics.jsonl, summary.json, train.log) and lossless resume.
 #pragma once
 
 #include <cstdint>
@@ -18,12 +18,14 @@ namespace llmtune::pipelines {
 struct FinetuneParams {
   std::string model;                    // model.path: directory or Hugging Face cache repo id
   std::string model_init = "pretrained";  // pretrained | random (config.json's shape, transformers' init)
-  std::string quantize = "none";        // none | nf4 | fp4: the frozen base quantized while it loads (QLoRA)
+  // auto | none | nf4 | fp4: the frozen base quantized while it loads. auto: nf4 with method qlora,
+  // none otherwise; a bitsandbytes checkpoint loads as stored (auto or none only).
+  std::string quantize = "auto";
   bool double_quant = true;
   int64_t quant_blocksize = 64;
   std::filesystem::path output;         // the run directory
-  std::string method = "lora";          // an adapter method's name (lora, ...) or full
-  peft::AdapterMethodPtr adapter;       // the adapter method and its settings; null for full
+  std::string method = "lora";          // an adapter method's name (lora, ...), qlora or full
+  peft::AdapterMethodPtr adapter;       // the adapter method and its settings (qlora: lora's); null for full
 
   std::vector<std::string> freeze;      // method full: regexes of weight names kept frozen
   data::DataParams data;
