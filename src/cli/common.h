@@ -96,5 +96,6 @@ Command register_tokenize(CLI::App& root);
 Command register_finetune(CLI::App& root);
 Command register_merge(CLI::App& root);
 Command register_quantize(CLI::App& root);
+Command register_prune(CLI::App& root);
 
 }  // namespace llmtune::cli

@@ -83,11 +83,7 @@ at::Tensor CausalLM::forward_hidden(const at::Tensor& input_ids, const ForwardOp
   TORCH_CHECK(input_ids.dim() == 2, "forward: input_ids must be (batch, tokens)");
   const int64_t past = options.cache ? options.cache->length() : 0;
   at::Tensor ids = input_ids.to(device_);
-  at::Tensor h = at::embedding(as_dtype(embed_, dtype_), ids);
-  if (config_.scale_embeddings) {
-    // Gemma: the scale is rounded to the activation dtype before multiplying.
-    h = h * embed_scale_;
-  }
+  at::Tensor h = embed(ids);
   at::Tensor positions = options.positions.defined()
                              ? options.positions.to(device_)
                              : at::arange(past, past + ids.size(1), at::TensorOptions().dtype(at::kLong).device(device_))
@@ -120,6 +116,23 @@ at::Tensor CausalLM::forward_hidden(const at::Tensor& input_ids, const ForwardOp
   }
   if (options.cache) options.cache->advance(ids.size(1));
   return ops::rms_norm(h, as_dtype(final_norm_, h.scalar_type()), config_.rms_norm_eps, config_.norm_unit_offset);
+}
+
+at::Tensor CausalLM::embed(const at::Tensor& input_ids) const {
+  at::Tensor h = at::embedding(as_dtype(embed_, dtype_), input_ids.to(device_));
+  // Gemma: the scale is rounded to the activation dtype before multiplying.
+  return config_.scale_embeddings ? h * embed_scale_ : h;
+}
+
+at::Tensor CausalLM::forward_layer(int64_t index, const at::Tensor& x, const at::Tensor& positions) const {
+  TORCH_CHECK(index >= 0 && index < static_cast<int64_t>(layers_.size()) && x.dim() == 3,
+              "forward_layer: layer ", index, " of ", layers_.size(), ", hidden states must be (batch, tokens, hidden)");
+  const at::Tensor pos = positions.defined()
+                             ? positions.to(device_)
+                             : at::arange(x.size(1), at::TensorOptions().dtype(at::kLong).device(device_))
+                                   .unsqueeze(0).expand({x.size(0), x.size(1)});
+  auto [cos, sin] = rope_cos_sin(inv_freq_, pos, x.scalar_type());
+  return decoder_layer(layers_[static_cast<size_t>(index)], index, x, cos, sin, ForwardOptions{}, 0, nullptr);
 }
 
 at::Tensor CausalLM::logits(const at::Tensor& hidden) const { return lm_head_->forward(hidden); }

@@ -74,6 +74,12 @@ class CausalLM {
 
   KVCache make_cache(int64_t batch, int64_t max_len) const;
 
+  // Layer-by-layer runs (calibration for pruning and quantization): the hidden states forward_hidden
+  // starts from, input_ids (B, T) → (B, T, H); and decoder layer `index` alone on hidden states
+  // x (B, T, H) → (B, T, H), with positions (B, T) (default 0..T-1), causal (and sliding) masks, no cache.
+  at::Tensor embed(const at::Tensor& input_ids) const;
+  at::Tensor forward_layer(int64_t index, const at::Tensor& x, const at::Tensor& positions = {}) const;
+
   std::vector<DecoderLayer>& layers() { return layers_; }
   // Every linear layer under its transformers module path ("model.layers.0.self_attn.q_proj",
   // "lm_head"), as a slot that adapters can replace with a wrapper.
