@@ -1,6 +1,7 @@
 // Temp-name-then-rename writes for files and whole directories (see atomic_file.h).
 #include "llmtune/io/atomic_file.h"
 
+#include <algorithm>
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -224,6 +225,11 @@ void AtomicDir::commit() {
   committed_ = true;
   fsync_path(parent_or_dot(path_), O_RDONLY | O_DIRECTORY);
   if (!old.empty()) fs::remove_all(old, ec);
+}
+
+bool same_or_inside(const std::filesystem::path& inner, const std::filesystem::path& outer) {
+  const std::filesystem::path a = std::filesystem::weakly_canonical(inner), b = std::filesystem::weakly_canonical(outer);
+  return std::mismatch(b.begin(), b.end(), a.begin(), a.end()).first == b.end();
 }
 
 }  // namespace llmtune::io

@@ -25,12 +25,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool same_or_inside(const fs::path& inner, const fs::path& outer) {
-  const fs::path a = fs::weakly_canonical(inner), b = fs::weakly_canonical(outer);
-  auto [end_b, end_a] = std::mismatch(b.begin(), b.end(), a.begin(), a.end());
-  return end_b == b.end();
-}
-
 void refuse_existing(const fs::path& path, bool force, const char* what) {
   if (!path.empty() && fs::exists(path) && !force)
     throw ConfigError(path.string() + ": the " + std::string(what) + " already exists (pass --force to replace it)");
@@ -88,11 +82,11 @@ MergeReport run_merge(const MergeParams& params) {
                                    {params.lora_gguf, "LoRA GGUF file"}}) {
     if (path.empty()) continue;
     refuse_existing(path, params.force, what);
-    if (same_or_inside(path, report.model_dir) || same_or_inside(path, adapter.dir) ||
-        same_or_inside(report.model_dir, path) || same_or_inside(adapter.dir, path))
+    if (io::same_or_inside(path, report.model_dir) || io::same_or_inside(path, adapter.dir) ||
+        io::same_or_inside(report.model_dir, path) || io::same_or_inside(adapter.dir, path))
       throw ConfigError(path.string() + ": the " + std::string(what) + " would overwrite the base model or the adapter; choose another path");
   }
-  if (!hf_out.empty() && !params.gguf.empty() && same_or_inside(params.gguf, hf_out))
+  if (!hf_out.empty() && !params.gguf.empty() && io::same_or_inside(params.gguf, hf_out))
     throw ConfigError(params.gguf.string() + ": put the GGUF file outside the output directory " + hf_out.string());
 
   at::ScalarType out_dtype = at::ScalarType::Undefined;

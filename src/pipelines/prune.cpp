@@ -26,12 +26,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool same_or_inside(const fs::path& inner, const fs::path& outer) {
-  const fs::path a = fs::weakly_canonical(inner), b = fs::weakly_canonical(outer);
-  auto [end_b, end_a] = std::mismatch(b.begin(), b.end(), a.begin(), a.end());
-  return end_b == b.end();
-}
-
 // "mlp.down_proj" names every layer's down_proj; a full path names one module.
 bool skip_matches(const std::string& path, const std::string& entry) {
   return path == entry || (path.size() > entry.size() && path.ends_with(entry) && path[path.size() - entry.size() - 1] == '.');
@@ -92,7 +86,7 @@ void check_inputs(const PruneParams& p, const SparsityTarget& target, const fs::
   if (p.output.empty()) throw ConfigError("output: required (the Hugging Face directory to write)");
   if (fs::exists(p.output, ec) && !p.force)
     throw ConfigError(p.output.string() + ": the output directory already exists (pass --force to replace it)");
-  if (same_or_inside(p.output, model_dir) || same_or_inside(model_dir, p.output))
+  if (io::same_or_inside(p.output, model_dir) || io::same_or_inside(model_dir, p.output))
     throw ConfigError(p.output.string() + ": the output would overwrite the model " + model_dir.string() + "; choose another path");
   const auto config = io::read_json_file<ModelLoadError>(model_dir / "config.json", "config.json");
   if (config.contains("quantization_config"))

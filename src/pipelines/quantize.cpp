@@ -23,11 +23,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool same_or_inside(const fs::path& inner, const fs::path& outer) {
-  const fs::path a = fs::weakly_canonical(inner), b = fs::weakly_canonical(outer);
-  return std::mismatch(b.begin(), b.end(), a.begin(), a.end()).first == b.end();
-}
-
 void check_output(const QuantizeParams& params, bool bnb) {
   std::error_code ec;
   const std::string out = params.output.string();
@@ -65,7 +60,7 @@ QuantizeReport run_quantize(const QuantizeParams& params) {
   const fs::path model_dir = io::resolve_model_dir(params.model);
   const std::string adapter = params.adapter.empty() ? "" : peft::resolve_adapter_dir(params.adapter).string();
   for (const fs::path& input : {model_dir, fs::path(adapter)})
-    if (!input.empty() && same_or_inside(input, params.output))
+    if (!input.empty() && io::same_or_inside(input, params.output))
       throw ConfigError("output: '" + params.output.string() + "' would overwrite the input " + input.string() +
                         "; choose another path");
   if (params.eval_data.empty() && (params.device != "auto" || params.dtype != "auto"))

@@ -35,6 +35,10 @@ class AtomicFile {
 // one's own that ends the process (finetune's second Ctrl-C) to call before it does.
 void remove_temporaries_now() noexcept;
 
+// Whether `inner` is `outer` or lies below it, after resolving both (an output that would land in
+// or over an input is refused with this).
+bool same_or_inside(const std::filesystem::path& inner, const std::filesystem::path& outer);
+
 // The whole of `content` into `path`, atomically.
 void write_file_atomic(const std::filesystem::path& path, std::string_view content);
 
