@@ -112,6 +112,20 @@ def _lora_config(case, **extra):
                       task_type="CAUSAL_LM", **extra)
 
 
+def _set_trainable(model, ours):
+    """Copies our tensors (by our name) into the PEFT model's trainable parameters, after checking
+    that the two sets of names are the same; returns PEFT's trainable parameters by PEFT's name."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    wanted = {_peft_name(n): n for n in ours}
+    if set(params) != set(wanted):
+        raise ValueError(f"trainable tensors differ: peft-only {sorted(set(params) - set(wanted))[:4]}, "
+                         f"ours-only {sorted(set(wanted) - set(params))[:4]}")
+    with torch.no_grad():
+        for peft_name, name in wanted.items():
+            params[peft_name].copy_(ours[name])
+    return params
+
+
 def peft_lora_grads(ids, labels, *tensors, cases):
     """For each case {model_dir, kind, targets, r, alpha, dropout, seed, names, dtype, rank_pattern, alpha_pattern}: PEFT's model on the
     fixture with the given adapter tensors (in `names` order, our file keys), transformers' loss for
@@ -128,14 +142,7 @@ def peft_lora_grads(ids, labels, *tensors, cases):
         base = AutoModelForCausalLM.from_pretrained(case["model_dir"], dtype=dtype)
         patterns = {k: case[k] for k in ("rank_pattern", "alpha_pattern") if case.get(k)}
         model = get_peft_model(base, _lora_config(case, **patterns))
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        wanted = {_peft_name(n): n for n in names}
-        if set(params) != set(wanted):
-            raise ValueError(f"trainable tensors differ: peft-only {sorted(set(params) - set(wanted))[:4]}, "
-                             f"ours-only {sorted(set(wanted) - set(params))[:4]}")
-        with torch.no_grad():
-            for peft_name, ours in wanted.items():
-                params[peft_name].copy_(given[ours])
+        params = _set_trainable(model, given)
         model.train(case.get("dropout", 0.0) > 0)
         torch.manual_seed(case.get("seed", 0))
         loss = model(input_ids=ids, labels=labels).loss
@@ -508,14 +515,7 @@ def peft_qlora_grads(ids, labels, *tensors, cases):
         states = tensors[at + len(names):at + len(names) + per * len(case["modules"])]
         at += len(names) + per * len(case["modules"])
         model, mismatch = _qlora_peft(case["model_dir"], case, states)
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        wanted = {_peft_name(n): n for n in names}
-        if set(params) != set(wanted):
-            raise ValueError(f"trainable tensors differ: peft-only {sorted(set(params) - set(wanted))[:4]}, "
-                             f"ours-only {sorted(set(wanted) - set(params))[:4]}")
-        with torch.no_grad():
-            for n, t in zip(names, given):
-                params[_peft_name(n)].copy_(t)
+        params = _set_trainable(model, dict(zip(names, given)))
         model.train()
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
