@@ -15,13 +15,14 @@ RUSAGE_CHILDREN), which counts the memory-mapped base pages it touched. Output d
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from measured_run import measured_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_bench import BIN, make_model  # noqa: E402
@@ -92,17 +93,7 @@ def main():
         rows = []
 
         def measure(label, cmd):
-            # A fresh wrapper per measurement so RUSAGE_CHILDREN covers that command alone.
-            wrapper = [sys.executable, "-c",
-                       "import json, resource, subprocess, sys, time; t=time.perf_counter(); "
-                       "p=subprocess.run(sys.argv[1:], capture_output=True, text=True); w=time.perf_counter()-t; "
-                       "sys.stderr.write(p.stderr[-4000:] if p.returncode else ''); "
-                       "print(json.dumps({'rc': p.returncode, 'wall': w, "
-                       "'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))", *map(str, cmd)]
-            proc = subprocess.run(wrapper, capture_output=True, text=True)
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            if res["rc"] != 0:
-                raise SystemExit(f"{label} failed:\n{proc.stderr}")
+            res = measured_run(cmd, label)
             rows.append((label, res["wall"], res["rss"]))
             print(f"  {label:<44} {res['wall']:8.1f} s   peak RSS {gib(res['rss'])}", flush=True)
 

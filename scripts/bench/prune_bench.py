@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from measured_run import measured_run
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "build" / "llmtune"
 DEMO = ROOT / "demo"
@@ -45,17 +47,7 @@ def make_model(shape, out):
 
 
 def measure(cmd):
-    wrapper = [sys.executable, "-c",
-               "import json, resource, subprocess, sys, time; t=time.perf_counter(); "
-               "p=subprocess.run(sys.argv[1:], capture_output=True, text=True); w=time.perf_counter()-t; "
-               "sys.stderr.write(p.stderr[-4000:] if p.returncode else ''); "
-               "print(json.dumps({'rc': p.returncode, 'wall': w, 'out': p.stdout, "
-               "'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))", *map(str, cmd)]
-    proc = subprocess.run(wrapper, capture_output=True, text=True)
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    if res["rc"] != 0:
-        raise SystemExit(f"{cmd[1:4]} failed:\n{proc.stderr}")
-    return res
+    return measured_run(cmd, str(cmd[1:4]))
 
 
 def main():
