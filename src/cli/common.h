@@ -97,5 +97,6 @@ Command register_finetune(CLI::App& root);
 Command register_merge(CLI::App& root);
 Command register_quantize(CLI::App& root);
 Command register_prune(CLI::App& root);
+Command register_distill(CLI::App& root);
 
 }  // namespace llmtune::cli

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common.h"
+#include "training.h"
 #include "llmtune/peft/method.h"
 #include "llmtune/pipelines/finetune.h"
 #include "llmtune/util/error.h"
@@ -23,6 +24,8 @@ struct FinetuneFlags {
   bool resume_given = false;
   bool force = false;
 };
+
+}  // namespace
 
 config::Schema finetune_schema() {
   using config::Type;
@@ -102,6 +105,8 @@ config::Schema finetune_schema() {
   return s;
 }
 
+namespace {
+
 // ", base nf4: its quantized linears in 3.35 GiB instead of 13.0 GiB in 16 bits (9.65 GiB saved)"; "" for a 16-bit base.
 std::string quantization_text(const nlohmann::json& summary) {
   const nlohmann::json q = summary.value("quantization", nlohmann::json::object());
@@ -115,6 +120,101 @@ std::string quantization_text(const nlohmann::json& summary) {
 }
 
 }  // namespace
+
+void print_training_summary(const nlohmann::json& summary, bool json) {
+  if (json) std::cout << summary.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  else if (!summary.value("interrupted", false))
+    std::cout << fmt::format("done: {} steps, final loss {:.4f}{}, {:.0f} tokens/s{} -> {}\n", summary["steps"].get<int64_t>(),
+                             summary["final_loss"].get<double>(),
+                             summary["eval_loss"].is_null() ? "" : fmt::format(", eval loss {:.4f}", summary["eval_loss"].get<double>()),
+                             summary["tokens_per_second"].get<double>(), quantization_text(summary),
+                             summary["output"].get<std::string>());
+}
+
+pipelines::FinetuneParams finetune_params(const config::Config& cfg, const config::Schema& schema) {
+  pipelines::FinetuneParams p;
+  p.model = cfg.get_string("model.path");
+  p.model_init = cfg.get_string("model.init");
+  p.output = cfg.get_string("output");
+  p.method = cfg.get_string("method");
+  // QLoRA: LoRA over a 4-bit base, nf4 + double quant (QLoRA's defaults) unless model.* says otherwise;
+  // auto is resolved against the model directory (a bitsandbytes checkpoint loads as stored).
+  p.quantize = cfg.get_string("model.quantize");
+  if (p.method == "qlora" && p.quantize == "none")
+    throw ConfigError("model.quantize: none (" + cfg.origin("model.quantize").describe() +
+                      ") but method qlora trains over a 4-bit base: set model.quantize: nf4 or fp4, or method: lora");
+  const bool four_bit = p.quantize == "nf4" || p.quantize == "fp4" || (p.quantize == "auto" && p.method == "qlora");
+  p.double_quant = cfg.get_bool("model.double_quant");
+  p.quant_blocksize = cfg.get_int("model.quant_blocksize");
+  if (four_bit && p.model_init == "random")
+    throw ConfigError((p.method == "qlora" ? "method qlora" : "model.quantize: " + p.quantize) +
+                      " quantizes pretrained weights: it does not go with model.init: random");
+  if (p.quant_blocksize & (p.quant_blocksize - 1))
+    throw ConfigError("model.quant_blocksize: " + std::to_string(p.quant_blocksize) + " is not a power of two");
+  if (four_bit && p.method == "full")
+    throw ConfigError("model.quantize: " + p.quantize + " freezes the base in 4 bits: it needs an adapter method (lora, qlora), not full");
+  if (!four_bit)
+    for (const char* key : {"model.double_quant", "model.quant_blocksize"})
+      if (cfg.value(key) != *schema.find(key)->default_value)
+        throw ConfigError(std::string(key) + " is set (" + cfg.origin(key).describe() +
+                          ") but the base is not quantized: set model.quantize: nf4 or fp4 (or method: qlora), or remove it");
+  if (p.method != "full") p.adapter = peft::find_adapter_method(p.method == "qlora" ? "lora" : p.method)->from_config(cfg);
+  // Settings of a method that is not the one chosen would be silently ignored: refuse them.
+  std::vector<std::string> sections = peft::adapter_method_names();
+  sections.push_back("full");
+  // (A saved config.yaml lists every key at its default: only values that differ count.)
+  for (const auto& section : sections) {
+    if (section == p.method || (p.method == "qlora" && section == "lora")) continue;
+    for (const auto& key : schema.keys()) {
+      if (!key.name.starts_with(section + ".") || !cfg.has(key.name) || !key.default_value) continue;
+      if (cfg.value(key.name) != *key.default_value)
+        throw ConfigError(key.name + " is set (" + cfg.origin(key.name).describe() + ") but method is " +
+                          p.method + ": remove it, or set method: " + section);
+    }
+  }
+  p.freeze = cfg.get_list("full.freeze");
+  if (p.model_init == "random" && p.method != "full")
+    throw ConfigError("model.init: random needs method: full (an adapter on random weights learns nothing useful)");
+
+  p.data.path = cfg.get_string("data.path");
+  p.data.format = cfg.get_string("data.format");
+  p.data.chat_template = cfg.get_string("data.template");
+  p.data.train_on = cfg.get_string("data.train_on");
+  p.data.max_seq_len = cfg.get_int("data.max_seq_len");
+  p.data.truncation = cfg.get_string("data.truncation");
+  p.data.val_fraction = cfg.get_float("data.val_fraction");
+  p.data.val_path = cfg.get_string("data.val_path");
+  p.data.skip_bad_rows = cfg.get_bool("data.skip_bad_rows");
+  p.packing = cfg.get_bool("data.packing");
+  if (p.data.val_fraction > 0 && !p.data.val_path.empty())
+    throw ConfigError("data.val_fraction and data.val_path are alternatives: set one");
+
+  p.batch_size = cfg.get_int("train.batch_size");
+  p.grad_accum_steps = cfg.get_int("train.grad_accum_steps");
+  p.epochs = cfg.get_int("train.epochs");
+  p.max_steps = cfg.get_int("train.max_steps");
+  p.lr = cfg.get_float("train.lr");
+  p.lr_scheduler = cfg.get_string("train.lr_scheduler");
+  p.warmup_steps = cfg.get_int("train.warmup_steps");
+  p.warmup_ratio = cfg.get_float("train.warmup_ratio");
+  p.adam.weight_decay = cfg.get_float("train.weight_decay");
+  p.adam.beta1 = cfg.get_float("train.adam_beta1");
+  p.adam.beta2 = cfg.get_float("train.adam_beta2");
+  p.adam.eps = cfg.get_float("train.adam_eps");
+  p.max_grad_norm = cfg.get_float("train.max_grad_norm");
+  p.gradient_checkpointing = cfg.get_bool("train.grad_checkpointing");
+  p.loss_chunk_rows = cfg.get_int("train.loss_chunk_rows");
+  p.eval_every_steps = cfg.get_int("eval.every_steps");
+  p.eval_max_batches = cfg.get_int("eval.max_batches");
+  p.checkpoint_every_steps = cfg.get_int("checkpoint.every_steps");
+  p.checkpoint_keep = cfg.get_int("checkpoint.keep");
+  p.log_every_steps = cfg.get_int("log.every_steps");
+  p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
+  p.data.seed = p.seed;
+  p.device = cfg.get_string("device");
+  p.dtype = cfg.get_string("dtype");
+  return p;
+}
 
 Command register_finetune(CLI::App& root) {
   auto* app = root.add_subcommand("finetune", "LoRA / DoRA / QLoRA / full fine-tuning on instruction, chat, function-calling or text data");
@@ -143,88 +243,7 @@ Command register_finetune(CLI::App& root) {
             config::Config cfg = resolve_config(finetune_schema(), *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
 
-            pipelines::FinetuneParams p;
-            p.model = cfg.get_string("model.path");
-            p.model_init = cfg.get_string("model.init");
-            p.output = cfg.get_string("output");
-            p.method = cfg.get_string("method");
-            // QLoRA: LoRA over a 4-bit base, nf4 + double quant (QLoRA's defaults) unless model.* says otherwise;
-            // auto is resolved against the model directory (a bitsandbytes checkpoint loads as stored).
-            p.quantize = cfg.get_string("model.quantize");
-            if (p.method == "qlora" && p.quantize == "none")
-              throw ConfigError("model.quantize: none (" + cfg.origin("model.quantize").describe() +
-                                ") but method qlora trains over a 4-bit base: set model.quantize: nf4 or fp4, or method: lora");
-            const bool four_bit = p.quantize == "nf4" || p.quantize == "fp4" || (p.quantize == "auto" && p.method == "qlora");
-            p.double_quant = cfg.get_bool("model.double_quant");
-            p.quant_blocksize = cfg.get_int("model.quant_blocksize");
-            if (four_bit && p.model_init == "random")
-              throw ConfigError((p.method == "qlora" ? "method qlora" : "model.quantize: " + p.quantize) +
-                                " quantizes pretrained weights: it does not go with model.init: random");
-            if (p.quant_blocksize & (p.quant_blocksize - 1))
-              throw ConfigError("model.quant_blocksize: " + std::to_string(p.quant_blocksize) + " is not a power of two");
-            if (four_bit && p.method == "full")
-              throw ConfigError("model.quantize: " + p.quantize + " freezes the base in 4 bits: it needs an adapter method (lora, qlora), not full");
-            const config::Schema schema = finetune_schema();
-            if (!four_bit)
-              for (const char* key : {"model.double_quant", "model.quant_blocksize"})
-                if (cfg.value(key) != *schema.find(key)->default_value)
-                  throw ConfigError(std::string(key) + " is set (" + cfg.origin(key).describe() +
-                                    ") but the base is not quantized: set model.quantize: nf4 or fp4 (or method: qlora), or remove it");
-            if (p.method != "full") p.adapter = peft::find_adapter_method(p.method == "qlora" ? "lora" : p.method)->from_config(cfg);
-            // Settings of a method that is not the one chosen would be silently ignored: refuse them.
-            std::vector<std::string> sections = peft::adapter_method_names();
-            sections.push_back("full");
-            // (A saved config.yaml lists every key at its default: only values that differ count.)
-            for (const auto& section : sections) {
-              if (section == p.method || (p.method == "qlora" && section == "lora")) continue;
-              for (const auto& key : schema.keys()) {
-                if (!key.name.starts_with(section + ".") || !cfg.has(key.name) || !key.default_value) continue;
-                if (cfg.value(key.name) != *key.default_value)
-                  throw ConfigError(key.name + " is set (" + cfg.origin(key.name).describe() + ") but method is " +
-                                    p.method + ": remove it, or set method: " + section);
-              }
-            }
-            p.freeze = cfg.get_list("full.freeze");
-            if (p.model_init == "random" && p.method != "full")
-              throw ConfigError("model.init: random needs method: full (an adapter on random weights learns nothing useful)");
-
-            p.data.path = cfg.get_string("data.path");
-            p.data.format = cfg.get_string("data.format");
-            p.data.chat_template = cfg.get_string("data.template");
-            p.data.train_on = cfg.get_string("data.train_on");
-            p.data.max_seq_len = cfg.get_int("data.max_seq_len");
-            p.data.truncation = cfg.get_string("data.truncation");
-            p.data.val_fraction = cfg.get_float("data.val_fraction");
-            p.data.val_path = cfg.get_string("data.val_path");
-            p.data.skip_bad_rows = cfg.get_bool("data.skip_bad_rows");
-            p.packing = cfg.get_bool("data.packing");
-            if (p.data.val_fraction > 0 && !p.data.val_path.empty())
-              throw ConfigError("data.val_fraction and data.val_path are alternatives: set one");
-
-            p.batch_size = cfg.get_int("train.batch_size");
-            p.grad_accum_steps = cfg.get_int("train.grad_accum_steps");
-            p.epochs = cfg.get_int("train.epochs");
-            p.max_steps = cfg.get_int("train.max_steps");
-            p.lr = cfg.get_float("train.lr");
-            p.lr_scheduler = cfg.get_string("train.lr_scheduler");
-            p.warmup_steps = cfg.get_int("train.warmup_steps");
-            p.warmup_ratio = cfg.get_float("train.warmup_ratio");
-            p.adam.weight_decay = cfg.get_float("train.weight_decay");
-            p.adam.beta1 = cfg.get_float("train.adam_beta1");
-            p.adam.beta2 = cfg.get_float("train.adam_beta2");
-            p.adam.eps = cfg.get_float("train.adam_eps");
-            p.max_grad_norm = cfg.get_float("train.max_grad_norm");
-            p.gradient_checkpointing = cfg.get_bool("train.grad_checkpointing");
-            p.loss_chunk_rows = cfg.get_int("train.loss_chunk_rows");
-            p.eval_every_steps = cfg.get_int("eval.every_steps");
-            p.eval_max_batches = cfg.get_int("eval.max_batches");
-            p.checkpoint_every_steps = cfg.get_int("checkpoint.every_steps");
-            p.checkpoint_keep = cfg.get_int("checkpoint.keep");
-            p.log_every_steps = cfg.get_int("log.every_steps");
-            p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
-            p.data.seed = p.seed;
-            p.device = cfg.get_string("device");
-            p.dtype = cfg.get_string("dtype");
+            pipelines::FinetuneParams p = finetune_params(cfg, finetune_schema());
             p.resume = resume->count() > 0;
             p.force = force->count() > 0;
             if (p.resume && p.force)
@@ -233,14 +252,7 @@ Command register_finetune(CLI::App& root) {
             p.config_yaml = "# llmtune finetune: the resolved configuration of this run\n" + cfg.to_yaml();
             p.quiet = options->json;
 
-            nlohmann::json summary = pipelines::run_finetune(p);
-            if (options->json) std::cout << summary.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-            else if (!summary.value("interrupted", false))
-              std::cout << fmt::format("done: {} steps, final loss {:.4f}{}, {:.0f} tokens/s{} -> {}\n", summary["steps"].get<int64_t>(),
-                                       summary["final_loss"].get<double>(),
-                                       summary["eval_loss"].is_null() ? "" : fmt::format(", eval loss {:.4f}", summary["eval_loss"].get<double>()),
-                                       summary["tokens_per_second"].get<double>(), quantization_text(summary),
-                                       summary["output"].get<std::string>());
+            print_training_summary(pipelines::run_finetune(p), options->json);
             return 0;
           }};
 }

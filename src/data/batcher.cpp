@@ -62,6 +62,12 @@ Batcher::Batcher(std::vector<Example> examples, BatchOptions options)
                       " tokens, more than max_seq_len " + std::to_string(options_.max_seq_len) +
                       "; load the dataset with the same max_seq_len so that it is truncated or dropped");
   }
+  target_offset_.assign(n + 1, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t targets = 0;
+    for (size_t k = 1; k < examples_[i].labels.size(); ++k) targets += examples_[i].labels[k] != kIgnoreIndex;
+    target_offset_[i + 1] = target_offset_[i] + targets;
+  }
   if (!options_.packing) {
     for (int64_t i = 0; i < n; ++i) rows_.push_back({i});
     return;
@@ -162,18 +168,21 @@ Batch Batcher::next() {
   int64_t* labels = batch.labels.data_ptr<int64_t>();
   int64_t* pos = batch.positions.data_ptr<int64_t>();
   auto packed = multi ? std::make_shared<model::PackedSegments>() : nullptr;
-  std::vector<int64_t> target_index, target_ids;
+  std::vector<int64_t> target_index, target_ids, target_rows;
   for (int64_t b = 0; b < B; ++b) {
     int64_t t = 0;
     if (packed) packed->lengths.emplace_back();
     for (int64_t idx : rows[b]) {
       const Example& ex = examples_[idx];
       const int64_t len = static_cast<int64_t>(ex.input_ids.size());
+      int64_t row = target_offset_[idx];
       for (int64_t k = 0; k < len; ++k) {
         ids[b * T + t + k] = ex.input_ids[k];
         // The first token of an example is never a target: it would be predicted from the example before.
         labels[b * T + t + k] = k == 0 ? kIgnoreIndex : ex.labels[k];
         pos[b * T + t + k] = k;
+        // In position order, as target_index below lists them.
+        if (k > 0 && ex.labels[k] != kIgnoreIndex) target_rows.push_back(row++);
       }
       if (packed) packed->lengths.back().push_back(len);
       t += len;
@@ -189,6 +198,7 @@ Batch Batcher::next() {
   batch.n_targets = static_cast<int64_t>(target_index.size());
   batch.target_index = at::tensor(target_index, at::kLong);
   batch.target_ids = at::tensor(target_ids, at::kLong);
+  batch.target_rows = at::tensor(target_rows, at::kLong);
   return batch;
 }
 

@@ -36,6 +36,7 @@
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
 #include "llmtune/util/timing.h"
+#include "distiller.h"
 #include "finetune_memory.h"
 #include "run_directory.h"
 
@@ -116,7 +117,7 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   const fs::path model_dir = io::resolve_model_dir(p.model);
   DeviceChoice device = choose_device(p.device);
   DtypeChoice dtype = choose_dtype(p.dtype, device.device);
-  spdlog::info("finetune: {} ({} {}) on {} ({}), compute {}", model_dir.string(), p.model_init, p.method,
+  spdlog::info("{}: {} ({} {}) on {} ({}), compute {}", p.command, model_dir.string(), p.model_init, p.method,
                device.device.str(), device.reason, dtype_name(dtype.dtype));
   auto tok = tokenizer::load_tokenizer(model_dir);
   const model::ModelConfig config = model::ModelConfig::load(model_dir);
@@ -129,7 +130,11 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   const std::optional<quant::BnbConfig> bnb =
       p.model_init == "pretrained" ? quant::read_bnb_config(model_dir) : std::optional<quant::BnbConfig>();
   const std::string quantize = quantize_on_load(p, bnb, model_dir);
-  check_memory(p, config, dataset, device.device, dtype.dtype, model_dir, quantize != "none" || bnb.has_value());
+  // A distillation teacher on the student's device counts against the same memory.
+  double teacher_bytes = 0;
+  if (p.distill && p.distill->cache.empty() && (p.distill->teacher_device == "auto" || choose_device(p.distill->teacher_device).device == device.device))
+    teacher_bytes = teacher_memory_bytes(*p.distill, dtype.dtype, device.device);
+  check_memory(p, config, dataset, device.device, dtype.dtype, model_dir, quantize != "none" || bnb.has_value(), teacher_bytes);
 
   // Batches.
   const int32_t pad_id = tok->pad_id.value_or(tok->eos_id.value_or(0));
@@ -184,6 +189,10 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
                  describe_quantization(quantization), base.quantized_linears, base.quantized_bytes_held / double(1 << 20),
                  base.quantized_bytes_16bit / double(1 << 20), dtype_name(dtype.dtype), dtype_name(dtype.dtype));
   model.set_gradient_checkpointing(p.gradient_checkpointing);
+  // distill: the teacher (or its cache), checked against the student before anything trains.
+  std::unique_ptr<Distiller> distiller;
+  if (p.distill)
+    distiller = std::make_unique<Distiller>(*p.distill, *tok, config.vocab_size, dataset.train, device.device, dtype.dtype);
 
   // Trainable tensors: fp32 adapters (LoRA) or fp32 copies of the unfrozen weights (full).
   // An adapter method (lora, ...) or full fine-tuning (p.adapter is null).
@@ -329,11 +338,21 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
     const auto [step_tokens, targets] = batches.peek_counts(p.grad_accum_steps);
     // Losses stay on the device until the step is done: one host sync per step, not per micro-batch.
     at::Tensor loss_acc = train::loss_accumulator(model.device());
+    at::Tensor soft_acc, ce_acc;  // distill: the two parts, for the log
+    if (distiller) soft_acc = train::loss_accumulator(model.device()), ce_acc = train::loss_accumulator(model.device());
     for (int64_t i = 0; i < p.grad_accum_steps; ++i) {
       const data::Batch host_batch = batches.next();
       if (host_batch.n_targets == 0) continue;
       const data::Batch b = data::to_device(host_batch, model.device());
-      at::Tensor loss = train::batch_loss_sum(model, b, p.loss_chunk_rows) / static_cast<double>(targets);
+      at::Tensor loss;
+      if (distiller) {
+        const train::DistillSums sums = distiller->batch_sums(model, host_batch, b, p.loss_chunk_rows);
+        loss = sums.total / static_cast<double>(targets);
+        soft_acc += sums.soft / static_cast<double>(targets);
+        ce_acc += sums.ce / static_cast<double>(targets);
+      } else {
+        loss = train::batch_loss_sum(model, b, p.loss_chunk_rows) / static_cast<double>(targets);
+      }
       (scaler.enabled() ? loss * scaler.scale() : loss).backward();
       loss_acc += loss.detach();
     }
@@ -375,6 +394,10 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
                              {"loss", loss_sum}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens", step_tokens},
                              {"tokens_per_second", tokens_per_second}, {"peak_memory_bytes", peak_memory()},
                              {"elapsed_seconds", elapsed}};
+    if (distiller) {
+      record["soft_loss"] = soft_acc.item<double>();
+      record["ce_loss"] = ce_acc.item<double>();
+    }
     if (scaler.enabled()) {
       record["loss_scale"] = scaler.scale();
       record["skipped"] = !finite;
@@ -401,7 +424,7 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
 
   nlohmann::json summary;
   if (interrupted) {
-    const std::string resume_command = "llmtune finetune " + (p.output / "config.yaml").string() + " --resume";
+    const std::string resume_command = "llmtune " + p.command + " " + (p.output / "config.yaml").string() + " --resume";
     spdlog::warn("stopped by {} after step {}/{}; checkpoint saved. Resume with: {}",
                  train::stop_signal() == SIGTERM ? "SIGTERM" : "SIGINT", step, total_steps, resume_command);
     summary = {{"interrupted", true}, {"step", step}, {"total_steps", total_steps}, {"resume_command", resume_command}};
@@ -456,6 +479,7 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
              {"dtype", dtype_name(dtype.dtype)},
              {"quantization", quantization_summary(quantization, bnb.has_value(), base, dtype.dtype)},
              {"output", use_adapter ? (p.output / "adapter").string() : (p.output / "model").string()}};
+  if (distiller) summary["distill"] = distiller->describe();
   io::write_file_atomic(p.output / "summary.json", summary.dump(2) + "\n");
   write_run_state(p.output, "finished", step, total_steps);
   return summary;

@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 // attention output, gate/up/product; only the layer inputs with gradient checkpointing), and the LM
 // head's logits chunk.
 void check_memory(const FinetuneParams& p, const model::ModelConfig& c, const data::Dataset& dataset, const c10::Device& device,
-                  at::ScalarType dtype, const fs::path& model_dir, bool quantized_base) {
+                  at::ScalarType dtype, const fs::path& model_dir, bool quantized_base, double extra_bytes) {
   const model::FamilyDesc& family = model::family_for(c.model_type, model_dir.string());
   const double params = model::parameter_count(family, c, !c.tie_word_embeddings);
   const double elt = static_cast<double>(c10::elementSize(dtype));
@@ -53,9 +53,10 @@ void check_memory(const FinetuneParams& p, const model::ModelConfig& c, const da
                             : p.loss_chunk_rows > 0 ? std::min<double>(batch_tokens, static_cast<double>(p.loss_chunk_rows))
                                                     : std::min(batch_tokens, (64.0 * (1 << 20)) / (4.0 * static_cast<double>(c.vocab_size)));
   const double logits = 2 * 4.0 * logit_rows * static_cast<double>(c.vocab_size);
-  ops::check_fits(weights + activations + logits, device,
-                  fmt::format("a training step on micro-batches of {} rows × {} tokens (weights {:.3g} GB, activations {:.3g} GB)",
-                              p.batch_size, row, weights / 1e9, activations / 1e9),
+  ops::check_fits(weights + activations + logits + extra_bytes, device,
+                  fmt::format("a training step on micro-batches of {} rows × {} tokens (weights {:.3g} GB, activations {:.3g} GB{})",
+                              p.batch_size, row, weights / 1e9, activations / 1e9,
+                              extra_bytes > 0 ? fmt::format(", teacher {:.3g} GB", extra_bytes / 1e9) : ""),
                   std::string("lower data.max_seq_len or train.batch_size (and raise train.grad_accum_steps)") +
                       (p.gradient_checkpointing ? "" : ", or set train.grad_checkpointing: true"));
 }

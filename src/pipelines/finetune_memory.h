@@ -20,9 +20,10 @@ namespace llmtune::pipelines {
 
 // Estimates a training step's memory from the config and the data and refuses (ConfigError with the
 // estimate and what to lower) when the device cannot hold it; warns when rows run past the context.
-// quantized_base: the frozen linears are held in 4 bits.
+// quantized_base: the frozen linears are held in 4 bits. extra_bytes: what else the step holds on the
+// device (a distillation teacher's weights).
 void check_memory(const FinetuneParams& p, const model::ModelConfig& c, const data::Dataset& dataset, const c10::Device& device,
-                  at::ScalarType dtype, const std::filesystem::path& model_dir, bool quantized_base);
+                  at::ScalarType dtype, const std::filesystem::path& model_dir, bool quantized_base, double extra_bytes = 0);
 
 // What to quantize the base to while it loads ("none", "nf4", "fp4"), from model.quantize (auto:
 // nf4 with method qlora) and the model directory: a bitsandbytes checkpoint (`bnb`) loads as stored,

@@ -26,6 +26,9 @@ struct Batch {
   // The trained targets, found on the host: target_index (M,) int64 indexes the flattened (B·T)
   // positions whose next token is trained, target_ids (M,) int64 are those next tokens.
   at::Tensor target_index, target_ids;
+  // Each trained target's number when the targets of all examples are counted in example order
+  // (example 0's first, then example 1's, ...): the row a teacher cache stores for it. (M,) int64, on the host.
+  at::Tensor target_rows;
   int64_t n_tokens = 0;       // non-padding tokens
   int64_t n_targets = 0;      // count of labels[:, 1:] != -100 (the tokens the loss averages over), = M
 };
@@ -70,6 +73,9 @@ class Batcher {
   // forward, and streams its micro-batches one at a time).
   std::pair<int64_t, int64_t> peek_counts(int64_t n) const;
 
+  // Trained targets over all examples (the number of teacher-cache rows).
+  int64_t total_targets() const { return target_offset_.back(); }
+
   // The example indices of each batch row of batch `batch` of `epoch` (for tests and logs).
   std::vector<std::vector<int64_t>> batch_rows(int64_t epoch, int64_t batch) const;
 
@@ -79,6 +85,7 @@ class Batcher {
   std::vector<Example> examples_;
   BatchOptions options_;
   std::vector<std::vector<int64_t>> rows_;  // example indices per row
+  std::vector<int64_t> target_offset_;      // trained targets of the examples before each (Batch::target_rows)
   Position pos_;
   mutable int64_t order_epoch_ = -1;
   mutable std::vector<int64_t> order_;  // row permutation of order_epoch_

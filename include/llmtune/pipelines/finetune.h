@@ -5,17 +5,21 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "llmtune/data/dataset.h"
+#include "llmtune/pipelines/distill.h"
 #include "llmtune/peft/method.h"
 #include "llmtune/train/optimizer.h"
 
 namespace llmtune::pipelines {
 
 struct FinetuneParams {
+  std::string command = "finetune";     // finetune | distill (messages, the resume command)
+  std::shared_ptr<const DistillParams> distill;  // distill: the teacher and the losses; null for finetune
   std::string model;                    // model.path: directory or Hugging Face cache repo id
   std::string model_init = "pretrained";  // pretrained | random (config.json's shape, transformers' init)
   // auto | none | nf4 | fp4: the frozen base quantized while it loads. auto: nf4 with method qlora,
