@@ -173,7 +173,9 @@ DistillSums linear_distill_sums(const at::Tensor& hidden, const at::Tensor& weig
   TORCH_CHECK(hidden.dim() == 2 && weight.dim() == 2 && hidden.size(1) == weight.size(1),
               "linear_distill_sums: hidden (N, H) and weight (V, H) disagree: ", hidden.sizes(), " vs ", weight.sizes());
   TORCH_CHECK(targets.dim() == 1 && targets.size(0) == hidden.size(0), "linear_distill_sums: targets must be (N,)");
-  if (chunk_rows <= 0) chunk_rows = ops::auto_chunk_rows(weight.size(0));
+  // A chunk's divergence keeps several (rows × V) fp32 tensors for its gradient, not one as the
+  // cross-entropy does: a quarter of its rows.
+  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(16, ops::auto_chunk_rows(weight.size(0)) / 4);
   variable_list out = LinearDistill::apply(hidden, weight, targets, &teacher, &options, chunk_rows);
   return {out[0], out[1], out[2]};
 }

@@ -361,6 +361,10 @@ FUNCTIONS.update({f.__name__: f for f in (bnb_quantize_4bit, bnb_dequantize_4bit
 from prune_reference import prune_reference, sparsegpt_reference, structured_reference  # noqa: E402
 
 FUNCTIONS.update({f.__name__: f for f in (sparsegpt_reference, prune_reference, structured_reference)})
+# GPTQ and RTN written from the published algorithm: gptq_reference.py.
+from gptq_reference import FUNCTIONS as GPTQ_FUNCTIONS  # noqa: E402
+
+FUNCTIONS.update(GPTQ_FUNCTIONS)
 
 
 def peft_module_ranks(model_dir, cases):
