@@ -22,7 +22,10 @@ apt_packages=(
   clang libclang-rt-dev  # the sanitizer build and libFuzzer (scripts/test-asan.sh, scripts/fuzz.sh)
 )
 # The reference implementations the tests compare with, and what the build links.
-py_packages=(torch transformers peft safetensors sentencepiece tokenizers gguf numpy pytest protobuf "bitsandbytes>=0.49")
+py_packages=(torch transformers peft safetensors sentencepiece tokenizers gguf numpy pytest protobuf "bitsandbytes>=0.49" trl)
+# Installed without their dependencies: the tests load single files of them (torchtune's
+# modules/loss/kd_losses.py), and torchtune's own dependencies (torchao) do not fit our torch.
+py_packages_no_deps=(torchtune)
 
 start=$(date +%s)
 
@@ -54,7 +57,7 @@ install_venv() {
   fi
   local stamp="$LLMTUNE_VENV/.llmtune-packages"
   local want
-  want=$(printf '%s\n' "${py_packages[@]}")
+  want=$(printf '%s\n' "${py_packages[@]}" "no-deps:" "${py_packages_no_deps[@]}")
   if [[ -x "$LLMTUNE_VENV/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     return 0
   fi
@@ -62,8 +65,9 @@ install_venv() {
   mkdir -p "$(dirname "$LLMTUNE_VENV")"
   [[ -x "$LLMTUNE_VENV/bin/python" ]] || python3 -m venv "$LLMTUNE_VENV"
   "$LLMTUNE_VENV/bin/python" -m pip install -q --upgrade pip
-  log "installing Python packages: ${py_packages[*]} (the first time this downloads several GB)"
+  log "installing Python packages: ${py_packages[*]} ${py_packages_no_deps[*]} (the first time this downloads several GB)"
   "$LLMTUNE_VENV/bin/python" -m pip install -q "${py_packages[@]}"
+  "$LLMTUNE_VENV/bin/python" -m pip install -q --no-deps "${py_packages_no_deps[@]}"
   echo "$want" >"$stamp"
 }
 

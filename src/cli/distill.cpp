@@ -122,6 +122,10 @@ Command register_distill(CLI::App& root) {
               const std::filesystem::path out = *flags->cache_teacher;
               if (io::same_or_inside(out, p.model) || io::same_or_inside(out, d->teacher) || io::same_or_inside(p.data.path, out))
                 throw UsageError("--cache-teacher " + out.string() + ": would write over the models or the data; choose a new directory");
+              // The cache directory is replaced as a whole: only an earlier cache may stand there.
+              if (std::filesystem::exists(out) &&
+                  (!std::filesystem::is_directory(out) || (!std::filesystem::is_empty(out) && !std::filesystem::exists(out / "teacher_cache.json"))))
+                throw UsageError("--cache-teacher " + out.string() + ": exists and is not a teacher cache; choose a new directory");
               const nlohmann::json summary = pipelines::build_teacher_cache(p, out);
               if (options->json) std::cout << summary.dump(2) << "\n";
               else std::cout << "teacher cache: " << summary["rows"].get<int64_t>() << " positions, top " << summary["top_k"].get<int64_t>()

@@ -36,7 +36,7 @@ TeacherCache::TeacherCache(const fs::path& dir, const nlohmann::json& expected) 
     throw CheckpointError(index_path.string() + ": not a teacher cache written by llmtune distill --cache-teacher");
   // What was built for other data, another tokenizer or teacher, or other loss settings is stale.
   const std::pair<const char*, const char*> checks[] = {
-      {"data_hash", "the training data (rows, template or max_seq_len changed)"},
+      {"data_hash", "other training data (rows, template or max_seq_len changed)"},
       {"tokenizer_hash", "another tokenizer"},
       {"teacher_hash", "another teacher (weights, adapter, dtype or quantization)"},
       {"temperature", "another distill.temperature"},

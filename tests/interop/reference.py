@@ -365,6 +365,10 @@ FUNCTIONS.update({f.__name__: f for f in (sparsegpt_reference, prune_reference, 
 from gptq_reference import FUNCTIONS as GPTQ_FUNCTIONS  # noqa: E402
 
 FUNCTIONS.update(GPTQ_FUNCTIONS)
+# Distillation references (TRL's GKD, torchtune's KD loss, top-k buckets): distill_reference.py.
+from distill_reference import FUNCTIONS as DISTILL_FUNCTIONS  # noqa: E402
+
+FUNCTIONS.update(DISTILL_FUNCTIONS)
 
 
 def peft_module_ranks(model_dir, cases):
