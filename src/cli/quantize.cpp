@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -21,6 +22,11 @@ struct QuantizeFlags {
   std::optional<std::string> model, adapter, output, type, name, eval_data, shard_size;
   std::optional<int64_t> max_seq_len, batch_size, blocksize;
   bool force = false, ollama = false, double_quant = false;
+  // gptq / rtn
+  std::optional<std::string> method, calibration, format;
+  std::optional<int64_t> bits, group_size, calibration_samples, seq_len;
+  std::optional<double> damp;
+  bool sym = false, asym = false, act_order = false;
 };
 
 config::Schema quantize_schema() {
@@ -33,7 +39,6 @@ config::Schema quantize_schema() {
          .required = true});
   s.add({.name = "type", .type = Type::String,
          .help = "GGUF tensor type or llama.cpp file mix, or a bitsandbytes type (nf4, fp4, int8: a Hugging Face directory)",
-         .required = true,
          .choices = {"f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q4_k_m", "q4_k_s",
                      "q5_k_m", "q5_k_s", "nf4", "fp4", "int8"}});
   s.add({.name = "double_quant", .type = Type::Bool, .default_value = false,
@@ -45,9 +50,77 @@ config::Schema quantize_schema() {
   s.add({.name = "force", .type = Type::Bool, .default_value = false, .help = "replace an existing output"});
   s.add({.name = "eval_data", .type = Type::String,
          .help = "evaluate source and result on this data (as eval's --data) and report the perplexity cost"});
+  s.add({.name = "method", .type = Type::String,
+         .help = "gptq (calibrated, Frantar et al.) or rtn (round-to-nearest): 2/4/8-bit integer codes in a GPTQ-format "
+                 "Hugging Face directory (instead of --type)",
+         .choices = {"gptq", "rtn"}});
+  s.add({.name = "bits", .type = Type::Int, .help = "gptq/rtn: bits per weight, 2, 4 or 8 (default 4)"});
+  s.add({.name = "group_size", .type = Type::Int, .help = "gptq/rtn: input columns per scale and zero point, or -1 for one per row (default 128)"});
+  s.add({.name = "sym", .type = Type::Bool, .help = "gptq/rtn: symmetric (true, the default) or asymmetric (false) quantizer"});
+  s.add({.name = "act_order", .type = Type::Bool, .help = "gptq: columns in descending Hessian diagonal order, with static groups (desc_act)"});
+  s.add({.name = "damp", .type = Type::Float, .help = "gptq: dampening, times the mean of the Hessian's diagonal (default 0.01)",
+         .min = 0, .min_exclusive = true});
+  s.add({.name = "calibration", .type = Type::String, .help = "gptq: calibration text (.txt, or .jsonl/.json rows in any finetune format)"});
+  s.add({.name = "calibration_samples", .type = Type::Int, .help = "gptq: calibration sequences (default 128)", .min = 1});
+  s.add({.name = "seq_len", .type = Type::Int, .help = "gptq: tokens per calibration sequence (default 2048)", .min = 2});
+  s.add({.name = "format", .type = Type::String, .help = "gptq/rtn: the checkpoint format written (gptq)", .choices = {"gptq"}});
   s.add({.name = "max_seq_len", .type = Type::Int, .default_value = int64_t{512}, .help = "evaluation window / row length", .min = 2});
   s.add({.name = "batch_size", .type = Type::Int, .default_value = int64_t{8}, .help = "evaluation sequences per forward pass", .min = 1});
   return s;
+}
+
+pipelines::QuantizeReport run_gptq_from_config(const config::Config& cfg, pipelines::QuantizeParams p,
+                                               const std::function<std::string(const char*)>& opt) {
+  auto& g = p.gptq;
+  g.method = cfg.get_string("method");
+  g.gptq.quant.bits = cfg.has("bits") ? cfg.get_int("bits") : 4;
+  g.gptq.quant.group_size = cfg.has("group_size") ? cfg.get_int("group_size") : 128;
+  g.gptq.quant.sym = cfg.has("sym") ? cfg.get_bool("sym") : true;
+  g.gptq.act_order = cfg.has("act_order") && cfg.get_bool("act_order");
+  if (g.gptq.act_order && g.method != "gptq") throw ConfigError("act_order: applies to --method gptq only");
+  if (cfg.has("damp") && g.method != "gptq") throw ConfigError("damp: applies to --method gptq only");
+  for (const char* key : {"calibration_samples", "seq_len"})
+    if (cfg.has(key) && g.method != "gptq") throw ConfigError(std::string(key) + ": applies to --method gptq only");
+  if (g.gptq.quant.group_size == 0 || g.gptq.quant.group_size < -1)
+    throw ConfigError("group_size: " + std::to_string(g.gptq.quant.group_size) + " (use a positive size or -1)");
+  g.gptq.damp = cfg.has("damp") ? cfg.get_float("damp") : 0.01;
+  g.format = cfg.has("format") ? cfg.get_string("format") : "gptq";
+  g.calibration.path = opt("calibration");
+  g.calibration.samples = cfg.has("calibration_samples") ? cfg.get_int("calibration_samples") : 128;
+  g.calibration.seq_len = cfg.has("seq_len") ? cfg.get_int("seq_len") : 2048;
+  p.force = cfg.get_bool("force");
+  p.eval_data = opt("eval_data");
+  p.eval_max_seq_len = cfg.get_int("max_seq_len");
+  p.eval_batch_size = cfg.get_int("batch_size");
+  p.device = cfg.get_string("device");
+  p.dtype = cfg.get_string("dtype");
+  return pipelines::run_gptq_quantize(p);
+}
+
+void print_gptq_result(const pipelines::QuantizeReport& r, bool json) {
+  if (json) {
+    nlohmann::ordered_json j{{"output", r.output.string()}, {"type", r.type}, {"bytes", r.bytes}, {"source_bytes", r.source_bytes},
+                             {"calibration_sequences", r.gptq.calibration_sequences},
+                             {"calibration_seq_len", r.gptq.calibration_seq_len}, {"quantize_seconds", r.gptq.quantize_seconds},
+                             {"seconds", r.seconds}, {"peak_rss_bytes", r.peak_rss_bytes}, {"kept_tensors", r.gptq.kept}};
+    j["layers"] = nlohmann::ordered_json::array();
+    for (const auto& l : r.gptq.layers)
+      j["layers"].push_back({{"module", l.path}, {"out", l.out}, {"in", l.in}, {"output_error", l.output_error}, {"damp", l.damp}});
+    if (r.source_eval) {
+      j["source_perplexity"] = r.source_eval->perplexity;
+      j["quantized_perplexity"] = r.result_eval->perplexity;
+      j["source_loss"] = r.source_eval->loss;
+      j["quantized_loss"] = r.result_eval->loss;
+      j["eval_tokens"] = r.result_eval->tokens;
+    }
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    return;
+  }
+  std::cout << fmt::format("{} ({}, {:.1f} MB from {:.1f} MB, {} linears in {:.1f} s)\n", r.output.string(), r.type, r.bytes / 1e6,
+                           r.source_bytes / 1e6, r.gptq.layers.size(), r.gptq.quantize_seconds);
+  if (r.source_eval)
+    std::cout << fmt::format("perplexity {:.4f} (source) → {:.4f} ({}): {:+.2f}%\n", r.source_eval->perplexity,
+                             r.result_eval->perplexity, r.type, 100.0 * (r.result_eval->perplexity / r.source_eval->perplexity - 1.0));
 }
 
 }  // namespace
@@ -72,6 +145,17 @@ Command register_quantize(CLI::App& root) {
   app->add_option("--eval-data", flags->eval_data, "evaluate source and result on this data; report the perplexity cost");
   app->add_option("--max-seq-len", flags->max_seq_len, "evaluation window / row length in tokens [512]");
   app->add_option("--batch-size", flags->batch_size, "evaluation sequences per forward pass [8]");
+  app->add_option("--method", flags->method, "gptq|rtn: integer codes with group scales in a GPTQ-format directory (instead of --type)");
+  app->add_option("--bits", flags->bits, "gptq/rtn: 2, 4 or 8 [4]");
+  app->add_option("--group-size", flags->group_size, "gptq/rtn: input columns per scale, or -1 [128]");
+  app->add_flag("--sym", flags->sym, "gptq/rtn: symmetric quantizer (the default)");
+  app->add_flag("--asym", flags->asym, "gptq/rtn: asymmetric quantizer (a zero point per group)");
+  app->add_flag("--act-order", flags->act_order, "gptq: quantize columns by descending Hessian diagonal (desc_act), static groups");
+  app->add_option("--damp", flags->damp, "gptq: dampening, times the mean Hessian diagonal [0.01]");
+  app->add_option("--calibration", flags->calibration, "gptq: calibration text (.txt or .jsonl)");
+  app->add_option("--calibration-samples", flags->calibration_samples, "gptq: calibration sequences [128]");
+  app->add_option("--seq-len", flags->seq_len, "gptq: tokens per calibration sequence [2048]");
+  app->add_option("--format", flags->format, "gptq/rtn: checkpoint format [gptq]");
   return {app, [options, flags] {
             FlagValues extra;
             add_flag_value(extra, "model", flags->model);
@@ -87,6 +171,17 @@ Command register_quantize(CLI::App& root) {
             add_flag_value(extra, "eval_data", flags->eval_data);
             add_flag_value(extra, "max_seq_len", flags->max_seq_len);
             add_flag_value(extra, "batch_size", flags->batch_size);
+            add_flag_value(extra, "method", flags->method);
+            add_flag_value(extra, "bits", flags->bits);
+            add_flag_value(extra, "group_size", flags->group_size, "--group-size");
+            if (flags->sym && flags->asym) throw UsageError("--sym and --asym are alternatives: give one");
+            if (flags->sym || flags->asym) extra.push_back({"sym", flags->sym ? "true" : "false", flags->sym ? "--sym" : "--asym"});
+            add_flag_value(extra, "act_order", flags->act_order);
+            add_flag_value(extra, "damp", flags->damp);
+            add_flag_value(extra, "calibration", flags->calibration);
+            add_flag_value(extra, "calibration_samples", flags->calibration_samples, "--calibration-samples");
+            add_flag_value(extra, "seq_len", flags->seq_len, "--seq-len");
+            add_flag_value(extra, "format", flags->format);
             config::Config cfg = resolve_config(quantize_schema(), *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
             auto opt = [&](const char* key) { return cfg.has(key) ? cfg.get_string(key) : std::string(); };
@@ -94,6 +189,19 @@ Command register_quantize(CLI::App& root) {
             p.model = cfg.get_string("model");
             p.adapter = opt("adapter");
             p.output = cfg.get_string("output");
+            static const char* const kGptqKeys[] = {"bits", "group_size", "sym", "act_order", "damp", "calibration",
+                                                     "calibration_samples", "seq_len", "format"};
+            if (cfg.has("method")) {
+              if (cfg.has("type")) throw ConfigError("type and method are alternatives: --type writes GGUF or bitsandbytes, --method gptq|rtn a GPTQ directory");
+              for (const char* key : {"double_quant", "blocksize", "shard_size", "name", "ollama"})
+                if (cfg.has(key) && (std::string(key) != "double_quant" && std::string(key) != "ollama" ? true : cfg.get_bool(key)))
+                  throw ConfigError(std::string(key) + ": applies to --type, not --method " + cfg.get_string("method"));
+              print_gptq_result(run_gptq_from_config(cfg, p, opt), options->json);
+              return 0;
+            }
+            for (const char* key : kGptqKeys)
+              if (cfg.has(key)) throw ConfigError(std::string(key) + ": applies to --method gptq|rtn only (remove it, or set --method)");
+            if (!cfg.has("type")) throw ConfigError("type: required (a GGUF or bitsandbytes type), or --method gptq|rtn");
             const std::string type = cfg.get_string("type");
             const bool bnb = pipelines::is_bnb_type(type);
             const bool four_bit = bnb && type != "int8";

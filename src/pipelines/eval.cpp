@@ -92,7 +92,15 @@ EvalResult run_eval(const EvalParams& params) {
   auto t_load = SteadyClock::now();
   LoadedModel loaded = load_model("eval", params.model, params.adapter, params.device, params.dtype,
                                   params.refuse_non_finite, params.quantize);
-  const model::CausalLM& model = *loaded.model;
+  EvalResult r = eval_model(params, *loaded.model, *loaded.tokenizer);
+  r.load_seconds = seconds_since(t_load) - r.eval_seconds;
+  r.device = loaded.device.device.str();
+  r.dtype = dtype_name(loaded.dtype.dtype);
+  return r;
+}
+
+EvalResult eval_model(const EvalParams& params, const model::CausalLM& model, const tokenizer::Tokenizer& tokenizer) {
+  auto t_load = SteadyClock::now();
   EvalParams p = params;
   // The template the adapter was trained with (finetune saves it next to the adapter) unless one was named.
   if (p.chat_template == "auto" && std::filesystem::path(p.data).extension() != ".txt") {
@@ -101,7 +109,7 @@ EvalResult run_eval(const EvalParams& params) {
       spdlog::info("eval: chat template {} (saved with the adapter, the one it was trained with)", p.chat_template);
     }
   }
-  auto seqs = load_sequences(p, *loaded.tokenizer);
+  auto seqs = load_sequences(p, tokenizer);
   data::check_token_ids(seqs, model.config().vocab_size, p.data);
 
   EvalResult r;
@@ -129,8 +137,8 @@ EvalResult run_eval(const EvalParams& params) {
   r.loss = loss_sum / static_cast<double>(r.tokens);
   r.perplexity = std::exp(r.loss);
   r.tokens_per_second = r.eval_seconds > 0 ? static_cast<double>(r.tokens) / r.eval_seconds : 0;
-  r.device = loaded.device.device.str();
-  r.dtype = dtype_name(loaded.dtype.dtype);
+  r.device = model.device().str();
+  r.dtype = dtype_name(model.dtype());
   return r;
 }
 

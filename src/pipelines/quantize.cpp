@@ -52,6 +52,7 @@ void check_output(const QuantizeParams& params, bool bnb) {
 }  // namespace
 
 QuantizeReport run_quantize(const QuantizeParams& params) {
+  if (!params.gptq.method.empty()) return run_gptq_quantize(params);
   const auto t0 = SteadyClock::now();
   std::error_code ec;
   const bool bnb = !params.bnb.type.empty();

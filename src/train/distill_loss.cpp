@@ -44,16 +44,23 @@ at::Tensor kl_terms(const at::Tensor& la, const at::Tensor& lb) {
 // The divergence summed over rows, from log p (teacher) and log q (student) of the same shape.
 // Buckets neither side gives mass (the top-k cache's "rest" when k is the whole vocabulary) are
 // set to 0 before anything is computed from them and contribute nothing.
-at::Tensor divergence_sum(const at::Tensor& log_p_in, const at::Tensor& log_q_in, const DistillLossOptions& o) {
+// finite: both sides hold no −inf (full logits): the plain formulas, a third of the passes.
+at::Tensor divergence_sum(const at::Tensor& log_p_in, const at::Tensor& log_q_in, const DistillLossOptions& o, bool finite) {
+  const bool forward_kl = o.divergence == Divergence::ForwardKL || (o.divergence == Divergence::JSD && o.beta == 0.0);
+  const bool reverse_kl = o.divergence == Divergence::ReverseKL || (o.divergence == Divergence::JSD && o.beta == 1.0);
+  if (finite) {
+    if (forward_kl) return (log_p_in.exp() * (log_p_in - log_q_in)).sum();
+    if (reverse_kl) return (log_q_in.exp() * (log_q_in - log_p_in)).sum();
+    const at::Tensor log_m = at::logsumexp(at::stack({log_q_in + std::log1p(-o.beta), log_p_in + std::log(o.beta)}), {0});
+    return (o.beta * (log_p_in.exp() * (log_p_in - log_m)) + (1.0 - o.beta) * (log_q_in.exp() * (log_q_in - log_m))).sum();
+  }
   const at::Tensor dead = log_p_in.eq(kNegInf).logical_and(log_q_in.eq(kNegInf));
   const at::Tensor zero = at::zeros({}, log_q_in.options());
   const at::Tensor log_p = at::where(dead, zero, log_p_in), log_q = at::where(dead, zero, log_q_in);
-  const bool forward = o.divergence == Divergence::ForwardKL || (o.divergence == Divergence::JSD && o.beta == 0.0);
-  const bool reverse = o.divergence == Divergence::ReverseKL || (o.divergence == Divergence::JSD && o.beta == 1.0);
   at::Tensor terms;
-  if (forward) {
+  if (forward_kl) {
     terms = kl_terms(log_p, log_q);
-  } else if (reverse) {
+  } else if (reverse_kl) {
     terms = kl_terms(log_q, log_p);
   } else {
     // log m = logsumexp(log q + log(1 − β), log p + log β)
@@ -84,7 +91,8 @@ at::Tensor soft_loss_sum(const at::Tensor& student_logits, const TeacherRows& te
     const at::Tensor z = narrow_vocab(teacher.logits, o.vocab).to(at::kFloat);
     TORCH_CHECK(z.sizes() == s.sizes(), "distillation: the teacher's logits ", z.sizes(), " and the student's ", s.sizes(),
                 " differ in shape (set the shared vocabulary)");
-    return divergence_sum(at::log_softmax(z / t, -1), log_q, o) * (t * t);
+    // Logits are finite, and so are both sides' log-probabilities (no device sync to check it).
+    return divergence_sum(at::log_softmax(z / t, -1), log_q, o, /*finite=*/true) * (t * t);
   }
   TORCH_CHECK(teacher.topk_logprobs.defined() && teacher.topk_ids.defined() && teacher.rest_logprob.defined(),
               "distillation: the teacher rows hold neither logits nor a top-k cache");
@@ -101,7 +109,7 @@ at::Tensor soft_loss_sum(const at::Tensor& student_logits, const TeacherRows& te
                                           at::logsumexp(outside_safe, {-1}, /*keepdim=*/true) - lse);
   const at::Tensor log_p = at::cat({teacher.topk_logprobs.to(at::kFloat), teacher.rest_logprob.to(at::kFloat).unsqueeze(-1)}, -1);
   const at::Tensor log_q_buckets = at::cat({log_q_top, log_q_rest}, -1);
-  return divergence_sum(log_p, log_q_buckets, o) * (t * t);
+  return divergence_sum(log_p, log_q_buckets, o, /*finite=*/false) * (t * t);
 }
 
 DistillSums distill_sums(const at::Tensor& student_logits, const TeacherRows& teacher, const at::Tensor& targets,

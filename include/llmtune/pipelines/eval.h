@@ -4,6 +4,9 @@
 #include <cstdint>
 #include <string>
 
+#include "llmtune/model/causal_lm.h"
+#include "llmtune/tokenizer/tokenizer.h"
+
 namespace llmtune::pipelines {
 
 struct EvalParams {
@@ -33,5 +36,9 @@ struct EvalResult {
 };
 
 EvalResult run_eval(const EvalParams& params);
+
+// The same on a model already in memory (params.model, adapter, device, dtype, quantize unused):
+// e.g. quantize's GPTQ result before any loader reads it back.
+EvalResult eval_model(const EvalParams& params, const model::CausalLM& model, const tokenizer::Tokenizer& tokenizer);
 
 }  // namespace llmtune::pipelines

@@ -11,6 +11,7 @@
 #include "llmtune/pipelines/bnb_export.h"
 #include "llmtune/pipelines/eval.h"
 #include "llmtune/pipelines/gguf.h"
+#include "llmtune/pipelines/gptq_export.h"
 
 namespace llmtune::pipelines {
 
@@ -21,6 +22,7 @@ struct QuantizeParams {
   // bnb.type non-empty (nf4 | fp4 | int8): a bitsandbytes directory; else gguf.type: a GGUF file.
   BnbExportOptions bnb;
   GgufExportOptions gguf;        // type, name, ollama
+  GptqExportOptions gptq;        // method gptq | rtn: a GPTQ-format directory (then bnb and gguf are unused)
   bool force = false;
   // With eval_data: perplexity of the source (+adapter) and of the written result on it.
   std::string eval_data;
@@ -35,6 +37,7 @@ struct QuantizeReport {
   uint64_t bytes = 0;         // tensor bytes written (bnb) or the file size (GGUF)
   GgufExportReport gguf;      // GGUF types
   BnbExportReport bnb;        // bitsandbytes types
+  GptqExportReport gptq;      // gptq / rtn
   uint64_t source_bytes = 0;  // the source weights (dense, in their stored dtype)
   std::optional<EvalResult> source_eval, result_eval;
   double seconds = 0;
@@ -42,5 +45,7 @@ struct QuantizeReport {
 };
 
 QuantizeReport run_quantize(const QuantizeParams& params);
+// The gptq / rtn path of run_quantize (params.gptq.method set).
+QuantizeReport run_gptq_quantize(const QuantizeParams& params);
 
 }  // namespace llmtune::pipelines
