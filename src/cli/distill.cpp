@@ -15,11 +15,8 @@
 namespace llmtune::cli {
 namespace {
 
-struct DistillFlags {
-  std::optional<std::string> model, teacher, data, output, cache_teacher;
-  std::optional<int64_t> max_steps;
-  std::optional<std::string> resume;
-  bool force = false;
+struct DistillFlags : TrainingFlags {
+  std::optional<std::string> teacher, cache_teacher;
 };
 
 config::Schema distill_schema() {
@@ -66,28 +63,14 @@ Command register_distill(CLI::App& root) {
   auto options = std::make_shared<CommonOptions>();
   auto flags = std::make_shared<DistillFlags>();
   add_common_options(app, *options);
-  app->add_option("--model", flags->model, "the student (model.path)");
+  add_training_flags(app, *flags, "the student (model.path)");
   app->add_option("--teacher", flags->teacher, "the teacher (teacher.path)");
-  app->add_option("--data", flags->data, "training data .jsonl/.json (data.path)");
-  app->add_option("--output", flags->output, "run directory (output)");
-  app->add_option("--max-steps", flags->max_steps, "optimizer steps (train.max_steps)");
   app->add_option("--cache-teacher", flags->cache_teacher,
                   "run the teacher once over the training data and write its top-k cache to this directory, then stop "
                   "(train from it with teacher.cache)");
-  auto* resume = app->add_option("--resume", flags->resume, "continue from a checkpoint: the latest in output/checkpoints, or the given step directory");
-  resume->expected(0, 1);
-  auto* force = app->add_flag("--force", flags->force, "start over in an output directory that holds a run: its checkpoints, results, metrics and log are removed first");
-  return {app, [options, flags, resume, force] {
-            if (flags->resume && flags->resume->find('=') != std::string::npos && !std::filesystem::exists(*flags->resume)) {
-              options->positionals.push_back(*flags->resume);
-              flags->resume = std::string();
-            }
-            FlagValues extra;
-            add_flag_value(extra, "model.path", flags->model, "--model");
+  return {app, [options, flags] {
+            FlagValues extra = training_flag_values(*flags, *options);
             add_flag_value(extra, "teacher.path", flags->teacher, "--teacher");
-            add_flag_value(extra, "data.path", flags->data, "--data");
-            add_flag_value(extra, "output", flags->output);
-            add_flag_value(extra, "train.max_steps", flags->max_steps, "--max-steps");
             const config::Schema schema = distill_schema();
             config::Config cfg = resolve_config(schema, *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
@@ -113,7 +96,7 @@ Command register_distill(CLI::App& root) {
             p.distill = d;
 
             if (flags->cache_teacher) {
-              if (resume->count() > 0 || force->count() > 0)
+              if (flags->resume_option->count() > 0 || flags->force_option->count() > 0)
                 throw UsageError("--cache-teacher builds a teacher cache: --resume and --force are for training runs");
               if (d->teacher.empty()) throw ConfigError("--cache-teacher needs the teacher: set teacher.path (or --teacher)");
               if (!d->cache.empty())
@@ -132,14 +115,7 @@ Command register_distill(CLI::App& root) {
                              << " -> " << out.string() << "\n";
               return 0;
             }
-            p.resume = resume->count() > 0;
-            p.force = force->count() > 0;
-            if (p.resume && p.force)
-              throw UsageError("--resume continues the run in " + p.output.string() + ", --force starts it over: give one of them");
-            if (flags->resume && !flags->resume->empty()) p.resume_from = *flags->resume;
-            p.config_yaml = "# llmtune distill: the resolved configuration of this run\n" + cfg.to_yaml();
-            p.quiet = options->json;
-            print_training_summary(pipelines::run_finetune(p), options->json);
+            run_training(p, cfg, *flags, options->json);
             return 0;
           }};
 }

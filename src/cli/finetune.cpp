@@ -15,17 +15,6 @@
 #include "llmtune/util/error.h"
 
 namespace llmtune::cli {
-namespace {
-
-struct FinetuneFlags {
-  std::optional<std::string> model, data, output;
-  std::optional<int64_t> max_steps;
-  std::optional<std::string> resume;
-  bool resume_given = false;
-  bool force = false;
-};
-
-}  // namespace
 
 config::Schema finetune_schema() {
   using config::Type;
@@ -216,43 +205,50 @@ pipelines::FinetuneParams finetune_params(const config::Config& cfg, const confi
   return p;
 }
 
+void add_training_flags(CLI::App* app, TrainingFlags& flags, const char* model_help) {
+  app->add_option("--model", flags.model, model_help);
+  app->add_option("--data", flags.data, "training data .jsonl/.json (data.path)");
+  app->add_option("--output", flags.output, "run directory (output)");
+  app->add_option("--max-steps", flags.max_steps, "optimizer steps (train.max_steps)");
+  flags.resume_option = app->add_option("--resume", flags.resume, "continue from a checkpoint: the latest in output/checkpoints, or the given step directory");
+  flags.resume_option->expected(0, 1);
+  flags.force_option = app->add_flag("--force", flags.force, "start over in an output directory that holds a run: its checkpoints, results, metrics and log are removed first");
+}
+
+FlagValues training_flag_values(TrainingFlags& flags, CommonOptions& options) {
+  if (flags.resume && flags.resume->find('=') != std::string::npos && !std::filesystem::exists(*flags.resume)) {
+    options.positionals.push_back(*flags.resume);
+    flags.resume = std::string();
+  }
+  FlagValues extra;
+  add_flag_value(extra, "model.path", flags.model, "--model");
+  add_flag_value(extra, "data.path", flags.data, "--data");
+  add_flag_value(extra, "output", flags.output);
+  add_flag_value(extra, "train.max_steps", flags.max_steps, "--max-steps");
+  return extra;
+}
+
+void run_training(pipelines::FinetuneParams p, const config::Config& cfg, const TrainingFlags& flags, bool json) {
+  p.resume = flags.resume_option->count() > 0;
+  p.force = flags.force_option->count() > 0;
+  if (p.resume && p.force)
+    throw UsageError("--resume continues the run in " + p.output.string() + ", --force starts it over: give one of them");
+  if (flags.resume && !flags.resume->empty()) p.resume_from = *flags.resume;
+  p.config_yaml = "# llmtune " + p.command + ": the resolved configuration of this run\n" + cfg.to_yaml();
+  p.quiet = json;
+  print_training_summary(pipelines::run_finetune(p), json);
+}
+
 Command register_finetune(CLI::App& root) {
   auto* app = root.add_subcommand("finetune", "LoRA / DoRA / QLoRA / full fine-tuning on instruction, chat, function-calling or text data");
   auto options = std::make_shared<CommonOptions>();
-  auto flags = std::make_shared<FinetuneFlags>();
+  auto flags = std::make_shared<TrainingFlags>();
   add_common_options(app, *options);
-  app->add_option("--model", flags->model, "base model (model.path)");
-  app->add_option("--data", flags->data, "training data .jsonl/.json (data.path)");
-  app->add_option("--output", flags->output, "run directory (output)");
-  app->add_option("--max-steps", flags->max_steps, "optimizer steps (train.max_steps)");
-  auto* resume = app->add_option("--resume", flags->resume, "continue from a checkpoint: the latest in output/checkpoints, or the given step directory");
-  resume->expected(0, 1);
-  auto* force = app->add_flag("--force", flags->force, "start over in an output directory that holds a run: its checkpoints, results, metrics and log are removed first");
-  return {app, [options, flags, resume, force] {
-            // `--resume key=value` (CLI11 hands the override to --resume's optional value): an
-            // override, not a checkpoint path.
-            if (flags->resume && flags->resume->find('=') != std::string::npos && !std::filesystem::exists(*flags->resume)) {
-              options->positionals.push_back(*flags->resume);
-              flags->resume = std::string();
-            }
-            FlagValues extra;
-            add_flag_value(extra, "model.path", flags->model, "--model");
-            add_flag_value(extra, "data.path", flags->data, "--data");
-            add_flag_value(extra, "output", flags->output);
-            add_flag_value(extra, "train.max_steps", flags->max_steps, "--max-steps");
-            config::Config cfg = resolve_config(finetune_schema(), *options, extra);
+  add_training_flags(app, *flags, "base model (model.path)");
+  return {app, [options, flags] {
+            config::Config cfg = resolve_config(finetune_schema(), *options, training_flag_values(*flags, *options));
             if (print_config_if_asked(cfg, *options)) return 0;
-
-            pipelines::FinetuneParams p = finetune_params(cfg, finetune_schema());
-            p.resume = resume->count() > 0;
-            p.force = force->count() > 0;
-            if (p.resume && p.force)
-              throw UsageError("--resume continues the run in " + p.output.string() + ", --force starts it over: give one of them");
-            if (flags->resume && !flags->resume->empty()) p.resume_from = *flags->resume;
-            p.config_yaml = "# llmtune finetune: the resolved configuration of this run\n" + cfg.to_yaml();
-            p.quiet = options->json;
-
-            print_training_summary(pipelines::run_finetune(p), options->json);
+            run_training(finetune_params(cfg, finetune_schema()), cfg, *flags, options->json);
             return 0;
           }};
 }

@@ -3,8 +3,13 @@
 // closing line (or --json summary).
 #pragma once
 
-#include <nlohmann/json.hpp>
+#include <CLI/App.hpp>
 
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "common.h"
 #include "llmtune/pipelines/finetune.h"
 #include "llmtune/util/config.h"
 
@@ -17,5 +22,21 @@ config::Schema finetune_schema();
 pipelines::FinetuneParams finetune_params(const config::Config& cfg, const config::Schema& schema);
 
 void print_training_summary(const nlohmann::json& summary, bool json);
+
+// The flags finetune and distill share: --model, --data, --output, --max-steps, --resume [DIR], --force.
+struct TrainingFlags {
+  std::optional<std::string> model, data, output, resume;
+  std::optional<int64_t> max_steps;
+  bool force = false;
+  CLI::Option* resume_option = nullptr;
+  CLI::Option* force_option = nullptr;
+};
+void add_training_flags(CLI::App* app, TrainingFlags& flags, const char* model_help);
+// Their keys (model.path, data.path, output, train.max_steps). `--resume key=value` (CLI11 hands
+// the override to --resume's optional value) becomes an override, not a checkpoint path.
+FlagValues training_flag_values(TrainingFlags& flags, CommonOptions& options);
+// Sets the run-directory flags, the saved config.yaml and --json's quiet on `p`, runs the job and
+// prints its closing line or summary.
+void run_training(pipelines::FinetuneParams p, const config::Config& cfg, const TrainingFlags& flags, bool json);
 
 }  // namespace llmtune::cli
