@@ -69,6 +69,8 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
     throw ConfigError("calibration: required for --method gptq (text to calibrate on: a .txt or .jsonl file)");
   if (o.method == "rtn" && !o.calibration.path.empty())
     throw UsageError("--calibration has no effect for --method rtn (round-to-nearest uses the weights alone); remove it or use --method gptq");
+  if (params.eval_data.empty() && params.dtype != "auto")
+    throw UsageError("--dtype chooses how --eval-data is evaluated (the quantizer computes in fp32); without --eval-data it has no effect");
   if (params.output.empty()) throw ConfigError("output: required (the directory to write)");
   if (fs::exists(params.output, ec) && !fs::is_directory(params.output, ec))
     throw ConfigError("output: '" + params.output.string() + "' is a file; --method " + o.method + " writes a directory");
