@@ -26,6 +26,7 @@
 #include "llmtune/ops/runtime.h"
 #include "llmtune/quant/bnb_checkpoint.h"
 #include "llmtune/quant/bnb_linear.h"
+#include "llmtune/quant/gptq_linear.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "llmtune/train/checkpoint.h"
 #include "llmtune/train/loss.h"
@@ -129,12 +130,21 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   // The base: quantized while it loads (model.quantize, method qlora), or a bitsandbytes checkpoint as stored.
   const std::optional<quant::BnbConfig> bnb =
       p.model_init == "pretrained" ? quant::read_bnb_config(model_dir) : std::optional<quant::BnbConfig>();
-  const std::string quantize = quantize_on_load(p, bnb, model_dir);
+  const std::optional<quant::GptqConfig> gptq =
+      p.model_init == "pretrained" ? quant::read_gptq_config(model_dir) : std::optional<quant::GptqConfig>();
+  if (gptq && !p.adapter)
+    throw ConfigError(model_dir.string() + " is a GPTQ checkpoint: method full trains 16-bit weights; use an adapter method (lora, dora) over the frozen quantized base");
+  if (gptq && p.quantize != "auto" && p.quantize != "none")
+    throw ConfigError("model.quantize: " + p.quantize + " but " + model_dir.string() + " is already a GPTQ checkpoint: remove model.quantize");
+  const std::string quantize = gptq ? std::string("none") : quantize_on_load(p, bnb, model_dir);
+  if (gptq && p.method == "qlora")
+    throw ConfigError("method qlora quantizes a 16-bit base to 4 bits; " + model_dir.string() + " is already a GPTQ checkpoint: use method: lora");
   // A distillation teacher on the student's device counts against the same memory.
   double teacher_bytes = 0;
   if (p.distill && p.distill->cache.empty() && (p.distill->teacher_device == "auto" || choose_device(p.distill->teacher_device).device == device.device))
     teacher_bytes = teacher_memory_bytes(*p.distill, dtype.dtype, device.device);
-  check_memory(p, config, dataset, device.device, dtype.dtype, model_dir, quantize != "none" || bnb.has_value(), teacher_bytes);
+  check_memory(p, config, dataset, device.device, dtype.dtype, model_dir, quantize != "none" || bnb.has_value() || gptq.has_value(),
+               teacher_bytes);
 
   // Batches.
   const int32_t pad_id = tok->pad_id.value_or(tok->eos_id.value_or(0));
@@ -174,7 +184,9 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
 
   at::manual_seed(p.seed);
   model::LinearFactory linear = model::make_dense_linear;
-  if (bnb)
+  if (gptq)
+    linear = quant::gptq_linear_factory(*gptq, io::WeightFiles::open(model_dir), model_dir, device.device);
+  else if (bnb)
     linear = quant::bnb_checkpoint_linear_factory(*bnb, io::WeightFiles::open(model_dir), model_dir, device.device);
   else if (quantize != "none")
     linear = quant::four_bit_linear_factory(
@@ -185,7 +197,7 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   const nlohmann::json quantization = loaded_quantization(model);
   if (quantization["type"] != "none")
     spdlog::info("base {} {}: {} linears in {:.2f} MiB instead of {:.2f} MiB in 16 bits; the rest (lm_head, embeddings, "
-                 "norms) {}, compute in {}", bnb ? "loaded as stored (a bitsandbytes checkpoint):" : "quantized to",
+                 "norms) {}, compute in {}", bnb ? "loaded as stored (a bitsandbytes checkpoint):" : gptq ? "loaded as stored (a GPTQ checkpoint):" : "quantized to",
                  describe_quantization(quantization), base.quantized_linears, base.quantized_bytes_held / double(1 << 20),
                  base.quantized_bytes_16bit / double(1 << 20), dtype_name(dtype.dtype), dtype_name(dtype.dtype));
   model.set_gradient_checkpointing(p.gradient_checkpointing);

@@ -193,7 +193,11 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
   io::AtomicDir staged(params.output);
   io::save_sharded_lazy(staged.staging(), specs, [&](size_t i) { return makers[i](); }, uint64_t{5} << 30);
   auto config = io::read_json_file<ModelLoadError, nlohmann::ordered_json>(model_dir / "config.json", "config.json");
-  config["torch_dtype"] = "float16";
+  // The dtype of the scales (and of the model transformers builds around them).
+  bool set = false;
+  for (const char* key : {"dtype", "torch_dtype"})
+    if (config.contains(key)) config[key] = "float16", set = true;
+  if (!set) config["dtype"] = "float16";
   config["quantization_config"] = gptq_quantization_config(o);
   io::write_file_atomic(staged.staging() / "config.json", config.dump(2) + "\n");
   io::write_file_atomic(staged.staging() / "quantize_config.json", gptq_quantization_config(o).dump(2) + "\n");

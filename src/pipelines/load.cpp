@@ -9,6 +9,7 @@
 #include "llmtune/pipelines/gguf.h"
 #include "llmtune/quant/bnb_checkpoint.h"
 #include "llmtune/quant/bnb_linear.h"
+#include "llmtune/quant/gptq_linear.h"
 #include "llmtune/quant/int8_linear.h"
 #include "llmtune/util/error.h"
 
@@ -43,6 +44,12 @@ namespace {
 // asked for on the command line, or dense. `what` gets a description for the log.
 model::LinearFactory choose_linear_factory(const std::filesystem::path& dir, c10::Device device, const std::string& quantize,
                                            std::string* what) {
+  if (const auto gptq = quant::read_gptq_config(dir)) {
+    if (quantize != "none")
+      throw UsageError(dir.string() + " is already a GPTQ checkpoint (config.json quantization_config); drop --quantize " + quantize);
+    *what = fmt::format("GPTQ {}-bit checkpoint (group size {}{})", gptq->bits, gptq->group_size, gptq->desc_act ? ", act-order" : "");
+    return quant::gptq_linear_factory(*gptq, io::WeightFiles::open(dir), dir, device);
+  }
   const std::optional<quant::BnbConfig> bnb = quant::read_bnb_config(dir);
   if (bnb) {
     if (quantize != "none")
@@ -71,7 +78,9 @@ void log_quantized(const std::string& command, model::CausalLM& model, const std
   for (const auto& [path, slot] : model.named_linears()) {
     ++total;
     const model::Linear* l = slot->get();
-    if (!dynamic_cast<const quant::FourBitLinear*>(l) && !dynamic_cast<const quant::Int8Linear*>(l)) continue;
+    if (!dynamic_cast<const quant::FourBitLinear*>(l) && !dynamic_cast<const quant::Int8Linear*>(l) &&
+        !dynamic_cast<const quant::GptqLinear*>(l))
+      continue;
     ++quantized;
     for (const at::Tensor& t : l->tensors()) bytes += t.defined() ? t.nbytes() : 0;
   }

@@ -109,7 +109,7 @@ MergeReport run_merge(const MergeParams& params) {
   report.base_quantization = weights.base_quantization();
   report.dequantized_modules = weights.quantized_base_modules();
   if (!report.base_quantization.empty())
-    spdlog::info("merge: the base is bitsandbytes {}: its {} quantized linears are dequantized (in float32), the adapter "
+    spdlog::info("merge: the base is quantized ({}): its {} quantized linears are dequantized (in float32), the adapter "
                  "is added, and the result is written {}", report.base_quantization, report.dequantized_modules,
                  quantize ? "re-quantized to " + params.quantize.type : "in " + report.dtype);
   if (quantize && !report.base_quantization.empty())

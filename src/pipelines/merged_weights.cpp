@@ -13,6 +13,7 @@
 #include "llmtune/io/read_file.h"
 #include "llmtune/pipelines/merge.h"
 #include "llmtune/quant/bnb_checkpoint.h"
+#include "llmtune/quant/gptq_linear.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::pipelines {
@@ -76,8 +77,12 @@ MergedWeights::MergedWeights(const fs::path& model_dir, const std::string& adapt
     : model_dir_(model_dir), config_(model::ModelConfig::load(model_dir)), checkpoint_(io::WeightFiles::open(model_dir)),
       out_dtype_(out_dtype) {
   if (auto bnb = quant::read_bnb_config(model_dir)) find_bnb_modules(*bnb);
+  if (auto gptq = quant::read_gptq_config(model_dir)) find_gptq_modules(*gptq);
   for (const auto& name : checkpoint_.names())
     if (!hidden_.count(name)) names_.push_back(name);
+  // A GPTQ base's dense weights exist only dequantized.
+  for (const auto& [name, spec] : bnb_modules_)
+    if (!checkpoint_.contains(name)) names_.push_back(name);
   std::sort(names_.begin(), names_.end(), natural_less);
   if (adapter.empty()) return;
   adapter_ = std::make_unique<peft::SavedAdapter>(peft::open_adapter(adapter));
@@ -86,7 +91,7 @@ MergedWeights::MergedWeights(const fs::path& model_dir, const std::string& adapt
                        " adapters cannot be merged into the base weights; load them with --adapter instead");
   for (const auto& path : adapter_->modules) {
     const std::string weight = path + ".weight";
-    if (!checkpoint_.contains(weight))
+    if (!checkpoint_.contains(weight) && !bnb_modules_.count(weight))
       throw AdapterError(adapter_->weights_path.string() + ": module '" + path + "' has no weight '" + weight + "' in " +
                          model_dir.string() + " (adapter made for another base?)");
     const std::vector<int64_t> shape = spec(weight).shape;
@@ -132,6 +137,23 @@ void MergedWeights::find_bnb_modules(const quant::BnbConfig& bnb) {
                bnb_modules_.empty() ? std::string("-") : std::string(c10::toString(bnb_modules_.begin()->second.dtype)));
 }
 
+// Every linear of a GPTQ checkpoint, read and checked here; dequantized in fp32 on reading, written
+// in config.json's dtype.
+void MergedWeights::find_gptq_modules(const quant::GptqConfig& gptq) {
+  gptq_ = std::make_shared<quant::GptqConfig>(gptq);
+  const at::ScalarType dense_dtype = io::dtype_from_config_name(config_.torch_dtype, at::kHalf);
+  for (const auto& name : checkpoint_.names()) {
+    if (!name.ends_with(".qweight")) continue;
+    const std::string module = name.substr(0, name.size() - 8);
+    const quant::GptqTensor t = quant::read_gptq_module(checkpoint_, module, gptq, -1, -1, checkpoint_.path().string());
+    for (const char* suffix : {".qweight", ".qzeros", ".scales", ".g_idx"}) hidden_.insert(module + suffix);
+    bnb_modules_[module + ".weight"] = io::TensorSpec{module + ".weight", dense_dtype, {t.scales.size(1), t.g_idx.size(0)}};
+  }
+  base_quantization_ = fmt::format("gptq {}-bit", gptq.bits);
+  spdlog::info("{}: a GPTQ {}-bit checkpoint; {} quantized linears are dequantized to {} on reading", model_dir_.string(),
+               gptq.bits, bnb_modules_.size(), c10::toString(dense_dtype));
+}
+
 at::ScalarType MergedWeights::dtype_for(at::ScalarType stored) const {
   if (out_dtype_ == at::ScalarType::Undefined || !at::isFloatingType(stored)) return stored;
   return out_dtype_;
@@ -152,7 +174,8 @@ at::Tensor MergedWeights::get(const std::string& name) const {
   if (bnb != bnb_modules_.end()) {
     // Dequantized in float32: the adapter delta is added before the one rounding to `dtype`.
     const std::string module = name.substr(0, name.size() - 7);
-    base = quant::dequantize_bnb_module(checkpoint_, module, at::kFloat);
+    base = gptq_ ? quant::dequantize_gptq(quant::read_gptq_module(checkpoint_, module, *gptq_, -1, -1, checkpoint_.path().string()), at::kFloat)
+                 : quant::dequantize_bnb_module(checkpoint_, module, at::kFloat);
     for (auto h = hidden_.lower_bound(module + "."); h != hidden_.end() && h->starts_with(module + "."); ++h)
       checkpoint_.release(*h);
   } else {
@@ -161,7 +184,7 @@ at::Tensor MergedWeights::get(const std::string& name) const {
   auto it = module_of_weight_.find(name);
   if (it == module_of_weight_.end()) {
     at::Tensor out = base.to(dtype, /*non_blocking=*/false, /*copy=*/true);
-    checkpoint_.release(name);
+    if (checkpoint_.contains(name)) checkpoint_.release(name);
     return out;
   }
   at::Tensor merged = adapter_->method->merged_weight(adapter_->tensors, it->second, base).to(dtype);
@@ -169,7 +192,7 @@ at::Tensor MergedWeights::get(const std::string& name) const {
     ++unchanged_;
     if (adapter_->method->update_is_zero(adapter_->tensors, it->second)) ++zero_b_;
   }
-  checkpoint_.release(name);
+  if (checkpoint_.contains(name)) checkpoint_.release(name);
   return merged;
 }
 

@@ -117,3 +117,59 @@ def test_bad_gptq_input_is_one_line_and_writes_nothing(llmtune, tmp_path, args, 
     errors = [l for l in r.err_lines if l.startswith("llmtune: error:")]
     assert r.code != 0 and len(errors) == 1 and needle in errors[0], r.err
     assert not out.exists() and not list(tmp_path.glob("out*"))  # no output, no staging left
+
+
+def eval_loss(llmtune, model, *extra):
+    r = llmtune("eval", "--model", model, "--data", HELD_OUT, *extra, "--json", timeout=300)
+    assert r.code == 0, r.err
+    return json.loads(r.out)["loss"]
+
+
+def test_gptq_directory_loads_back_for_eval_finetune_infer_and_merge(llmtune, tmp_path):
+    out = tmp_path / "gptq"
+    j = quantize(llmtune, out, "--method", "gptq", "--bits", 4, "--group-size", 128, "--calibration", CALIB,
+                 "--calibration-samples", 32, "--seq-len", 128, "--eval-data", HELD_OUT)
+    # eval reads the files back: the loss quantize computed in memory before writing them.
+    assert abs(eval_loss(llmtune, out) - j["quantized_loss"]) <= 1e-6 * j["quantized_loss"]
+
+    # The zero-point convention is read off the values: the same zeros stored as v2 (z, not z - 1), labelled
+    # gptq_v2 or mislabelled gptq, load to the same model.
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    for f in out.iterdir():
+        if f.name != "model.safetensors":
+            (v2 / f.name).write_bytes(f.read_bytes())
+    from safetensors.torch import save_file
+    tensors = load_file(str(out / "model.safetensors"))
+    for k in [k for k in tensors if k.endswith(".qzeros")]:
+        tensors[k] = torch.full_like(tensors[k], 0x88888888 - (1 << 32))
+    save_file(tensors, str(v2 / "model.safetensors"), metadata={"format": "pt"})
+    assert abs(eval_loss(llmtune, v2) - j["quantized_loss"]) <= 1e-6 * j["quantized_loss"]
+
+    # LoRA over the frozen GPTQ base, then merged into a 16-bit model.
+    ft = tmp_path / "ft"
+    r = llmtune("finetune", "--model", out, "--data", DEMO / "data" / "train.jsonl", "--output", ft, "--max-steps", 8,
+                "lora.r=8", "train.lr=2e-3", "--json", timeout=300)
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    assert summary["quantization"]["type"] == "gptq" and summary["quantization"]["quantized_linears"] == len(j["layers"])
+    with_adapter = eval_loss(llmtune, out, "--adapter", ft / "adapter")
+    assert with_adapter != j["quantized_loss"]
+    merged = tmp_path / "merged"
+    r = llmtune("merge", "--model", out, "--adapter", ft / "adapter", "--output", merged, timeout=300)
+    assert r.code == 0, r.err
+    assert "quantization_config" not in json.loads((merged / "config.json").read_text())
+    # The merged weights are rounded to float16 once (the base's dtype): the loss moves by that rounding only.
+    assert abs(eval_loss(llmtune, merged) - with_adapter) <= 2e-3 * with_adapter
+    r = llmtune("infer", "--model", out, "--adapter", ft / "adapter", "--prompt", "Nine times eight", "--max-new-tokens", 5)
+    assert r.code == 0 and r.out.strip(), r.err
+
+
+def test_full_finetune_and_qlora_over_a_gptq_base_are_refused(llmtune, tmp_path):
+    out = tmp_path / "rtn"
+    quantize(llmtune, out, "--method", "rtn")
+    for extra, needle in ((["method=full"], "method full"), (["method=qlora"], "qlora"), (["model.quantize=nf4"], "model.quantize")):
+        r = llmtune("finetune", "--model", out, "--data", DEMO / "data" / "train.jsonl", "--output", tmp_path / "ft", *extra)
+        errors = [l for l in r.err_lines if l.startswith("llmtune: error:")]
+        assert r.code != 0 and len(errors) == 1 and needle in errors[0], r.err
+        assert not (tmp_path / "ft").exists()

@@ -21,6 +21,7 @@
 
 namespace llmtune::quant {
 struct BnbConfig;
+struct GptqConfig;
 }
 
 namespace llmtune::pipelines {
@@ -54,7 +55,7 @@ class MergedWeights {
   int64_t zero_b_modules() const { return zero_b_; }
   int64_t adapter_modules() const { return adapter_ ? static_cast<int64_t>(adapter_->modules.size()) : 0; }
 
-  // A bitsandbytes base: "nf4", "fp4" (+ " double-quant") or "int8"; "" for a dense base.
+  // A quantized base: "nf4", "fp4" (+ " double-quant"), "int8" or "gptq 4-bit"; "" for a dense base.
   const std::string& base_quantization() const { return base_quantization_; }
   int64_t quantized_base_modules() const { return static_cast<int64_t>(bnb_modules_.size()); }
   // Whether `name` is a quantized linear's weight of a bitsandbytes base.
@@ -63,6 +64,7 @@ class MergedWeights {
  private:
   at::ScalarType dtype_for(at::ScalarType stored) const;
   void find_bnb_modules(const quant::BnbConfig& config);
+  void find_gptq_modules(const quant::GptqConfig& config);
 
   std::filesystem::path model_dir_;
   model::ModelConfig config_;
@@ -75,6 +77,7 @@ class MergedWeights {
   std::map<std::string, io::TensorSpec> bnb_modules_;
   std::set<std::string> hidden_;  // their packed side tensors
   std::string base_quantization_;
+  std::shared_ptr<const quant::GptqConfig> gptq_;  // a GPTQ base
   // Counted once per tensor, however often get() is asked for it.
   mutable std::set<std::string> unchanged_names_;
   mutable int64_t unchanged_ = 0, zero_b_ = 0;

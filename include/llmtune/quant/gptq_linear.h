@@ -1,0 +1,69 @@
+// A frozen GPTQ-format linear (FORMATS.md §8.2) as a base: the packed codes, zero points, fp16 scales
+// and g_idx held as stored; forward dequantizes into the activations' dtype for one product, and
+// backward to the input dequantizes again (nothing dense is kept), as the 4-bit linear does.
+// The zero-point convention (v1 "gptq" stores z − 1, "gptq_v2" stores z) is read off the stored
+// values of symmetric checkpoints (every zero the same: 2^(bits−1) − 1 or 2^(bits−1)), and taken
+// from checkpoint_format otherwise.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "llmtune/io/safetensors.h"
+#include "llmtune/model/linear.h"
+
+namespace llmtune::quant {
+
+struct GptqConfig {
+  int64_t bits = 4, group_size = 128;
+  bool sym = true, desc_act = false;
+  std::string checkpoint_format = "gptq";  // gptq | gptq_v2
+};
+
+// The GPTQ quantization_config of <dir>/config.json; nullopt when there is none or it is another
+// method. QuantError naming the key when it is malformed or bits is not 2, 4 or 8.
+std::optional<GptqConfig> read_gptq_config(const std::filesystem::path& dir);
+
+struct GptqTensor {
+  at::Tensor qweight;  // (in·bits/32, out) int32
+  at::Tensor qzeros;   // (groups, out·bits/32) int32
+  at::Tensor scales;   // (groups, out)
+  at::Tensor g_idx;    // (in,) int32
+  int64_t bits = 4;
+  int64_t zero_offset = 1;  // added to the stored zeros: 1 for v1, 0 for v2
+};
+
+// The tensors of `module` ("<module>.qweight", .qzeros, .scales, .g_idx) as stored (on the CPU), checked
+// against an (out × in) linear of config.bits, with the zero-point convention found; QuantError
+// naming `source` and the tensor otherwise. out, in: -1 to take them from the tensors.
+GptqTensor read_gptq_module(const io::WeightFiles& files, const std::string& module, const GptqConfig& config,
+                            int64_t out, int64_t in, const std::string& source);
+
+// W (out, in) = scales[g_idx[i], j] · (q[i, j] − z[g_idx[i], j]), in `dtype`.
+at::Tensor dequantize_gptq(const GptqTensor& t, at::ScalarType dtype);
+
+class GptqLinear : public model::Linear {
+ public:
+  GptqLinear(GptqTensor weight, at::Tensor bias = {});
+  at::Tensor forward(const at::Tensor& x) const override;
+  int64_t in_features() const override { return weight_.g_idx.size(0); }
+  int64_t out_features() const override { return weight_.scales.size(1); }
+  std::vector<at::Tensor> tensors() const override;
+  at::Tensor dense_weight() const override { return dequantize_gptq(weight_, at::kFloat); }
+  at::Tensor bias() const override { return bias_; }
+  const GptqTensor& quantized() const { return weight_; }
+
+ private:
+  GptqTensor weight_;
+  at::Tensor bias_;
+};
+
+// Modules whose "<path>.qweight" the files hold load as GptqLinear (moved once to `device`), the
+// rest dense.
+model::LinearFactory gptq_linear_factory(const GptqConfig& config, const io::WeightFiles& files,
+                                         const std::filesystem::path& dir, c10::Device device);
+
+}  // namespace llmtune::quant
