@@ -38,11 +38,6 @@ at::Tensor pack_rows(const at::Tensor& codes, int64_t bits) {
   return word.to(at::kInt);  // two's complement: the top bit is the sign of the int32
 }
 
-struct Quantized {
-  quant::GroupQuantized q;
-  at::Tensor bias;
-};
-
 }  // namespace
 
 nlohmann::json gptq_quantization_config(const GptqExportOptions& o) {
@@ -52,6 +47,45 @@ nlohmann::json gptq_quantization_config(const GptqExportOptions& o) {
           {"static_groups", g.act_order}, {"true_sequential", false},
           {"meta", {{"quantizer", {"llmtune:" + o.method}}, {"damp_percent", g.damp}, {"static_groups", g.act_order},
                     {"true_sequential", false}}}};
+}
+
+std::vector<QuantizedLinear> quantize_model_gptq(model::CausalLM& model, const GptqExportOptions& o,
+                                                 const at::Tensor& calibration_ids, GptqExportReport& report) {
+  at::NoGradGuard no_grad;
+  const std::string lm_head = model.family().lm_head;
+  std::vector<QuantizedLinear> done;
+  auto quantize_linear = [&](const std::string& path, model::LinearPtr& slot, const model::RecordingLinear* stats) {
+    const at::Tensor w = slot->dense_weight().to(at::kFloat);
+    GptqLayerReport layer{path, w.size(0), w.size(1), 0, 0};
+    QuantizedLinear result{path, o.method == "gptq" ? quant::gptq_quantize(w, stats->hessian(), o.gptq, path) : quant::rtn_quantize(w, o.gptq.quant),
+                           slot->bias()};
+    const at::Tensor deq = result.q.dequantized();
+    if (stats) {
+      // Σ_tokens ‖ΔW x‖² per sequence = tr(ΔW H ΔWᵀ) / 2, H = 2/n Σ xxᵀ.
+      const at::Tensor d = w - deq;
+      layer.output_error = (d.matmul(stats->hessian()) * d).sum().item<double>() / 2.0;
+      layer.damp = result.q.damp_used;
+    }
+    report.layers.push_back(layer);
+    slot = std::make_shared<model::DenseLinear>(deq.to(w.scalar_type()), slot->bias());
+    done.push_back(std::move(result));
+  };
+  if (o.method == "rtn") {
+    for (const auto& [path, slot] : model.named_linears())
+      if (path != lm_head) quantize_linear(path, *slot, nullptr);
+    return done;
+  }
+  TORCH_CHECK(calibration_ids.defined() && calibration_ids.dim() == 2, "quantize_model_gptq: gptq needs calibration ids (N, T)");
+  model::LayerwiseOptions lo;
+  lo.wanted = {.sq_norms = false, .hessian = true};
+  lo.tokens_per_forward = o.tokens_per_forward;
+  const auto n_layers = model.layers().size();
+  model::run_layerwise(model, model.embed(calibration_ids.to(model.device())), lo,
+                       [&](int64_t layer, std::vector<model::CalibratedLinear>& linears) {
+                         for (auto& l : linears) quantize_linear(l.path, *l.slot, l.recorder.get());
+                         spdlog::info("quantize: gptq layer {}/{} ({} linears)", layer + 1, n_layers, linears.size());
+                       });
+  return done;
 }
 
 QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
@@ -112,29 +146,9 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
       throw ConfigError(fmt::format("bits: {}'s shape {}×{} does not pack into 32-bit words of {}-bit codes", path, out, in, q.bits));
   }
 
-  std::map<std::string, Quantized> done;  // module path → codes
-  at::NoGradGuard no_grad;
-  auto quantize_linear = [&](const std::string& path, model::LinearPtr& slot, const model::RecordingLinear* stats) {
-    const at::Tensor w = slot->dense_weight().to(at::kFloat);
-    GptqLayerReport layer{path, w.size(0), w.size(1), 0, 0};
-    Quantized result{o.method == "gptq" ? quant::gptq_quantize(w, stats->hessian(), o.gptq, path) : quant::rtn_quantize(w, q),
-                     slot->bias()};
-    const at::Tensor deq = result.q.dequantized();
-    if (stats) {
-      // Σ_tokens ‖ΔW x‖² per sequence = tr(ΔW H ΔWᵀ) / 2, H = 2/n Σ xxᵀ.
-      const at::Tensor d = w - deq;
-      layer.output_error = (d.matmul(stats->hessian()) * d).sum().item<double>() / 2.0;
-      layer.damp = result.q.damp_used;
-    }
-    report.gptq.layers.push_back(layer);
-    slot = std::make_shared<model::DenseLinear>(deq.to(w.scalar_type()), slot->bias());
-    done.emplace(path, std::move(result));
-  };
   const auto t_quant = SteadyClock::now();
-  if (o.method == "rtn") {
-    for (const auto& [path, slot] : model.named_linears())
-      if (path != lm_head) quantize_linear(path, *slot, nullptr);
-  } else {
+  at::Tensor calibration_ids;
+  if (o.method == "gptq") {
     const CalibrationSet calibration = read_calibration(o.calibration, *loaded.tokenizer);
     if (calibration.ids.max().item<int64_t>() >= model.config().vocab_size)
       throw DataError(o.calibration.path.string() + ": token ids past the model's vocabulary: is the tokenizer the model's?");
@@ -142,16 +156,10 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
     report.gptq.calibration_seq_len = calibration.ids.size(1);
     spdlog::info("quantize: {} calibration sequences of {} tokens from {}", calibration.ids.size(0), calibration.ids.size(1),
                  o.calibration.path.string());
-    model::LayerwiseOptions lo;
-    lo.wanted = {.sq_norms = false, .hessian = true};
-    lo.tokens_per_forward = o.tokens_per_forward;
-    const auto n_layers = model.layers().size();
-    model::run_layerwise(model, model.embed(calibration.ids.to(model.device())), lo,
-                         [&](int64_t layer, std::vector<model::CalibratedLinear>& linears) {
-                           for (auto& l : linears) quantize_linear(l.path, *l.slot, l.recorder.get());
-                           spdlog::info("quantize: gptq layer {}/{} ({} linears)", layer + 1, n_layers, linears.size());
-                         });
+    calibration_ids = calibration.ids;
   }
+  std::map<std::string, QuantizedLinear> done;  // module path → codes
+  for (auto& l : quantize_model_gptq(model, o, calibration_ids, report.gptq)) done.emplace(l.path, std::move(l));
   report.gptq.quantize_seconds = seconds_since(t_quant);
 
   // The directory: quantized linears as qweight/qzeros/scales/g_idx, every other tensor as stored.

@@ -95,4 +95,23 @@ def rtn_reference(weight, bits, group_size, sym):
     return torch.cat(codes, 1).to(torch.int32), torch.stack(scales, 1), torch.stack(zeros, 1).to(torch.int32)
 
 
-FUNCTIONS = {f.__name__: f for f in (gptq_reference, rtn_reference)}
+def _dequantize(codes, scales, zeros, group_size):
+    cols = codes.shape[1]
+    g = torch.zeros(cols, dtype=torch.long) if group_size == -1 else torch.arange(cols) // group_size
+    return scales[:, g] * (codes.float() - zeros[:, g].float())
+
+
+def gptq_model_reference(ids, model_dir, modules, bits, group_size, sym, act_order, damp=0.01):
+    """GPTQ over the transformers model layer by layer (prune_reference's sequential pass: each
+    quantized layer's outputs feed the next); per decoder layer and module, the codes, scales and
+    zero points."""
+    from prune_reference import layerwise_reference
+
+    def transform(name, W, sq_norm, hessian):
+        codes, scales, zeros = gptq_reference(W, hessian, bits, group_size, sym, act_order, damp)
+        return _dequantize(codes, scales, zeros, group_size), [codes, scales, zeros]
+
+    return layerwise_reference(ids, model_dir, modules, transform)
+
+
+FUNCTIONS = {f.__name__: f for f in (gptq_reference, rtn_reference, gptq_model_reference)}

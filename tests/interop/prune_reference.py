@@ -67,10 +67,12 @@ def sparsegpt_reference(weight, hessian, sparsity=0.5, n=0, m=0, damp=0.01, bloc
     return [W]
 
 
-def prune_reference(ids, model_dir, method, modules, sparsity=0.5, n=0, m=0, scope="row", damp=0.01, block_size=128):
-    """Prunes the transformers model (fp32) on calibration ids (N, T); returns, for each decoder
-    layer and each module path in `modules` (",".join of "self_attn.q_proj", ...), the pruned weight
-    and the scores the mask was chosen by (|W| or |W|*||X_j||; SparseGPT: its pruned weight twice)."""
+def layerwise_reference(ids, model_dir, modules, transform):
+    """The sequential layer-by-layer pass of Wanda, SparseGPT and GPTQ on the transformers model (fp32)
+    and calibration ids (N, T): each decoder layer's inputs captured once, its linears' statistics
+    (||X_j||^2 and 2/samples * X^T X, samples counting sequences, as the authors accumulate them)
+    recorded while it runs, each weight replaced by transform(name, W, sq_norms, hessian) -> (new W,
+    [outputs]), and the updated layer's outputs fed to the next. Returns the outputs in order."""
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     layers = model.model.layers
@@ -106,8 +108,6 @@ def prune_reference(ids, model_dir, method, modules, sparsity=0.5, n=0, m=0, sco
                 def hook(module, inputs, output):
                     x = inputs[0].reshape(-1, inputs[0].shape[-1]).float()
                     batch = inputs[0].shape[0] if inputs[0].dim() == 3 else 1
-                    # Running means as the authors accumulate them: Wanda's ||X_j||^2 / samples and
-                    # SparseGPT's 2/samples * X^T X, samples counting sequences.
                     before = seen.get(name, 0)
                     seen[name] = before + batch
                     scale = before / seen[name]
@@ -122,18 +122,26 @@ def prune_reference(ids, model_dir, method, modules, sparsity=0.5, n=0, m=0, sco
                 h.remove()
             for name in names:
                 mod = linears[name]
-                W = mod.weight.data.float()
-                if method == "sparsegpt":
-                    pruned = sparsegpt_reference(W, hessians[name], sparsity, n, m, damp, block_size)[0]
-                    scores = pruned
-                else:
-                    scores = W.abs() * (torch.sqrt(sq_norms[name]).reshape(1, -1) if method == "wanda" else 1.0)
-                    pruned = W.masked_fill(_score_mask(scores, sparsity, n, m, scope), 0.0)
-                mod.weight.data.copy_(pruned)
-                outputs += [pruned.clone(), scores]
+                new, out = transform(name, mod.weight.data.float(), sq_norms[name], hessians[name])
+                mod.weight.data.copy_(new)
+                outputs += out
             hidden = run(layer, i, hidden)
     return outputs
 
+
+def prune_reference(ids, model_dir, method, modules, sparsity=0.5, n=0, m=0, scope="row", damp=0.01, block_size=128):
+    """Prunes the transformers model (fp32) on calibration ids (N, T); returns, for each decoder
+    layer and each module path in `modules` (",".join of "self_attn.q_proj", ...), the pruned weight
+    and the scores the mask was chosen by (|W| or |W|*||X_j||; SparseGPT: its pruned weight twice)."""
+    def transform(name, W, sq_norm, hessian):
+        if method == "sparsegpt":
+            pruned = sparsegpt_reference(W, hessian, sparsity, n, m, damp, block_size)[0]
+            return pruned, [pruned.clone(), pruned]
+        scores = W.abs() * (torch.sqrt(sq_norm).reshape(1, -1) if method == "wanda" else 1.0)
+        pruned = W.masked_fill(_score_mask(scores, sparsity, n, m, scope), 0.0)
+        return pruned, [pruned.clone(), scores]
+
+    return layerwise_reference(ids, model_dir, modules, transform)
 
 
 # Structured pruning references, from the papers' descriptions, with transformers forward hooks on

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "llmtune/model/causal_lm.h"
 #include "llmtune/pipelines/calibration.h"
 #include "llmtune/quant/gptq.h"
 
@@ -38,5 +39,18 @@ struct GptqExportReport {
 };
 
 nlohmann::json gptq_quantization_config(const GptqExportOptions& options);
+
+struct QuantizedLinear {
+  std::string path;
+  quant::GroupQuantized q;
+  at::Tensor bias;
+};
+
+// Quantizes every decoder linear of `model` (not lm_head) in place, each replaced in its slot by a
+// dense linear of its dequantized weight: `gptq` on calibration ids (N, T) layer by layer
+// (model::run_layerwise, each quantized layer's outputs feeding the next), or `rtn` (ids unused).
+// Returns them in model order; per-linear figures go to report.layers.
+std::vector<QuantizedLinear> quantize_model_gptq(model::CausalLM& model, const GptqExportOptions& options,
+                                                 const at::Tensor& calibration_ids, GptqExportReport& report);
 
 }  // namespace llmtune::pipelines
