@@ -63,7 +63,10 @@ config::Schema quantize_schema() {
   s.add({.name = "calibration", .type = Type::String, .help = "gptq: calibration text (.txt, or .jsonl/.json rows in any finetune format)"});
   s.add({.name = "calibration_samples", .type = Type::Int, .help = "gptq: calibration sequences (default 128)", .min = 1});
   s.add({.name = "seq_len", .type = Type::Int, .help = "gptq: tokens per calibration sequence (default 2048)", .min = 2});
-  s.add({.name = "format", .type = Type::String, .help = "gptq/rtn: the checkpoint format written (gptq)", .choices = {"gptq"}});
+  s.add({.name = "format", .type = Type::String,
+         .help = "gptq/rtn: the checkpoint format written: gptq (AutoGPTQ / gptqmodel) or compressed-tensors (pack-quantized, "
+                 "llm-compressor / vLLM) (default gptq)",
+         .choices = {"gptq", "compressed-tensors"}});
   s.add({.name = "max_seq_len", .type = Type::Int, .default_value = int64_t{512}, .help = "evaluation window / row length", .min = 2});
   s.add({.name = "batch_size", .type = Type::Int, .default_value = int64_t{8}, .help = "evaluation sequences per forward pass", .min = 1});
   return s;
@@ -155,7 +158,7 @@ Command register_quantize(CLI::App& root) {
   app->add_option("--calibration", flags->calibration, "gptq: calibration text (.txt or .jsonl)");
   app->add_option("--calibration-samples", flags->calibration_samples, "gptq: calibration sequences [128]");
   app->add_option("--seq-len", flags->seq_len, "gptq: tokens per calibration sequence [2048]");
-  app->add_option("--format", flags->format, "gptq/rtn: checkpoint format [gptq]");
+  app->add_option("--format", flags->format, "gptq/rtn: gptq or compressed-tensors [gptq]");
   return {app, [options, flags] {
             FlagValues extra;
             add_flag_value(extra, "model", flags->model);

@@ -3,6 +3,7 @@
 // weight, so that the next layer sees the quantized outputs), write the GPTQ directory, and evaluate
 // source and result when asked (the result in memory, from the same dequantized weights).
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -88,6 +89,18 @@ std::vector<QuantizedLinear> quantize_model_gptq(model::CausalLM& model, const G
   return done;
 }
 
+nlohmann::json compressed_tensors_config(const GptqExportOptions& o) {
+  const auto& q = o.gptq.quant;
+  nlohmann::json weights = {{"num_bits", q.bits}, {"type", "int"}, {"symmetric", q.sym}, {"strategy", "group"},
+                            {"group_size", q.group_size}, {"dynamic", false}};
+  // Act-order with static groups changes no layout (groups stay on the original columns): a label.
+  if (o.gptq.act_order) weights["actorder"] = "static";
+  return {{"quant_method", "compressed-tensors"}, {"format", "pack-quantized"}, {"quantization_status", "compressed"},
+          {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"weights", weights}, {"input_activations", nullptr},
+                                          {"output_activations", nullptr}, {"format", "pack-quantized"}}}}},
+          {"ignore", {"lm_head"}}, {"kv_cache_scheme", nullptr}, {"sparsity_config", nlohmann::json::object()}};
+}
+
 QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
   const auto t0 = SteadyClock::now();
   const GptqExportOptions& o = params.gptq;
@@ -96,7 +109,9 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
   if (o.method != "gptq" && o.method != "rtn") throw ConfigError("method: '" + o.method + "' is not gptq or rtn");
   if (q.bits != 2 && q.bits != 4 && q.bits != 8)
     throw ConfigError(fmt::format("bits: {} is not written in the gptq format by llmtune (use 2, 4 or 8)", q.bits));
-  if (o.format != "gptq") throw ConfigError("format: '" + o.format + "' is not supported yet (gptq)");
+  if (o.format != "gptq" && o.format != "compressed-tensors")
+    throw ConfigError("format: '" + o.format + "' is not gptq or compressed-tensors");
+  const bool ct = o.format == "compressed-tensors";
   if (!params.adapter.empty())
     throw UsageError("--adapter with --method " + o.method + ": merge the adapter first (llmtune merge), then quantize the merged model");
   if (o.method == "gptq" && o.calibration.path.empty())
@@ -175,7 +190,7 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
     auto it = module.empty() ? done.end() : done.find(module);
     report.source_bytes += io::TensorSpec{name, io::dtype_from_safetensors(info.dtype), info.shape}.n_bytes();
     if (it == done.end()) {
-      if (name.ends_with(".bias") && done.count(name.substr(0, name.size() - 5))) {
+      if (!ct && name.ends_with(".bias") && done.count(name.substr(0, name.size() - 5))) {
         specs.push_back({name, at::kHalf, info.shape});
         makers.push_back([&checkpoint, name] { return checkpoint.tensor(name).to(at::kHalf); });
         continue;
@@ -187,6 +202,22 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
     }
     const quant::GroupQuantized& g = it->second.q;
     const int64_t out = g.codes.size(0), in = g.codes.size(1), groups = g.scales.size(1);
+    if (ct) {
+      // pack-quantized: codes packed along the input dimension per row, each stored as q + 2^(bits−1)
+      // for the signed q = u − 2^(bits−1), i.e. u itself; the zero points likewise (asymmetric only).
+      const at::ScalarType scale_dtype = io::dtype_from_safetensors(info.dtype);
+      specs.push_back({module + ".weight_packed", at::kInt, {out, in * bits / 32}});
+      makers.push_back([&g, bits] { return pack_rows(g.codes.t(), bits).t().contiguous(); });
+      specs.push_back({module + ".weight_scale", scale_dtype, {out, groups}});
+      makers.push_back([&g, scale_dtype] { return g.scales.to(scale_dtype).contiguous(); });
+      specs.push_back({module + ".weight_shape", at::kLong, {2}});
+      makers.push_back([out, in] { return at::tensor(std::vector<int64_t>{out, in}, at::kLong); });
+      if (!q.sym) {
+        specs.push_back({module + ".weight_zero_point", at::kInt, {out * bits / 32, groups}});
+        makers.push_back([&g, bits] { return pack_rows(g.zeros, bits); });
+      }
+      continue;
+    }
     specs.push_back({module + ".qweight", at::kInt, {in * bits / 32, out}});
     makers.push_back([&g, bits] { return pack_rows(g.codes.t(), bits); });
     specs.push_back({module + ".qzeros", at::kInt, {groups, out * bits / 32}});
@@ -201,21 +232,27 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
   io::AtomicDir staged(params.output);
   io::save_sharded_lazy(staged.staging(), specs, [&](size_t i) { return makers[i](); }, uint64_t{5} << 30);
   auto config = io::read_json_file<ModelLoadError, nlohmann::ordered_json>(model_dir / "config.json", "config.json");
-  // The dtype of the scales (and of the model transformers builds around them).
-  bool set = false;
-  for (const char* key : {"dtype", "torch_dtype"})
-    if (config.contains(key)) config[key] = "float16", set = true;
-  if (!set) config["dtype"] = "float16";
-  config["quantization_config"] = gptq_quantization_config(o);
+  if (ct) {
+    config["quantization_config"] = compressed_tensors_config(o);
+  } else {
+    // The dtype of the scales (and of the model transformers builds around them).
+    bool set = false;
+    for (const char* key : {"dtype", "torch_dtype"})
+      if (config.contains(key)) config[key] = "float16", set = true;
+    if (!set) config["dtype"] = "float16";
+    config["quantization_config"] = gptq_quantization_config(o);
+    io::write_file_atomic(staged.staging() / "quantize_config.json", gptq_quantization_config(o).dump(2) + "\n");
+  }
   io::write_file_atomic(staged.staging() / "config.json", config.dump(2) + "\n");
-  io::write_file_atomic(staged.staging() / "quantize_config.json", gptq_quantization_config(o).dump(2) + "\n");
   copy_tokenizer_and_generation_files(model_dir, "", staged.staging(), model.config());
 
   if (!params.eval_data.empty()) {
-    // The result as written, in memory: the same dequantized weights (the scales rounded to fp16).
+    // The result as written, in memory: the same dequantized weights (the scales rounded to fp16 for
+    // gptq, to the weight's stored dtype for compressed-tensors).
     for (auto& [path, r] : done) {
       quant::GroupQuantized half = r.q;
-      half.scales = r.q.scales.to(at::kHalf).to(at::kFloat);
+      const at::ScalarType scale_dtype = ct ? io::dtype_from_safetensors(checkpoint.info(path + ".weight").dtype) : at::kHalf;
+      half.scales = r.q.scales.to(scale_dtype).to(at::kFloat);
       model.linear(path) = std::make_shared<model::DenseLinear>(half.dequantized(), r.bias);
     }
     report.result_eval = eval_model(e, model, *loaded.tokenizer);

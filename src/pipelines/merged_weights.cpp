@@ -142,15 +142,18 @@ void MergedWeights::find_bnb_modules(const quant::BnbConfig& bnb) {
 void MergedWeights::find_gptq_modules(const quant::GptqConfig& gptq) {
   gptq_ = std::make_shared<quant::GptqConfig>(gptq);
   const at::ScalarType dense_dtype = io::dtype_from_config_name(config_.torch_dtype, at::kHalf);
+  const std::string packed = quant::packed_suffix(gptq);
   for (const auto& name : checkpoint_.names()) {
-    if (!name.ends_with(".qweight")) continue;
-    const std::string module = name.substr(0, name.size() - 8);
+    if (!name.ends_with(packed)) continue;
+    const std::string module = name.substr(0, name.size() - packed.size());
     const quant::GptqTensor t = quant::read_gptq_module(checkpoint_, module, gptq, -1, -1, checkpoint_.path().string());
-    for (const char* suffix : {".qweight", ".qzeros", ".scales", ".g_idx"}) hidden_.insert(module + suffix);
+    for (const char* suffix : {".qweight", ".qzeros", ".scales", ".g_idx", ".weight_packed", ".weight_scale", ".weight_shape",
+                               ".weight_zero_point"})
+      if (checkpoint_.contains(module + suffix)) hidden_.insert(module + suffix);
     bnb_modules_[module + ".weight"] = io::TensorSpec{module + ".weight", dense_dtype, {t.scales.size(1), t.g_idx.size(0)}};
   }
-  base_quantization_ = fmt::format("gptq {}-bit", gptq.bits);
-  spdlog::info("{}: a GPTQ {}-bit checkpoint; {} quantized linears are dequantized to {} on reading", model_dir_.string(),
+  base_quantization_ = fmt::format("{} {}-bit", gptq.checkpoint_format == "compressed-tensors" ? "compressed-tensors" : "gptq", gptq.bits);
+  spdlog::info("{}: a {}-bit integer checkpoint; {} quantized linears are dequantized to {} on reading", model_dir_.string(),
                gptq.bits, bnb_modules_.size(), c10::toString(dense_dtype));
 }
 

@@ -2,7 +2,9 @@
 // dequantize-on-the-fly product.
 #include "llmtune/quant/gptq_linear.h"
 
+#include <ATen/ops/arange.h>
 #include <ATen/ops/bitwise_and.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/stack.h>
@@ -51,7 +53,28 @@ std::optional<GptqConfig> read_gptq_config(const fs::path& dir) {
   const auto config = io::read_json_file<QuantError, nlohmann::json>(path, "config.json");
   if (!config.is_object() || !config.contains("quantization_config") || !config["quantization_config"].is_object()) return std::nullopt;
   const auto& q = config["quantization_config"];
-  if (q.value("quant_method", std::string()) != "gptq") return std::nullopt;
+  const std::string method = q.value("quant_method", std::string());
+  if (method == "compressed-tensors") {
+    // One config group of int weights in groups, pack-quantized, compressed on disk.
+    const std::string where = path.string() + ": quantization_config (compressed-tensors)";
+    if (q.value("format", std::string()) != "pack-quantized" || q.value("quantization_status", std::string()) != "compressed")
+      throw QuantError(where + ": only format pack-quantized with quantization_status compressed is loaded");
+    if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].size() != 1)
+      throw QuantError(where + ": config_groups must hold one group");
+    const auto& w = q["config_groups"].begin().value().value("weights", nlohmann::json());
+    if (!w.is_object() || w.value("type", std::string()) != "int" || w.value("strategy", std::string()) != "group" ||
+        !w.value("num_bits", nlohmann::json()).is_number_integer())
+      throw QuantError(where + ": weights must be int with strategy group (others are not loaded)");
+    GptqConfig c;
+    c.bits = w["num_bits"].get<int64_t>();
+    c.group_size = w.value("group_size", int64_t{128});
+    c.sym = w.value("symmetric", true);
+    c.checkpoint_format = "compressed-tensors";
+    if (c.bits != 2 && c.bits != 4 && c.bits != 8)
+      throw QuantError(fmt::format("{}: num_bits {} is not loaded (2, 4 or 8)", where, c.bits));
+    return c;
+  }
+  if (method != "gptq") return std::nullopt;
   GptqConfig c;
   try {
     c.bits = q.value("bits", int64_t{4});
@@ -92,8 +115,56 @@ std::vector<at::Tensor> GptqLinear::tensors() const {
   return out;
 }
 
+std::string packed_suffix(const GptqConfig& config) {
+  return config.checkpoint_format == "compressed-tensors" ? ".weight_packed" : ".qweight";
+}
+
+namespace {
+
+// compressed-tensors pack-quantized: the same packed words as GPTQ's, transposed; z stored as is
+// (symmetric: none, 2^(bits−1)); scales (out, groups) in the model dtype.
+GptqTensor read_compressed_module(const io::WeightFiles& files, const std::string& module, const GptqConfig& config,
+                                  int64_t out, int64_t in, const std::string& source) {
+  const int64_t per = 32 / config.bits;
+  const at::Tensor shape = files.tensor(module + ".weight_shape");
+  if (shape.numel() != 2) throw QuantError(source + ": '" + module + ".weight_shape' must hold [out, in]");
+  const int64_t stored_out = shape[0].item<int64_t>(), stored_in = shape[1].item<int64_t>();
+  if ((out >= 0 && stored_out != out) || (in >= 0 && stored_in != in))
+    throw QuantError(fmt::format("{}: '{}.weight_shape' is [{}, {}], the model expects [{}, {}]", source, module, stored_out,
+                                 stored_in, out, in));
+  out = stored_out, in = stored_in;
+  if (in % per != 0 || out % per != 0)
+    throw QuantError(fmt::format("{}: {} ({}×{}) does not pack into {}-bit words", source, module, out, in, config.bits));
+  const int64_t g = config.group_size == -1 ? in : config.group_size;
+  const int64_t groups = (in + g - 1) / g;
+  auto stored = [&](const std::string& suffix, const std::vector<int64_t>& want, bool is_int) {
+    at::Tensor v = files.tensor(module + suffix);
+    if (v.sizes() != at::IntArrayRef(want) || (is_int ? v.scalar_type() != at::kInt : !at::isFloatingType(v.scalar_type())))
+      throw QuantError(fmt::format("{}: '{}{}' is {} {}, expected {} {}", source, module, suffix, c10::toString(v.scalar_type()),
+                                   c10::str(v.sizes()), is_int ? "Int" : "a float", c10::str(at::IntArrayRef(want))));
+    return v;
+  };
+  GptqTensor t;
+  t.bits = config.bits;
+  t.qweight = stored(".weight_packed", {out, in / per}, true).t().contiguous();
+  t.scales = stored(".weight_scale", {out, groups}, false).t().contiguous();
+  t.g_idx = (at::arange(in, at::kInt) / static_cast<int>(g)).to(at::kInt);
+  const int64_t mid_word = [&] {
+    uint32_t w = 0;
+    for (int64_t k = 0; k < per; ++k) w |= static_cast<uint32_t>(int64_t{1} << (config.bits - 1)) << (config.bits * k);
+    return static_cast<int64_t>(static_cast<int32_t>(w));
+  }();
+  t.qzeros = config.sym ? at::full({groups, out / per}, mid_word, at::kInt)
+                        : stored(".weight_zero_point", {out / per, groups}, true).t().contiguous();
+  t.zero_offset = 0;
+  return t;
+}
+
+}  // namespace
+
 GptqTensor read_gptq_module(const io::WeightFiles& files, const std::string& module, const GptqConfig& config, int64_t out,
                             int64_t in, const std::string& source) {
+  if (config.checkpoint_format == "compressed-tensors") return read_compressed_module(files, module, config, out, in, source);
   const int64_t per = 32 / config.bits;
   if (in < 0 || out < 0) {
     const auto& qw = files.info(module + ".qweight").shape;
@@ -131,11 +202,15 @@ model::LinearFactory gptq_linear_factory(const GptqConfig& config, const io::Wei
                                          c10::Device device) {
   return [config, files, source = dir.string(), device](const model::LinearRequest& r,
                                                         const model::TensorSource& get) -> model::LinearPtr {
-    if (!files.contains(r.path + ".qweight")) return model::make_dense_linear(r, get);
+    if (!files.contains(r.path + packed_suffix(config))) return model::make_dense_linear(r, get);
     GptqTensor t = read_gptq_module(files, r.path, config, r.out_features, r.in_features, source);
     // Each stored tensor moved once to the model's device.
     for (at::Tensor* x : {&t.qweight, &t.qzeros, &t.scales, &t.g_idx}) *x = x->to(device);
-    for (const char* suffix : {".qweight", ".qzeros", ".scales", ".g_idx"}) (void)get(r.path + suffix, model::kStoredTensor);
+    // (Counted as read, so that the loader does not report them unused.)
+    const bool ct = config.checkpoint_format == "compressed-tensors";
+    for (const char* suffix : ct ? std::vector<const char*>{".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point"}
+                                 : std::vector<const char*>{".qweight", ".qzeros", ".scales", ".g_idx"})
+      if (files.contains(r.path + suffix)) (void)get(r.path + suffix, model::kStoredTensor);
     at::Tensor bias = r.bias ? get(r.path + ".bias", {r.out_features}) : at::Tensor();
     return std::make_shared<GptqLinear>(std::move(t), std::move(bias));
   };

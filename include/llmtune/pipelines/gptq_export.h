@@ -19,7 +19,7 @@ namespace llmtune::pipelines {
 struct GptqExportOptions {
   std::string method;         // gptq | rtn ("" : not this path)
   quant::GptqOptions gptq;    // bits, group size, sym, act-order, damp, block size
-  std::string format = "gptq";
+  std::string format = "gptq";  // gptq | compressed-tensors
   CalibrationParams calibration;  // gptq: required
   int64_t tokens_per_forward = 8192;
 };
@@ -39,6 +39,8 @@ struct GptqExportReport {
 };
 
 nlohmann::json gptq_quantization_config(const GptqExportOptions& options);
+// config.json's quantization_config for --format compressed-tensors (pack-quantized, as llm-compressor writes it).
+nlohmann::json compressed_tensors_config(const GptqExportOptions& options);
 
 struct QuantizedLinear {
   std::string path;

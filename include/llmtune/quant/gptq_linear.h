@@ -20,11 +20,16 @@ namespace llmtune::quant {
 struct GptqConfig {
   int64_t bits = 4, group_size = 128;
   bool sym = true, desc_act = false;
-  std::string checkpoint_format = "gptq";  // gptq | gptq_v2
+  // gptq | gptq_v2 (quant_method gptq), or compressed-tensors (quant_method compressed-tensors,
+  // format pack-quantized: per linear weight_packed (out, in·bits/32) int32 — the same words as
+  // qweight, transposed —, weight_scale (out, groups) in the model dtype, weight_zero_point
+  // (out·bits/32, groups) int32 for asymmetric schemes (z itself), weight_shape).
+  std::string checkpoint_format = "gptq";
 };
 
-// The GPTQ quantization_config of <dir>/config.json; nullopt when there is none or it is another
-// method. QuantError naming the key when it is malformed or bits is not 2, 4 or 8.
+// The GPTQ or compressed-tensors (pack-quantized, int weights, group strategy) quantization_config
+// of <dir>/config.json; nullopt when there is none or it is another method. QuantError naming the
+// key when it is malformed or bits is not 2, 4 or 8.
 std::optional<GptqConfig> read_gptq_config(const std::filesystem::path& dir);
 
 struct GptqTensor {
@@ -41,6 +46,8 @@ struct GptqTensor {
 // naming `source` and the tensor otherwise. out, in: -1 to take them from the tensors.
 GptqTensor read_gptq_module(const io::WeightFiles& files, const std::string& module, const GptqConfig& config,
                             int64_t out, int64_t in, const std::string& source);
+// The stored tensor that marks a quantized module: "<module>.qweight" or "<module>.weight_packed".
+std::string packed_suffix(const GptqConfig& config);
 
 // W (out, in) = scales[g_idx[i], j] · (q[i, j] − z[g_idx[i], j]), in `dtype`.
 at::Tensor dequantize_gptq(const GptqTensor& t, at::ScalarType dtype);
