@@ -173,3 +173,32 @@ def test_full_finetune_and_qlora_over_a_gptq_base_are_refused(llmtune, tmp_path)
         errors = [l for l in r.err_lines if l.startswith("llmtune: error:")]
         assert r.code != 0 and len(errors) == 1 and needle in errors[0], r.err
         assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("bits3", "bits 3 is not loaded"),
+    ("format", "checkpoint_format"),
+    ("qweight_shape", ".qweight' is"),
+    ("scales_dtype", ".scales' is"),
+])
+def test_damaged_gptq_checkpoints_are_one_line_errors(llmtune, tmp_path, damage, needle):
+    from safetensors.torch import save_file
+    out = tmp_path / "rtn"
+    quantize(llmtune, out, "--method", "rtn", "--group-size", 64)
+    config = json.loads((out / "config.json").read_text())
+    tensors = load_file(str(out / "model.safetensors"))
+    key = "model.layers.0.mlp.up_proj"
+    if damage == "bits3":
+        config["quantization_config"]["bits"] = 3
+    elif damage == "format":
+        config["quantization_config"]["checkpoint_format"] = "marlin"
+    elif damage == "qweight_shape":
+        tensors[key + ".qweight"] = tensors[key + ".qweight"][:-1].clone()
+    else:
+        tensors[key + ".scales"] = tensors[key + ".scales"].float()
+    (out / "config.json").write_text(json.dumps(config))
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    for args in (["eval", "--model", out, "--data", HELD_OUT], ["infer", "--model", out, "--prompt", "Hi", "--max-new-tokens", 2]):
+        r = llmtune(*args)
+        errors = [l for l in r.err_lines if l.startswith("llmtune: error:")]
+        assert r.code != 0 and len(errors) == 1 and needle in errors[0], r.err
