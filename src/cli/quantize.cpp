@@ -72,6 +72,17 @@ config::Schema quantize_schema() {
   return s;
 }
 
+// --force, the evaluation keys and the device/dtype it runs in: every path of quantize has them.
+void set_output_and_eval(pipelines::QuantizeParams& p, const config::Config& cfg,
+                         const std::function<std::string(const char*)>& opt) {
+  p.force = cfg.get_bool("force");
+  p.eval_data = opt("eval_data");
+  p.eval_max_seq_len = cfg.get_int("max_seq_len");
+  p.eval_batch_size = cfg.get_int("batch_size");
+  p.device = cfg.get_string("device");
+  p.dtype = cfg.get_string("dtype");
+}
+
 pipelines::QuantizeReport run_gptq_from_config(const config::Config& cfg, pipelines::QuantizeParams p,
                                                const std::function<std::string(const char*)>& opt) {
   auto& g = p.gptq;
@@ -91,12 +102,7 @@ pipelines::QuantizeReport run_gptq_from_config(const config::Config& cfg, pipeli
   g.calibration.path = opt("calibration");
   g.calibration.samples = cfg.has("calibration_samples") ? cfg.get_int("calibration_samples") : 128;
   g.calibration.seq_len = cfg.has("seq_len") ? cfg.get_int("seq_len") : 2048;
-  p.force = cfg.get_bool("force");
-  p.eval_data = opt("eval_data");
-  p.eval_max_seq_len = cfg.get_int("max_seq_len");
-  p.eval_batch_size = cfg.get_int("batch_size");
-  p.device = cfg.get_string("device");
-  p.dtype = cfg.get_string("dtype");
+  set_output_and_eval(p, cfg, opt);
   return pipelines::run_gptq_quantize(p);
 }
 
@@ -229,12 +235,7 @@ Command register_quantize(CLI::App& root) {
               p.gguf.name = opt("name");
               p.gguf.ollama = cfg.get_bool("ollama");
             }
-            p.force = cfg.get_bool("force");
-            p.eval_data = opt("eval_data");
-            p.eval_max_seq_len = cfg.get_int("max_seq_len");
-            p.eval_batch_size = cfg.get_int("batch_size");
-            p.device = cfg.get_string("device");
-            p.dtype = cfg.get_string("dtype");
+            set_output_and_eval(p, cfg, opt);
             auto r = pipelines::run_quantize(p);
             if (options->json) {
               nlohmann::ordered_json j{{"output", r.output.string()}, {"type", r.type}, {"bytes", r.bytes},
