@@ -207,26 +207,26 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
       // for the signed q = u − 2^(bits−1), i.e. u itself; the zero points likewise (asymmetric only).
       const at::ScalarType scale_dtype = io::dtype_from_safetensors(info.dtype);
       specs.push_back({module + ".weight_packed", at::kInt, {out, in * bits / 32}});
-      makers.push_back([&g, bits] { return pack_rows(g.codes.t(), bits).t().contiguous(); });
+      makers.push_back([&g, bits] { return pack_rows(g.codes.t(), bits).t().contiguous().cpu(); });
       specs.push_back({module + ".weight_scale", scale_dtype, {out, groups}});
-      makers.push_back([&g, scale_dtype] { return g.scales.to(scale_dtype).contiguous(); });
+      makers.push_back([&g, scale_dtype] { return g.scales.to(scale_dtype).contiguous().cpu(); });
       specs.push_back({module + ".weight_shape", at::kLong, {2}});
       makers.push_back([out, in] { return at::tensor(std::vector<int64_t>{out, in}, at::kLong); });
       if (!q.sym) {
         specs.push_back({module + ".weight_zero_point", at::kInt, {out * bits / 32, groups}});
-        makers.push_back([&g, bits] { return pack_rows(g.zeros, bits); });
+        makers.push_back([&g, bits] { return pack_rows(g.zeros, bits).cpu(); });
       }
       continue;
     }
     specs.push_back({module + ".qweight", at::kInt, {in * bits / 32, out}});
-    makers.push_back([&g, bits] { return pack_rows(g.codes.t(), bits); });
+    makers.push_back([&g, bits] { return pack_rows(g.codes.t(), bits).cpu(); });
     specs.push_back({module + ".qzeros", at::kInt, {groups, out * bits / 32}});
     // v1 ("gptq") checkpoints store z − 1, in the code's bits.
-    makers.push_back([&g, bits] { return pack_rows((g.zeros.to(at::kLong) - 1).bitwise_and((1 << bits) - 1), bits).t().contiguous(); });
+    makers.push_back([&g, bits] { return pack_rows((g.zeros.to(at::kLong) - 1).bitwise_and((1 << bits) - 1), bits).t().contiguous().cpu(); });
     specs.push_back({module + ".scales", at::kHalf, {groups, out}});
-    makers.push_back([&g] { return g.scales.t().to(at::kHalf).contiguous(); });
+    makers.push_back([&g] { return g.scales.t().to(at::kHalf).contiguous().cpu(); });
     specs.push_back({module + ".g_idx", at::kInt, {in}});
-    makers.push_back([&g] { return g.g_idx.to(at::kInt).contiguous(); });
+    makers.push_back([&g] { return g.g_idx.to(at::kInt).contiguous().cpu(); });
   }
   for (const auto& s : specs) report.bytes += s.n_bytes();
   io::AtomicDir staged(params.output);

@@ -202,10 +202,11 @@ std::optional<BnbConfig> read_bnb_config(const fs::path& model_dir) {
   const json& q = config.at("quantization_config");
   if (!q.is_object()) throw QuantError(source + ": quantization_config must be a JSON object");
   const std::string method = q.contains("quant_method") && q.at("quant_method").is_string() ? q.at("quant_method").get<std::string>() : "";
-  if (method == "gptq") return std::nullopt;  // quant/gptq_linear.h reads those
+  if (method == "gptq" || method == "compressed-tensors") return std::nullopt;  // quant/gptq_linear.h reads those
   if (method != "bitsandbytes")
     throw QuantError(source + ": quantization_config.quant_method '" + method +
-                     "' is not supported yet (bitsandbytes 4-bit and 8-bit checkpoints load); use the model's 16-bit original");
+                     "' is not supported yet (bitsandbytes, gptq and compressed-tensors checkpoints load); use the model's "
+                     "16-bit original");
   BnbConfig c;
   const auto flag = [&](const char* key, const char* hidden) {
     const char* k = q.contains(key) ? key : hidden;

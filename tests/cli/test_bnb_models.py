@@ -211,13 +211,13 @@ def test_damaged_bnb_directories_are_one_line_errors(llmtune, tmp_path, saved):
         line = one_line_error(llmtune("infer", "--model", d, "--prompt", "x", "--device", "cpu"), 1)
         assert expect in line and str(d) in line, (name, line)
     # A quantization method we do not read yet.
-    d = tmp_path / "gptq"
+    d = tmp_path / "awq"
     shutil.copytree(src, d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    cfg["quantization_config"] = {"quant_method": "awq", "bits": 4}
     (d / "config.json").write_text(json.dumps(cfg))
     line = one_line_error(llmtune("eval", "--model", d, "--data", tmp_path / "x.jsonl"), 1)
-    assert "'gptq' is not supported yet" in line
+    assert "'awq' is not supported yet" in line
 
 
 @pytest.mark.parametrize("kind", ["nf4-dq", "int8"])

@@ -155,3 +155,19 @@ def test_the_checks_pass_on_a_directory_the_package_writes(tmp_path, sym):
     # The package's bf16 products move the loss by ~1e-5 from the exact fp32 s·(u − z).
     exact = transformers_loss(DEMO / "model", {m: w.numpy() for m, w in weights.items()})
     assert abs(exact - theirs) <= 1e-4 * exact, (exact, theirs)
+
+
+def test_compressed_tensors_base_trains_a_lora_and_merges(llmtune, tmp_path):
+    out = tmp_path / "ct"
+    quantize(llmtune, out, "--method", "rtn", "--format", "compressed-tensors", "--bits", BITS, "--group-size", GROUP, "--asym")
+    ft = tmp_path / "ft"
+    r = llmtune("finetune", "--model", out, "--data", DEMO / "data" / "train.jsonl", "--output", ft, "--max-steps", 4,
+                "lora.r=8", "train.lr=2e-3", "--json", timeout=300)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["quantization"]["type"] == "gptq"
+    with_adapter = eval_loss(llmtune, out, "--adapter", ft / "adapter")
+    merged = tmp_path / "merged"
+    r = llmtune("merge", "--model", out, "--adapter", ft / "adapter", "--output", merged, timeout=300)
+    assert r.code == 0, r.err
+    assert "quantization_config" not in json.loads((merged / "config.json").read_text())
+    assert abs(eval_loss(llmtune, merged) - with_adapter) <= 2e-3 * with_adapter

@@ -358,8 +358,8 @@ TEST(BnbCheckpoint, QuantizationConfigErrorsNameTheKey) {
     return damaged("nf4", name, [](auto&) {}, f);
   };
   const std::vector<std::pair<fs::path, std::string>> bads{
-      {with("gptq", [](json& c) { c["quantization_config"] = {{"quant_method", "gptq"}, {"bits", 4}}; }),
-       "quantization_config.quant_method 'gptq' is not supported yet"},
+      {with("awq", [](json& c) { c["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}}; }),
+       "quantization_config.quant_method 'awq' is not supported yet"},
       {with("both", [](json& c) { c["quantization_config"]["load_in_8bit"] = true; }), "exactly one of load_in_4bit and load_in_8bit"},
       {with("qtype", [](json& c) { c["quantization_config"]["bnb_4bit_quant_type"] = "int4"; }), "bnb_4bit_quant_type 'int4'"},
       {with("storage", [](json& c) { c["quantization_config"]["bnb_4bit_quant_storage"] = "complex64"; }), "bnb_4bit_quant_storage"},

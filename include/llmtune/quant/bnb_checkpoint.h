@@ -30,7 +30,7 @@ struct BnbConfig {
 
 // The bitsandbytes quantization_config of <model_dir>/config.json; nullopt when the key is absent.
 // Throws QuantError naming config.json and the key when it is malformed, another quant_method
-// ("gptq", ... : not supported yet), or neither / both of load_in_4bit and load_in_8bit.
+// ("awq", ... : not supported yet; gptq and compressed-tensors give nullopt: gptq_linear.h reads them), or neither / both of load_in_4bit and load_in_8bit.
 std::optional<BnbConfig> read_bnb_config(const std::filesystem::path& model_dir);
 
 // The quantization_config object transformers writes for `config` (FORMATS.md §5.4), as JSON text.
