@@ -58,13 +58,14 @@ std::vector<QuantizedLinear> quantize_model_gptq(model::CausalLM& model, const G
   auto quantize_linear = [&](const std::string& path, model::LinearPtr& slot, const model::RecordingLinear* stats) {
     const at::Tensor w = slot->dense_weight().to(at::kFloat);
     GptqLayerReport layer{path, w.size(0), w.size(1), 0, 0};
-    QuantizedLinear result{path, o.method == "gptq" ? quant::gptq_quantize(w, stats->hessian(), o.gptq, path) : quant::rtn_quantize(w, o.gptq.quant),
+    const at::Tensor hessian = stats ? stats->hessian() : at::Tensor();  // 2/n·XᵀX: an (in × in) product, made once
+    QuantizedLinear result{path, o.method == "gptq" ? quant::gptq_quantize(w, hessian, o.gptq, path) : quant::rtn_quantize(w, o.gptq.quant),
                            slot->bias()};
     const at::Tensor deq = result.q.dequantized();
     if (stats) {
       // Σ_tokens ‖ΔW x‖² per sequence = tr(ΔW H ΔWᵀ) / 2, H = 2/n Σ xxᵀ.
       const at::Tensor d = w - deq;
-      layer.output_error = (d.matmul(stats->hessian()) * d).sum().item<double>() / 2.0;
+      layer.output_error = (d.matmul(hessian) * d).sum().item<double>() / 2.0;
       layer.damp = result.q.damp_used;
     }
     report.layers.push_back(layer);
