@@ -8,10 +8,14 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/tanh.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "llmtune/util/error.h"
 
@@ -29,13 +33,33 @@ at::Tensor causal_mask(int64_t t, int64_t past, int64_t window, c10::Device devi
   return allowed.unsqueeze(0).unsqueeze(0);
 }
 
-// One causal sequence (no cache): q (B', H_q, L, D) against its own k, v.
-at::Tensor causal_sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window, double scale) {
-  const int64_t len = q.size(2);
+// SDPA, or with a soft-cap the eager form transformers' Gemma 2 runs: scores in the activation
+// dtype, capped, masked, softmax in fp32. mask: bool (.., T, S) or undefined; causal: the plain
+// lower-triangular mask when no mask is given.
+at::Tensor sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, bool causal,
+                double scale, double softcap) {
   const bool gqa = q.size(1) != k.size(1);
-  if (window > 0 && window < len)
-    return at::scaled_dot_product_attention(q, k, v, causal_mask(len, 0, window, q.device()), 0.0, false, scale, gqa);
-  return at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/len > 1, scale, gqa);
+  if (softcap <= 0) {
+    if (mask.defined()) return at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, gqa);
+    return at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, causal, scale, gqa);
+  }
+  const int64_t groups = q.size(1) / k.size(1);
+  const at::Tensor kk = groups > 1 ? k.repeat_interleave(groups, 1) : k;
+  const at::Tensor vv = groups > 1 ? v.repeat_interleave(groups, 1) : v;
+  at::Tensor scores = at::matmul(q, kk.transpose(-2, -1)) * scale;
+  scores = at::tanh(scores / softcap) * softcap;
+  at::Tensor allowed = mask.defined() ? mask : causal ? causal_mask(q.size(2), k.size(2) - q.size(2), 0, q.device()) : at::Tensor();
+  if (allowed.defined()) scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<double>::infinity());
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  return at::matmul(probs, vv);
+}
+
+// One causal sequence (no cache): q (B', H_q, L, D) against its own k, v.
+at::Tensor causal_sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window, double scale,
+                       double softcap) {
+  const int64_t len = q.size(2);
+  if (window > 0 && window < len) return sdpa(q, k, v, causal_mask(len, 0, window, q.device()), false, scale, softcap);
+  return sdpa(q, k, v, at::Tensor(), /*causal=*/len > 1, scale, softcap);
 }
 
 // (1, 1, L, L) bool: block-diagonal causal over runs of the given lengths (summing to L).
@@ -70,7 +94,7 @@ constexpr int64_t kWindowTokens = 256;
 }  // namespace
 
 PackedPlan plan_packed(const PackedSegments& segments, int64_t batch, int64_t tokens, c10::Device device,
-                       at::ScalarType dtype, int64_t window) {
+                       at::ScalarType dtype, int64_t window, bool softcap) {
   if (static_cast<int64_t>(segments.lengths.size()) != batch)
     throw DataError("packed batch: " + std::to_string(segments.lengths.size()) + " rows of sequence lengths for " +
                     std::to_string(batch) + " rows of tokens");
@@ -86,7 +110,7 @@ PackedPlan plan_packed(const PackedSegments& segments, int64_t batch, int64_t to
     row_runs.push_back(runs_of(row, tokens));
   }
   PackedPlan plan;
-  plan.flash = device.is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && window == 0;
+  plan.flash = device.is_cuda() && (dtype == at::kBFloat16 || dtype == at::kHalf) && window == 0 && !softcap;
   if (plan.flash) {
     // cu_seqlens over the flattened tokens, built on the host and copied once per forward from
     // pinned memory without waiting.
@@ -126,9 +150,8 @@ PackedPlan plan_packed(const PackedSegments& segments, int64_t batch, int64_t to
 }
 
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t past, int64_t window,
-                  const at::Tensor& mask, const PackedPlan* packed, double scale) {
+                  const at::Tensor& mask, const PackedPlan* packed, double scale, double softcap) {
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2), d = q.size(3);
-  const bool gqa = q.size(1) != k.size(1);
   if (packed && packed->flash) {
     // (B, H, T, D) → (B·T, H, D), the varlen kernels' layout.
     auto flat = [&](const at::Tensor& x) { return x.transpose(1, 2).reshape({b * t, x.size(1), d}); };
@@ -142,23 +165,22 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     for (const auto& w : packed->windows) {
       auto part = [&](const at::Tensor& x) { return x.narrow(0, w.row, 1).narrow(2, w.start, w.len); };
       if (!w.mask.defined()) {
-        rows[w.row].push_back(causal_sdpa(part(q), part(k), part(v), window, scale));
+        rows[w.row].push_back(causal_sdpa(part(q), part(k), part(v), window, scale, softcap));
         continue;
       }
       at::Tensor mask = w.mask;
       if (window > 0 && window < w.len) mask = mask.logical_and(causal_mask(w.len, 0, window, q.device()));
-      rows[w.row].push_back(at::scaled_dot_product_attention(part(q), part(k), part(v), mask, 0.0, false, scale, gqa));
+      rows[w.row].push_back(sdpa(part(q), part(k), part(v), mask, false, scale, softcap));
     }
     std::vector<at::Tensor> out;
     for (auto& pieces : rows) out.push_back(pieces.size() == 1 ? pieces[0] : at::cat(pieces, 2));
     return out.size() == 1 ? out[0] : at::cat(out, 0);
   }
   const int64_t s = k.size(2);
-  if (mask.defined()) return at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, gqa);
-  if (past == 0 && (window == 0 || window >= s)) return at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, t > 1, scale, gqa);
-  if (t > 1 || (window > 0 && window < s))
-    return at::scaled_dot_product_attention(q, k, v, causal_mask(t, past, window, q.device()), 0.0, false, scale, gqa);
-  return at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, scale, gqa);
+  if (mask.defined()) return sdpa(q, k, v, mask, false, scale, softcap);
+  if (past == 0 && (window == 0 || window >= s)) return sdpa(q, k, v, at::Tensor(), t > 1, scale, softcap);
+  if (t > 1 || (window > 0 && window < s)) return sdpa(q, k, v, causal_mask(t, past, window, q.device()), false, scale, softcap);
+  return sdpa(q, k, v, at::Tensor(), false, scale, softcap);
 }
 
 }  // namespace llmtune::model

@@ -28,14 +28,16 @@ struct PackedPlan {
 };
 
 // Checks the segments against (B, T) and prepares the plan for `device` / `dtype`. `window`: the
-// largest sliding window of any layer (the flash path handles none; 0 = none).
+// largest sliding window of any layer (the flash path handles none; 0 = none); `softcap`: scores are
+// soft-capped (the flash path cannot).
 PackedPlan plan_packed(const PackedSegments& segments, int64_t batch, int64_t tokens, c10::Device device,
-                       at::ScalarType dtype, int64_t window);
+                       at::ScalarType dtype, int64_t window, bool softcap = false);
 
 // Returns (B, H_q, T, D). `past`: positions already in the cache (0 when none); `window`: this
 // layer's sliding window (0 = none); `mask`: (B, 1, T, S) bool or undefined; `packed`: nullptr
-// unless the batch is packed.
+// unless the batch is packed; `softcap` > 0: scores become softcap·tanh(scores/softcap) before the
+// mask and softmax (Gemma 2), computed without SDPA.
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t past, int64_t window,
-                  const at::Tensor& mask, const PackedPlan* packed, double scale);
+                  const at::Tensor& mask, const PackedPlan* packed, double scale, double softcap = 0);
 
 }  // namespace llmtune::model

@@ -1,11 +1,15 @@
 // The decoder forward pass, written out as transformers' LlamaModel computes it, with the family
-// switches (Gemma's norm offset and embedding scale, GeGLU, Qwen2 biases, sliding windows) and the
-// family's layout (projections found by what they hold, fused ones split).
+// switches (Gemma's norm offset, embedding scale, sandwich norms and soft-caps, Qwen3/Gemma 3's
+// per-head q/k norms, Qwen2 biases, sliding windows with their own RoPE, GPT-2's LayerNorms,
+// learned positions and ungated MLP) and the family's layout (projections found by what they
+// hold, fused ones split).
 #include "llmtune/model/causal_lm.h"
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/gelu.h>
+#include <ATen/ops/layer_norm.h>
+#include <ATen/ops/tanh.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/split_with_sizes.h>
@@ -46,76 +50,132 @@ void CausalLM::project(const DecoderLayer& layer, const at::Tensor& x, std::init
   }
 }
 
-at::Tensor CausalLM::decoder_layer(const DecoderLayer& layer, int64_t index, const at::Tensor& x,
-                                   const at::Tensor& cos, const at::Tensor& sin, const ForwardOptions& options,
-                                   int64_t past, const PackedPlan* packed) const {
+struct CausalLM::Rotary {
+  at::Tensor cos, sin, cos_local, sin_local;  // (B, T, R); the local pair undefined unless it differs
+};
+
+CausalLM::Rotary CausalLM::rotary(const at::Tensor& positions, at::ScalarType dtype) const {
+  Rotary r;
+  if (config_.learned_positions) return r;
+  at::Tensor inv_freq = inv_freq_;
+  double scaling = rope_scaling_;
+  if (rope_depends_on_length(config_.rope)) {
+    // Dynamic NTK and longrope pick their tables from this forward's length (a host sync, for
+    // those types only).
+    const int64_t seq_len = positions.numel() ? positions.max().item<int64_t>() + 1 : 0;
+    RopeTables t = rope_tables(config_.rope, config_.head_dim, config_.max_position_embeddings, seq_len);
+    inv_freq = t.inv_freq.to(device_);
+    scaling = t.attention_scaling;
+  }
+  std::tie(r.cos, r.sin) = rope_cos_sin(inv_freq, positions, dtype, scaling);
+  if (inv_freq_local_.defined()) std::tie(r.cos_local, r.sin_local) = rope_cos_sin(inv_freq_local_, positions, dtype, rope_scaling_local_);
+  return r;
+}
+
+at::Tensor CausalLM::norm(const DecoderLayer* layer, NormRole role, const at::Tensor& x) const {
+  const auto& c = config_;
+  const int k = norm_index_[static_cast<int>(role)];
+  const at::Tensor& w = layer ? layer->norms[k] : final_norm_;
+  if (family_->layer_norm) {
+    const at::Tensor& b = layer ? layer->norm_biases[k] : final_norm_bias_;
+    return at::layer_norm(x, {x.size(-1)}, as_dtype(w, x.scalar_type()), as_dtype(b, x.scalar_type()), c.rms_norm_eps);
+  }
+  return ops::rms_norm(x, as_dtype(w, x.scalar_type()), c.rms_norm_eps, c.norm_unit_offset);
+}
+
+at::Tensor CausalLM::decoder_layer(const DecoderLayer& layer, int64_t index, const at::Tensor& x, const Rotary& rot,
+                                   const ForwardOptions& options, int64_t past, const PackedPlan* packed) const {
   const auto& c = config_;
   const int64_t b = x.size(0), t = x.size(1);
   at::Tensor proj[7];
   auto P = [&](Proj p) -> at::Tensor& { return proj[static_cast<int>(p)]; };
   // Attention: q (B, H_q, T, D), k/v (B, H_kv, T, D).
-  at::Tensor h = ops::rms_norm(x, as_dtype(layer.norms[norm_input_], x.scalar_type()), c.rms_norm_eps, c.norm_unit_offset);
+  at::Tensor h = norm(&layer, NormRole::Input, x);
   project(layer, h, {Proj::Q, Proj::K, Proj::V}, proj);
-  at::Tensor q = P(Proj::Q).reshape({b, t, c.n_heads, c.head_dim}).transpose(1, 2);
-  at::Tensor k = P(Proj::K).reshape({b, t, c.n_heads_kv, c.head_dim}).transpose(1, 2);
+  at::Tensor q = P(Proj::Q).reshape({b, t, c.n_heads, c.head_dim});
+  at::Tensor k = P(Proj::K).reshape({b, t, c.n_heads_kv, c.head_dim});
+  if (has_norm(NormRole::QHead)) q = norm(&layer, NormRole::QHead, q);
+  if (has_norm(NormRole::KHead)) k = norm(&layer, NormRole::KHead, k);
+  q = q.transpose(1, 2);
+  k = k.transpose(1, 2);
   at::Tensor v = P(Proj::V).reshape({b, t, c.n_heads_kv, c.head_dim}).transpose(1, 2);
-  q = apply_rope(q, cos, sin);
-  k = apply_rope(k, cos, sin);
+  const int64_t window = c.sliding_window_per_layer[index];
+  if (rot.cos.defined()) {
+    const bool local = window > 0 && rot.cos_local.defined();
+    q = apply_rope(q, local ? rot.cos_local : rot.cos, local ? rot.sin_local : rot.sin);
+    k = apply_rope(k, local ? rot.cos_local : rot.cos, local ? rot.sin_local : rot.sin);
+  }
   if (options.cache) std::tie(k, v) = options.cache->update(index, k, v);
 
-  const at::Tensor attn_out = attend(q, k, v, past, c.sliding_window_per_layer[index], options.attention_mask, packed,
-                                      1.0 / std::sqrt(static_cast<double>(c.head_dim)));
-  at::Tensor attn = attn_out;
+  const double scale = 1.0 / std::sqrt(c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar : static_cast<double>(c.head_dim));
+  at::Tensor attn = attend(q, k, v, past, window, options.attention_mask, packed, scale, c.attn_logit_softcap);
   attn = attn.transpose(1, 2).reshape({b, t, c.n_heads * c.head_dim});
   project(layer, attn, {Proj::O}, proj);
-  at::Tensor out = x + P(Proj::O);
+  at::Tensor o = has_norm(NormRole::AttnOut) ? norm(&layer, NormRole::AttnOut, P(Proj::O)) : P(Proj::O);
+  at::Tensor out = x + o;
 
-  // Gated MLP: down(act(gate(n)) * up(n)).
-  at::Tensor n = ops::rms_norm(out, as_dtype(layer.norms[norm_post_attention_], out.scalar_type()), c.rms_norm_eps,
-                               c.norm_unit_offset);
-  project(layer, n, {Proj::Gate, Proj::Up}, proj);
-  at::Tensor gate = c.hidden_act == "silu" ? at::silu(P(Proj::Gate)) : at::gelu(P(Proj::Gate), "tanh");
-  project(layer, gate * P(Proj::Up), {Proj::Down}, proj);
-  return out + P(Proj::Down);
+  // MLP: down(act(gate(n)) * up(n)), or down(act(up(n))) without a gate (GPT-2).
+  at::Tensor n = norm(&layer, NormRole::PostAttention, out);
+  auto act = [&](const at::Tensor& a) { return c.hidden_act == "silu" ? at::silu(a) : at::gelu(a, "tanh"); };
+  if (c.gated_mlp) {
+    project(layer, n, {Proj::Gate, Proj::Up}, proj);
+    project(layer, act(P(Proj::Gate)) * P(Proj::Up), {Proj::Down}, proj);
+  } else {
+    project(layer, n, {Proj::Up}, proj);
+    project(layer, act(P(Proj::Up)), {Proj::Down}, proj);
+  }
+  at::Tensor m = has_norm(NormRole::MlpOut) ? norm(&layer, NormRole::MlpOut, P(Proj::Down)) : P(Proj::Down);
+  return out + m;
 }
 
 at::Tensor CausalLM::forward_hidden(const at::Tensor& input_ids, const ForwardOptions& options) const {
   TORCH_CHECK(input_ids.dim() == 2, "forward: input_ids must be (batch, tokens)");
   const int64_t past = options.cache ? options.cache->length() : 0;
   at::Tensor ids = input_ids.to(device_);
-  at::Tensor h = embed(ids);
   at::Tensor positions = options.positions.defined()
                              ? options.positions.to(device_)
                              : at::arange(past, past + ids.size(1), at::TensorOptions().dtype(at::kLong).device(device_))
                                    .unsqueeze(0).expand({ids.size(0), ids.size(1)});
-  auto [cos, sin] = rope_cos_sin(inv_freq_, positions, h.scalar_type());
+  at::Tensor h = embed(ids);
+  if (pos_embed_.defined()) h = h + positions_embedding(positions);
+  const Rotary rot = rotary(positions, h.scalar_type());
   std::optional<PackedPlan> plan;
   if (options.packed) {
     TORCH_CHECK(!options.cache, "forward: packed rows are for training and evaluation, not with a KV cache");
     const auto& w = config_.sliding_window_per_layer;
     plan = plan_packed(*options.packed, ids.size(0), ids.size(1), device_, h.scalar_type(),
-                       w.empty() ? 0 : *std::max_element(w.begin(), w.end()));
+                       w.empty() ? 0 : *std::max_element(w.begin(), w.end()), config_.attn_logit_softcap > 0);
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
     const DecoderLayer& layer = layers_[i];
     const auto index = static_cast<int64_t>(i);
     if (gradient_checkpointing_ && !options.cache) {
       std::vector<at::Tensor> tensors = layer.norms;
+      tensors.insert(tensors.end(), layer.norm_biases.begin(), layer.norm_biases.end());
       for (const LinearPtr& l : layer.linears) {
         auto t = l->tensors();
         tensors.insert(tensors.end(), t.begin(), t.end());
       }
       h = recompute_in_backward(
-          [this, &layer, index, cos = cos, sin = sin, options, past, plan](const at::Tensor& x) {  // (clang 14: no capture of structured bindings)
-            return decoder_layer(layer, index, x, cos, sin, options, past, plan ? &*plan : nullptr);
+          [this, &layer, index, rot, options, past, plan](const at::Tensor& x) {
+            return decoder_layer(layer, index, x, rot, options, past, plan ? &*plan : nullptr);
           },
           h, tensors);
     } else {
-      h = decoder_layer(layer, index, h, cos, sin, options, past, plan ? &*plan : nullptr);
+      h = decoder_layer(layer, index, h, rot, options, past, plan ? &*plan : nullptr);
     }
   }
   if (options.cache) options.cache->advance(ids.size(1));
-  return ops::rms_norm(h, as_dtype(final_norm_, h.scalar_type()), config_.rms_norm_eps, config_.norm_unit_offset);
+  return norm(nullptr, NormRole::Input, h);
+}
+
+at::Tensor CausalLM::positions_embedding(const at::Tensor& positions) const {
+  // Learned positions end at the table: a position past it is an error, not an index fault.
+  const int64_t last = positions.numel() ? positions.max().item<int64_t>() : 0;
+  if (last >= pos_embed_.size(0))
+    throw DataError("position " + std::to_string(last) + " is past this " + config_.model_type + " model's " +
+                    std::to_string(pos_embed_.size(0)) + " learned positions (n_positions); use shorter sequences");
+  return at::embedding(as_dtype(pos_embed_, dtype_), positions);
 }
 
 at::Tensor CausalLM::embed(const at::Tensor& input_ids) const {
@@ -131,11 +191,20 @@ at::Tensor CausalLM::forward_layer(int64_t index, const at::Tensor& x, const at:
                              ? positions.to(device_)
                              : at::arange(x.size(1), at::TensorOptions().dtype(at::kLong).device(device_))
                                    .unsqueeze(0).expand({x.size(0), x.size(1)});
-  auto [cos, sin] = rope_cos_sin(inv_freq_, pos, x.scalar_type());
-  return decoder_layer(layers_[static_cast<size_t>(index)], index, x, cos, sin, ForwardOptions{}, 0, nullptr);
+  return decoder_layer(layers_[static_cast<size_t>(index)], index, x, rotary(pos, x.scalar_type()), ForwardOptions{}, 0, nullptr);
 }
 
-at::Tensor CausalLM::logits(const at::Tensor& hidden) const { return lm_head_->forward(hidden); }
+at::Tensor CausalLM::logits(const at::Tensor& hidden) const {
+  at::Tensor out = lm_head_->forward(hidden);
+  const double cap = config_.final_logit_softcap;
+  return cap > 0 ? at::tanh(out / cap) * cap : out;
+}
+
+const at::Tensor* CausalLM::plain_head_weight() const {
+  const auto* dense = dynamic_cast<const DenseLinear*>(lm_head_.get());
+  if (!dense || dense->bias().defined() || config_.final_logit_softcap > 0) return nullptr;
+  return &dense->weight();
+}
 
 std::vector<std::pair<std::string, LinearPtr*>> CausalLM::named_linears() {
   std::vector<std::pair<std::string, LinearPtr*>> out;
@@ -157,6 +226,7 @@ LinearPtr& CausalLM::linear(const std::string& path) {
 std::vector<std::pair<std::string, at::Tensor*>> CausalLM::named_weights() {
   std::vector<std::pair<std::string, at::Tensor*>> out;
   out.emplace_back(family_->embed + ".weight", &embed_);
+  if (pos_embed_.defined()) out.emplace_back(family_->pos_embed + ".weight", &pos_embed_);
   auto add_linear = [&](const std::string& name, LinearPtr& slot) {
     // A wrapped (adapter) or quantized linear lists nothing: its base stays frozen.
     for (auto [suffix, tensor] : slot->parameter_slots()) out.emplace_back(name + "." + suffix, tensor);
@@ -164,10 +234,14 @@ std::vector<std::pair<std::string, at::Tensor*>> CausalLM::named_weights() {
   for (size_t i = 0; i < layers_.size(); ++i) {
     const std::string p = family_->layers_prefix + std::to_string(i) + ".";
     DecoderLayer& l = layers_[i];
-    for (size_t k = 0; k < family_->norms.size(); ++k) out.emplace_back(p + family_->norms[k].name + ".weight", &l.norms[k]);
+    for (size_t k = 0; k < family_->norms.size(); ++k) {
+      out.emplace_back(p + family_->norms[k].name + ".weight", &l.norms[k]);
+      if (!l.norm_biases.empty()) out.emplace_back(p + family_->norms[k].name + ".bias", &l.norm_biases[k]);
+    }
     for (size_t k = 0; k < family_->linears.size(); ++k) add_linear(p + family_->linears[k].name, l.linears[k]);
   }
   out.emplace_back(family_->final_norm + ".weight", &final_norm_);
+  if (final_norm_bias_.defined()) out.emplace_back(family_->final_norm + ".bias", &final_norm_bias_);
   if (!tied_) add_linear(family_->lm_head, lm_head_);
   return out;
 }

@@ -12,7 +12,9 @@ namespace llmtune::model {
 namespace {
 
 Registry<FamilyDesc>& registry() {
-  static auto* r = new Registry<FamilyDesc>({llama_family(), mistral_family(), qwen2_family(), gemma_family()});
+  static auto* r = new Registry<FamilyDesc>({llama_family(), mistral_family(), qwen2_family(), qwen3_family(),
+                                              gemma_family(), gemma2_family(), gemma3_family(), phi3_family(),
+                                              gpt2_family()});
   return *r;
 }
 
@@ -93,6 +95,10 @@ std::vector<std::string> supported_gguf_archs() {
                           [](const FamilyDesc& f) { return f.gguf.arch; });
 }
 
+int64_t norm_size(const ModelConfig& c, NormRole role) {
+  return role == NormRole::QHead || role == NormRole::KHead ? c.head_dim : c.hidden_size;
+}
+
 int64_t proj_out_features(const ModelConfig& c, Proj p) {
   switch (p) {
     case Proj::Q: return c.n_heads * c.head_dim;
@@ -138,9 +144,13 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(con
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
   const int64_t h = c.hidden_size;
   out.push_back({f.embed + ".weight", {c.vocab_size, h}});
+  if (!f.pos_embed.empty()) out.push_back({f.pos_embed + ".weight", {c.max_position_embeddings, h}});
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = f.layers_prefix + std::to_string(l) + ".";
-    for (const auto& n : f.norms) out.push_back({p + n.name + ".weight", {h}});
+    for (const auto& n : f.norms) {
+      out.push_back({p + n.name + ".weight", {norm_size(c, n.role)}});
+      if (f.layer_norm) out.push_back({p + n.name + ".bias", {norm_size(c, n.role)}});
+    }
     for (const auto& d : f.linears) {
       LinearShape s = linear_shape(f, c, l, d);
       out.push_back({s.path + ".weight", {s.out_features, s.in_features}});
@@ -148,25 +158,29 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> checkpoint_tensors(con
     }
   }
   out.push_back({f.final_norm + ".weight", {h}});
+  if (f.layer_norm) out.push_back({f.final_norm + ".bias", {h}});
   if (with_lm_head) out.push_back({f.lm_head + ".weight", {c.vocab_size, h}});
   return out;
 }
 
 double parameter_count(const FamilyDesc& f, const ModelConfig& c, bool with_lm_head) {
   const auto h = static_cast<double>(c.hidden_size), vocab = static_cast<double>(c.vocab_size);
-  double layer = static_cast<double>(f.norms.size()) * h;
+  double layer = 0;
+  for (const auto& n : f.norms) layer += static_cast<double>(norm_size(c, n.role)) * (f.layer_norm ? 2 : 1);
   for (const auto& d : f.linears) {
     const LinearShape s = linear_shape(f, c, 0, d);
     const auto out = static_cast<double>(s.out_features);
     layer += out * static_cast<double>(s.in_features) + (s.bias ? out : 0.0);
   }
-  return vocab * h * (with_lm_head ? 2 : 1) + layer * static_cast<double>(c.n_layers) + h;
+  const double positions = f.pos_embed.empty() ? 0.0 : static_cast<double>(c.max_position_embeddings) * h;
+  return vocab * h * (with_lm_head ? 2 : 1) + positions + layer * static_cast<double>(c.n_layers) + h * (f.layer_norm ? 2 : 1);
 }
 
 std::string hf_to_gguf_name(const FamilyDesc& f, const std::string& hf_name) {
   std::string stem, suffix;
   if (!split_suffix(hf_name, stem, suffix)) return "";
   if (stem == f.embed) return f.embed_gguf + suffix;
+  if (!f.pos_embed.empty() && stem == f.pos_embed) return f.pos_embed_gguf + suffix;
   if (stem == f.final_norm) return f.final_norm_gguf + suffix;
   if (stem == f.lm_head) return f.lm_head_gguf + suffix;
   int64_t layer = 0;

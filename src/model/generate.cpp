@@ -65,7 +65,10 @@ GenerationResult generate(const CausalLM& model, const std::vector<int64_t>& pro
   // The KV cache is allocated up front: never beyond the model's context (transformers warns and
   // stops at max_length the same way), so a huge max_new_tokens cannot exhaust memory.
   const auto n_prompt = static_cast<int64_t>(prompt.size());
-  const int64_t context = model.config().max_position_embeddings;
+  // Dynamic NTK RoPE stretches past max_position_embeddings (transformers does not stop there);
+  // the cache's memory is still checked before it is allocated.
+  const int64_t context = model.config().rope.type == "dynamic" ? std::numeric_limits<int64_t>::max() / 2
+                                                                 : model.config().max_position_embeddings;
   if (n_prompt >= context)
     throw DataError("the prompt has " + std::to_string(n_prompt) + " tokens, the model's context (max_position_embeddings) is " +
                     std::to_string(context) + ": shorten the prompt");
@@ -101,6 +104,14 @@ GenerationResult generate(const CausalLM& model, const std::vector<int64_t>& pro
       break;
     }
     ids = at::full({1, 1}, next, at::TensorOptions().dtype(at::kLong));
+    // Longrope switches to its long factors past the original context: the cached keys were
+    // rotated with the short ones, so the whole sequence is recomputed once there (as
+    // transformers' Phi-3 generate drops its cache at that point).
+    const int64_t switch_at = model.rope_switch_length();
+    if (switch_at > 0 && static_cast<int64_t>(history.size()) > switch_at && cache.length() <= switch_at) {
+      cache.reset();
+      ids = at::tensor(history, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
+    }
   }
   result.decode_seconds = seconds_since(t0);
   return result;

@@ -23,10 +23,15 @@ namespace {
 
 class WeightLoader {
  public:
-  WeightLoader(const io::WeightFiles& ckpt, const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype)
-      : ckpt_(ckpt), dir_(dir), device_(device), dtype_(dtype) {}
+  WeightLoader(const io::WeightFiles& ckpt, const std::filesystem::path& dir, c10::Device device, at::ScalarType dtype,
+               std::string optional_prefix)
+      : ckpt_(ckpt), dir_(dir), device_(device), dtype_(dtype), prefix_(std::move(optional_prefix)) {}
 
-  at::Tensor get(const std::string& name, std::vector<int64_t> shape) {
+  at::Tensor get(const std::string& asked, std::vector<int64_t> shape) {
+    // Some checkpoints drop the base model's prefix (GPT-2's own files: "h.0.attn.c_attn.weight").
+    const std::string name = ckpt_.contains(asked) || prefix_.empty() || !asked.starts_with(prefix_) ||
+                                     !ckpt_.contains(asked.substr(prefix_.size()))
+                                 ? asked : asked.substr(prefix_.size());
     if (!ckpt_.contains(name))
       throw ModelLoadError(dir_.string() + ": tensor '" + name + "' is missing from the checkpoint (is config.json from the same model?)");
     at::Tensor t = ckpt_.tensor(name);
@@ -88,6 +93,7 @@ class WeightLoader {
   std::filesystem::path dir_;
   c10::Device device_;
   at::ScalarType dtype_;
+  std::string prefix_;
   std::set<std::string> used_;
   std::vector<std::string> read_;  // dense tensors read since the current linear began
 };
@@ -103,28 +109,44 @@ CausalLM CausalLM::assemble(ModelConfig config, c10::Device device, at::ScalarTy
   const ModelConfig& c = m.config_;
   const FamilyDesc& f = family_for(c.model_type, "model");
   m.family_ = &f;
-  for (size_t k = 0; k < f.norms.size(); ++k) {
-    if (f.norms[k].role == NormRole::Input) m.norm_input_ = static_cast<int>(k);
-    if (f.norms[k].role == NormRole::PostAttention) m.norm_post_attention_ = static_cast<int>(k);
-  }
+  for (size_t k = 0; k < f.norms.size(); ++k) m.norm_index_[static_cast<int>(f.norms[k].role)] = static_cast<int>(k);
   const int64_t hidden = c.hidden_size;
   // Tensors are requested in checkpoint order (random init draws in this order).
   m.embed_ = get(f.embed + ".weight", {c.vocab_size, hidden});
+  if (!f.pos_embed.empty()) m.pos_embed_ = get(f.pos_embed + ".weight", {c.max_position_embeddings, hidden});
+  // GPT-2's Conv1D stores linear weights (in, out): asked for in that shape, held transposed.
+  const TensorSource linear_source = !f.conv1d ? get : TensorSource([&](const std::string& name, const std::vector<int64_t>& shape) {
+    if (shape == kStoredTensor || shape.size() != 2 || !name.ends_with(".weight")) return get(name, shape);
+    return get(name, {shape[1], shape[0]}).t().contiguous();
+  });
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const std::string p = f.layers_prefix + std::to_string(i) + ".";
     DecoderLayer layer;
-    for (const auto& n : f.norms) layer.norms.push_back(get(p + n.name + ".weight", {hidden}));
+    for (const auto& n : f.norms) {
+      layer.norms.push_back(get(p + n.name + ".weight", {norm_size(c, n.role)}));
+      if (f.layer_norm) layer.norm_biases.push_back(get(p + n.name + ".bias", {norm_size(c, n.role)}));
+    }
     for (const auto& d : f.linears) {
       LinearShape s = linear_shape(f, c, i, d);
-      layer.linears.push_back(linear({s.path, s.out_features, s.in_features, s.bias}, get));
+      layer.linears.push_back(linear({s.path, s.out_features, s.in_features, s.bias}, linear_source));
     }
     m.layers_.push_back(std::move(layer));
   }
   m.final_norm_ = get(f.final_norm + ".weight", {hidden});
+  if (f.layer_norm) m.final_norm_bias_ = get(f.final_norm + ".bias", {hidden});
   m.tied_ = !untied_lm_head;
   m.lm_head_ = m.tied_ ? std::make_shared<DenseLinear>(m.embed_)
                        : linear({f.lm_head, c.vocab_size, hidden, false}, get);
-  m.inv_freq_ = rope_inv_freq(c.rope, c.head_dim).to(device);  // once, not per forward
+  if (!c.learned_positions) {  // once, not per forward (dynamic and longrope tables are per forward)
+    RopeTables t = rope_tables(c.rope, c.head_dim, c.max_position_embeddings, 0);
+    m.inv_freq_ = t.inv_freq.to(device);
+    m.rope_scaling_ = t.attention_scaling;
+    if (c.rope_local) {
+      RopeTables l = rope_tables(*c.rope_local, c.head_dim, c.max_position_embeddings, 0);
+      m.inv_freq_local_ = l.inv_freq.to(device);
+      m.rope_scaling_local_ = l.attention_scaling;
+    }
+  }
   if (c.scale_embeddings) {
     // Gemma: sqrt(hidden) rounded to the activation dtype, as transformers multiplies by a tensor of it.
     m.embed_scale_ = at::scalar_tensor(std::sqrt(static_cast<double>(c.hidden_size)), at::kFloat).to(dtype).item<double>();
@@ -136,10 +158,11 @@ CausalLM CausalLM::load(const std::filesystem::path& dir, c10::Device device, at
                         const LinearFactory& linear) {
   ModelConfig config = ModelConfig::load(dir);
   io::WeightFiles ckpt = io::WeightFiles::open(dir);
-  WeightLoader w(ckpt, dir, device, dtype);
-  const std::string lm_head = family_for(config.model_type, dir.string()).lm_head + ".weight";
+  const FamilyDesc& family = family_for(config.model_type, dir.string());
+  WeightLoader w(ckpt, dir, device, dtype, family.optional_prefix);
+  const std::string lm_head = family.lm_head + ".weight";
   const bool untied = !config.tie_word_embeddings && ckpt.contains(lm_head);
-  if (!config.tie_word_embeddings && !untied)
+  if (!config.tie_word_embeddings && !untied && !family.lm_head_optional)
     spdlog::warn("{}: no {}; using the input embeddings (tied)", dir.string(), lm_head);
   const TensorSource get = [&](const std::string& name, const std::vector<int64_t>& shape) { return w.get(name, shape); };
   CausalLM m = assemble(std::move(config), device, dtype, get, untied,

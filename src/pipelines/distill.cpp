@@ -201,7 +201,7 @@ at::Tensor Distiller::teacher_hidden_rows(const data::Batch& host) const {
 
 at::Tensor Distiller::teacher_logit_rows(const at::Tensor& hidden_rows, int64_t start, int64_t rows) const {
   at::NoGradGuard no_grad;
-  return teacher_->model->lm_head().forward(hidden_rows.narrow(0, start, rows)).to(student_device_);
+  return teacher_->model->logits(hidden_rows.narrow(0, start, rows)).to(student_device_);
 }
 
 train::DistillSums Distiller::batch_sums(const model::CausalLM& student, const data::Batch& host, const data::Batch& b,
@@ -221,10 +221,9 @@ train::DistillSums Distiller::batch_sums(const model::CausalLM& student, const d
     teacher_rows = teacher_hidden_rows(host);
     chunk = [&](int64_t start, int64_t n) { return train::TeacherRows{.logits = teacher_logit_rows(teacher_rows, start, n)}; };
   }
-  const auto* dense = dynamic_cast<const model::DenseLinear*>(&student.lm_head());
-  if (chunk_rows >= 0 && dense && !dense->bias().defined())
-    return train::linear_distill_sums(rows, dense->weight(), b.target_ids, chunk, loss_, chunk_rows);
-  return train::distill_sums(student.lm_head().forward(rows), chunk(0, rows.size(0)), b.target_ids, loss_);
+  const at::Tensor* head = student.plain_head_weight();
+  if (chunk_rows >= 0 && head) return train::linear_distill_sums(rows, *head, b.target_ids, chunk, loss_, chunk_rows);
+  return train::distill_sums(student.logits(rows), chunk(0, rows.size(0)), b.target_ids, loss_);
 }
 
 train::TeacherRows Distiller::teacher_topk_rows(const data::Batch& host, int64_t k) const {
@@ -234,7 +233,7 @@ train::TeacherRows Distiller::teacher_topk_rows(const data::Batch& host, int64_t
   for (int64_t start = 0; start < rows.size(0); start += step) {
     const int64_t n = std::min(step, rows.size(0) - start);
     at::NoGradGuard no_grad;
-    const train::TeacherRows r = train::teacher_topk(teacher_->model->lm_head().forward(rows.narrow(0, start, n)), k, loss_);
+    const train::TeacherRows r = train::teacher_topk(teacher_->model->logits(rows.narrow(0, start, n)), k, loss_);
     lp.push_back(r.topk_logprobs.cpu());
     ids.push_back(r.topk_ids.cpu());
     rest.push_back(r.rest_logprob.cpu());

@@ -41,9 +41,8 @@ at::Tensor lm_loss_sum(const model::CausalLM& model, const at::Tensor& hidden, c
   TORCH_CHECK(hidden.dim() == 3, "lm_loss_sum: hidden must be (B, T, H), got ", hidden.sizes());
   const at::Tensor rows = hidden.reshape({-1, hidden.size(2)}).index_select(0, target_index.to(hidden.device()));
   const at::Tensor targets = target_ids.to(hidden.device());
-  const auto* dense = dynamic_cast<const model::DenseLinear*>(&model.lm_head());
-  if (dense && !dense->bias().defined()) return ops::linear_cross_entropy_sum(rows, dense->weight(), targets, chunk_rows);
-  at::Tensor logits = model.lm_head().forward(rows).to(at::kFloat);
+  if (const at::Tensor* w = model.plain_head_weight()) return ops::linear_cross_entropy_sum(rows, *w, targets, chunk_rows);
+  at::Tensor logits = model.logits(rows).to(at::kFloat);
   return at::cross_entropy_loss(logits, targets, {}, /*reduction=*/2, /*ignore_index=*/-100, 0.0);
 }
 

@@ -6,6 +6,7 @@ Every function here calls the reference implementation itself (transformers, pef
 never a re-implementation of ours.
 """
 import json
+from pathlib import Path
 import os
 import sys
 
@@ -43,7 +44,10 @@ def _model(model_dir, dtype):
     key = (model_dir, dtype)
     if key not in _MODELS:
         from transformers import AutoModelForCausalLM
-        _MODELS[key] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype]).eval()
+        # Gemma 2/3 soft-cap attention scores only in the eager implementation.
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        extra = {"attn_implementation": "eager"} if config.get("model_type") in ("gemma2", "gemma3_text") else {}
+        _MODELS[key] = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], **extra).eval()
     return _MODELS[key]
 
 
@@ -369,6 +373,14 @@ FUNCTIONS.update(GPTQ_FUNCTIONS)
 from distill_reference import FUNCTIONS as DISTILL_FUNCTIONS  # noqa: E402
 
 FUNCTIONS.update(DISTILL_FUNCTIONS)
+# RoPE scaling and partial rotary through transformers' rotary code: rope_reference.py.
+from rope_reference import FUNCTIONS as ROPE_FUNCTIONS  # noqa: E402
+
+FUNCTIONS.update(ROPE_FUNCTIONS)
+# LoRA / DoRA / full fine-tuning on every family (eager Gemma 2/3, GPT-2's Conv1D): peft_families_reference.py.
+from peft_families_reference import FUNCTIONS as PEFT_FAMILY_FUNCTIONS  # noqa: E402
+
+FUNCTIONS.update(PEFT_FAMILY_FUNCTIONS)
 
 
 def peft_module_ranks(model_dir, cases):

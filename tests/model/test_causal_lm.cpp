@@ -51,14 +51,17 @@ TEST_P(CausalLMFamily, LogitsEqualTransformersBf16) {
 TEST_P(CausalLMFamily, CachedDecodingEqualsFullRecomputation) {
   CausalLM m = CausalLM::load(fixture(GetParam()), c10::kCPU, at::kFloat);
   at::manual_seed(9);
-  at::Tensor ids = at::randint(0, m.config().vocab_size, {1, 30}, at::TensorOptions().dtype(at::kLong));
+  // Longrope rotates with other factors past its original context (generation recomputes there,
+  // GreedyTokensEqualTransformersGenerate covers it): cached decoding stays within one regime.
+  const int64_t len = m.rope_switch_length() > 0 ? m.rope_switch_length() : 30;
+  at::Tensor ids = at::randint(0, m.config().vocab_size, {1, len}, at::TensorOptions().dtype(at::kLong));
   at::Tensor full = m.forward(ids);
-  KVCache cache = m.make_cache(1, 30);
+  KVCache cache = m.make_cache(1, len);
   ForwardOptions opts;
   opts.cache = &cache;
-  std::vector<at::Tensor> pieces{m.forward(ids.narrow(1, 0, 12), opts)};
-  for (int64_t t = 12; t < 30; t += (t < 20 ? 1 : 5)) {  // single tokens, then chunks
-    int64_t n = std::min<int64_t>(t < 20 ? 1 : 5, 30 - t);
+  std::vector<at::Tensor> pieces{m.forward(ids.narrow(1, 0, len * 2 / 5), opts)};
+  for (int64_t t = len * 2 / 5; t < len; t += (t < len * 2 / 3 ? 1 : 5)) {  // single tokens, then chunks
+    int64_t n = std::min<int64_t>(t < len * 2 / 3 ? 1 : 5, len - t);
     pieces.push_back(m.forward(ids.narrow(1, t, n), opts));
   }
   at::Tensor cached = at::cat(pieces, 1);
@@ -80,7 +83,9 @@ TEST_P(CausalLMFamily, GreedyTokensEqualTransformersGenerate) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CausalLMFamily,
-                         ::testing::Values("llama3", "tinyllama", "llama-linear", "mistral", "qwen2", "gemma"),
+                         ::testing::Values("llama3", "tinyllama", "llama-linear", "mistral", "qwen2", "gemma", "qwen3",
+                                           "qwen3-tied", "gemma2", "gemma3", "phi3", "phi4-mini", "gpt2", "smollm2", "llama-yarn",
+                                           "llama-dynamic"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
@@ -100,7 +105,7 @@ TEST(CausalLMConfig, UnknownModelTypeNamesTheSupportedOnes) {
   } catch (const ModelLoadError& e) {
     std::string msg = e.what();
     EXPECT_NE(msg.find("gpt_neox"), std::string::npos);
-    EXPECT_NE(msg.find("llama, mistral, qwen2, gemma"), std::string::npos);
+    EXPECT_NE(msg.find("llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text, phi3, gpt2"), std::string::npos);
     EXPECT_EQ(msg.find('\n'), std::string::npos);
   }
   j["model_type"] = "llama";
@@ -110,6 +115,43 @@ TEST(CausalLMConfig, UnknownModelTypeNamesTheSupportedOnes) {
   std::ofstream(dir / "config.json") << "{not json";
   EXPECT_THROW(ModelConfig::load(dir), ModelLoadError);
   fs::remove_all(dir);
+}
+
+// Each family's config.json with a required key removed, or with heads that do not divide, is refused
+// in one line naming the key (in the family's own spelling).
+TEST(CausalLMConfig, BadFamilyConfigsNameTheKey) {
+  struct Case {
+    std::string fixture, missing, heads_key;
+  };
+  for (const Case& k : {Case{"qwen3", "num_hidden_layers", "num_key_value_heads"},
+                        Case{"gemma2", "intermediate_size", "num_key_value_heads"},
+                        Case{"gemma3", "hidden_size", "num_key_value_heads"}, Case{"phi3", "vocab_size", "num_attention_heads"},
+                        Case{"gpt2", "n_embd", "n_head"}}) {
+    std::ifstream in(fixture(k.fixture) / "config.json");
+    const auto good = nlohmann::json::parse(in);
+    auto expect_error = [&](const nlohmann::json& j, const std::string& key) {
+      try {
+        ModelConfig::from_json(j, "config.json");
+        ADD_FAILURE() << k.fixture << ": accepted a config with a bad '" << key << "'";
+      } catch (const ModelLoadError& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("'" + key + "'"), std::string::npos) << k.fixture << ": " << msg;
+        EXPECT_NE(msg.find(key), std::string::npos) << msg;
+        EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+      }
+    };
+    auto j = good;
+    j.erase(k.missing);
+    expect_error(j, k.missing);
+    j = good;
+    j[k.heads_key] = 3;  // 4 query heads (hidden 64): neither a multiple of 3 nor divisible
+    try {
+      ModelConfig::from_json(j, "config.json");
+      ADD_FAILURE() << k.fixture << ": accepted " << k.heads_key << " = 3";
+    } catch (const ModelLoadError& e) {
+      EXPECT_NE(std::string(e.what()).find(k.heads_key == "n_head" ? "num_attention_heads" : k.heads_key), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(CausalLMConfig, ReadsBothTransformersSpellings) {
@@ -138,7 +180,7 @@ TEST(CausalLMConfig, ReadsBothTransformersSpellings) {
   EXPECT_EQ(b.rope.type, "linear");
   EXPECT_DOUBLE_EQ(b.rope.theta, 1e6);
   EXPECT_EQ(b.torch_dtype, "float16");
-  v5["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 2.0}};
+  v5["rope_parameters"] = {{"rope_type", "ntk-by-parts"}, {"factor", 2.0}};  // not a transformers type
   EXPECT_THROW(ModelConfig::from_json(v5, "config.json"), ModelLoadError);
 }
 

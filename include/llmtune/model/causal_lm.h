@@ -23,7 +23,8 @@ namespace llmtune::model {
 
 // One decoder layer, laid out as its family's description says.
 struct DecoderLayer {
-  std::vector<at::Tensor> norms;   // (H,) each, as FamilyDesc::norms
+  std::vector<at::Tensor> norms;   // (H,) each ((head_dim,) for per-head q/k norms), as FamilyDesc::norms
+  std::vector<at::Tensor> norm_biases;  // LayerNorm families (GPT-2): each norm's bias; else empty
   std::vector<LinearPtr> linears;  // as FamilyDesc::linears (a fused one holds several projections)
 };
 
@@ -64,15 +65,24 @@ class CausalLM {
 
   // input_ids: (B, T) int64 → final hidden states (B, T, H), after the final norm.
   at::Tensor forward_hidden(const at::Tensor& input_ids, const ForwardOptions& options = {}) const;
-  // hidden: (..., H) → logits (..., V) in the model dtype.
+  // hidden: (..., H) → logits (..., V) in the model dtype (soft-capped when the family caps them).
   at::Tensor logits(const at::Tensor& hidden) const;
-  // The LM head (a DenseLinear over the embeddings when tied).
+  // The LM head (a DenseLinear over the embeddings when tied). logits() is lm_head() plus the
+  // final soft-cap, if any.
   const Linear& lm_head() const { return *lm_head_; }
+  // The LM head's weight when logits() is a plain product with it (dense, no bias, no soft-cap):
+  // chunked losses may then fuse it; nullptr otherwise.
+  const at::Tensor* plain_head_weight() const;
   at::Tensor forward(const at::Tensor& input_ids, const ForwardOptions& options = {}) const {
     return logits(forward_hidden(input_ids, options));
   }
 
   KVCache make_cache(int64_t batch, int64_t max_len) const;
+  // Longrope's original context: past it RoPE switches to the long factors, and cached keys from
+  // before no longer match (generation recomputes once there). 0 for every other RoPE.
+  int64_t rope_switch_length() const {
+    return config_.rope.type == "longrope" && config_.rope.freq_factors.empty() ? config_.rope.original_max_position_embeddings : 0;
+  }
 
   // Layer-by-layer runs (calibration for pruning and quantization): the hidden states forward_hidden
   // starts from, input_ids (B, T) → (B, T, H); and decoder layer `index` alone on hidden states
@@ -105,23 +115,33 @@ class CausalLM {
                            bool untied_lm_head, const LinearFactory& linear = make_dense_linear);
 
  private:
-  at::Tensor decoder_layer(const DecoderLayer& layer, int64_t index, const at::Tensor& x, const at::Tensor& cos,
-                           const at::Tensor& sin, const ForwardOptions& options, int64_t past,
-                           const PackedPlan* packed) const;
+  struct Rotary;  // one forward's cos/sin tables (global, and the sliding layers' own when they differ)
+  Rotary rotary(const at::Tensor& positions, at::ScalarType dtype) const;
+  at::Tensor decoder_layer(const DecoderLayer& layer, int64_t index, const at::Tensor& x, const Rotary& rot,
+                           const ForwardOptions& options, int64_t past, const PackedPlan* packed) const;
+  // Norm `role` of `layer` (or the final norm when layer is nullptr) applied to x's last dimension.
+  at::Tensor norm(const DecoderLayer* layer, NormRole role, const at::Tensor& x) const;
+  bool has_norm(NormRole role) const { return norm_index_[static_cast<int>(role)] >= 0; }
+  // Learned position embeddings of positions (B, T); DataError past the table.
+  at::Tensor positions_embedding(const at::Tensor& positions) const;
 
   // out[p] = projection p of x, for every linear of `layer` whose outputs are in `wanted`.
   void project(const DecoderLayer& layer, const at::Tensor& x, std::initializer_list<Proj> wanted, at::Tensor* out) const;
 
   ModelConfig config_;
   const FamilyDesc* family_ = nullptr;
-  int norm_input_ = 0, norm_post_attention_ = 1;  // indices into DecoderLayer::norms
+  int norm_index_[6] = {-1, -1, -1, -1, -1, -1};  // by NormRole: index into DecoderLayer::norms, -1 when absent
   c10::Device device_{c10::kCPU};
   at::ScalarType dtype_ = at::kFloat;
   at::Tensor embed_;       // (V, H)
   std::vector<DecoderLayer> layers_;
   at::Tensor final_norm_;  // (H,)
+  at::Tensor final_norm_bias_;  // (H,) for LayerNorm families, else undefined
+  at::Tensor pos_embed_;   // (max_position_embeddings, H) learned positions (GPT-2), else undefined
   LinearPtr lm_head_;
-  at::Tensor inv_freq_;    // (D/2,) fp32, on the model's device
+  at::Tensor inv_freq_;    // (R/2,) fp32, on the model's device (undefined without RoPE)
+  at::Tensor inv_freq_local_;  // Gemma 3's sliding layers: their own (R/2,), else undefined
+  double rope_scaling_ = 1.0, rope_scaling_local_ = 1.0;  // cos/sin factors (yarn, longrope)
   double embed_scale_ = 1.0;  // Gemma: sqrt(hidden) as the activation dtype rounds it
   bool tied_ = false;
   bool gradient_checkpointing_ = false;

@@ -19,8 +19,10 @@ namespace llmtune::model {
 // concatenated along the output dimension in the order listed.
 enum class Proj { Q, K, V, O, Gate, Up, Down };
 
-// Which of a decoder layer's RMSNorms: before attention, before the MLP.
-enum class NormRole { Input, PostAttention };
+// Which of a decoder layer's norms: before attention, before the MLP (Llama's
+// post_attention_layernorm), on the attention output and on the MLP output before each residual add
+// (Gemma 2/3's sandwich norms), and per head on queries and keys before RoPE (Qwen3, Gemma 3).
+enum class NormRole { Input, PostAttention, AttnOut, MlpOut, QHead, KHead };
 
 struct LinearDesc {
   std::string name;          // module path inside a layer: "self_attn.q_proj"
@@ -34,9 +36,12 @@ struct NormDesc {
   std::string gguf;  // "attn_norm"
 };
 
+// (H,) for the layer norms, (head_dim,) for the per-head q/k norms.
+int64_t norm_size(const ModelConfig& c, NormRole role);
+
 // Which <arch>.* keys llama.cpp's converter writes, and in which order: its TextModel base set
 // (qwen2), LlamaModel's (plus vocab_size and rope.dimension_count), or GemmaModel's own.
-enum class GgufKeys { Text, Llama, Gemma };
+enum class GgufKeys { Text, Llama, Gemma, Gemma2, Gemma3, Phi3, Gpt2 };
 
 struct GgufDesc {
   std::string arch;            // general.architecture ("" when the family has no GGUF form)
@@ -52,9 +57,24 @@ struct FamilyDesc {
   std::string layers_prefix = "model.layers.";
   std::string embed = "model.embed_tokens", final_norm = "model.norm", lm_head = "lm_head";
   std::string embed_gguf = "token_embd", final_norm_gguf = "output_norm", lm_head_gguf = "output";
+  // Learned absolute position embeddings (GPT-2's wpe), "" when positions come from RoPE.
+  std::string pos_embed, pos_embed_gguf;
+  // Norms are LayerNorms with a bias (GPT-2), not RMSNorms.
+  bool layer_norm = false;
+  // Linear weights are stored (in, out), as GPT-2's Conv1D keeps them (PEFT's fan_in_fan_out); the
+  // model holds them (out, in), transposed once while loading and back when written.
+  bool conv1d = false;
+  // A prefix some checkpoints leave off every name (GPT-2's own files: "h.0.attn.c_attn.weight").
+  std::string optional_prefix;
+  // The family always ties lm_head to the embeddings, whatever tie_word_embeddings says (GPT-2):
+  // no warning when a checkpoint has none.
+  bool lm_head_optional = false;
   std::vector<NormDesc> norms;      // per layer, in checkpoint order
   std::vector<LinearDesc> linears;  // per layer, in checkpoint order (q, k, v, o, gate, up, down)
   GgufDesc gguf;
+  // Before the shared fields are parsed: the family's own spellings of them (GPT-2's n_embd, ...)
+  // copied to the shared names. May be empty.
+  std::function<void(nlohmann::json& j, const std::string& source)> prepare;
   // After the fields every family shares are parsed: the family's own switches (biases, norm
   // offset, sliding windows, ...). May throw ModelLoadError naming `source`.
   std::function<void(ModelConfig& c, const nlohmann::json& j, const std::string& source)> configure;
