@@ -106,6 +106,9 @@ void load_tokenizer_json(Pipeline& p, const fs::path& path, const json& config) 
     p.model = make_llama_bpe_model(j["model"], file);
     use_llama_pipeline(p, config);
   } else {
+    // Every other class reads tokenizer.json as shipped. (transformers 5's GPT2Tokenizer swaps the
+    // file's pre-tokenizer for a bare ByteLevel, huggingface/transformers#44254; SmolLM's Digits
+    // stage is what the model was trained with, and what transformers 4 ran.)
     p.model = make_bpe_model(j["model"], file);
     p.normalizer = make_normalizer(j.value("normalizer", json()), file);
     p.pre_tokenizer = make_pre_tokenizer(j.value("pre_tokenizer", json()), file);

@@ -1,5 +1,5 @@
 // tokenizer.json pre-tokenizers: Sequence, Split (Regex or String), ByteLevel (GPT-2 byte map and
-// regex), Metaspace. Semantics follow huggingface/tokenizers' pre_tokenizers/*.rs.
+// regex), Metaspace, Digits. Semantics follow huggingface/tokenizers' pre_tokenizers/*.rs.
 #include <array>
 #include <memory>
 #include <string>
@@ -192,6 +192,33 @@ class MetaspacePreTokenizer : public PreTokenizer {
   bool split_;
 };
 
+// Digits: numeric characters (general category N, Rust's char::is_numeric) become pieces of their
+// own, one per character with individual_digits, else one per run (StarCoder, SmolLM, Falcon).
+class DigitsPreTokenizer : public PreTokenizer {
+ public:
+  explicit DigitsPreTokenizer(bool individual) : individual_(individual) {}
+  void pre_tokenize(std::vector<Split>& splits) const override {
+    std::vector<Split> out;
+    out.reserve(splits.size() * 2);
+    for (const auto& s : splits) {
+      std::vector<std::pair<size_t, size_t>> matches;
+      for (size_t i = 0; i < s.text.size();) {
+        size_t n = unicode::char_length(static_cast<unsigned char>(s.text[i]));
+        if (unicode::is_numeric(unicode::decode_at(s.text, i))) {
+          if (!individual_ && !matches.empty() && matches.back().second == i) matches.back().second = i + n;
+          else matches.emplace_back(i, i + n);
+        }
+        i += n;
+      }
+      split_at(s, matches, Behavior::Isolated, false, out);
+    }
+    splits = std::move(out);
+  }
+
+ private:
+  bool individual_;
+};
+
 bool bool_field(const json& j, const char* key, bool fallback) {
   return j.contains(key) && j[key].is_boolean() ? j[key].get<bool>() : fallback;
 }
@@ -235,8 +262,14 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
     return std::make_unique<MetaspacePreTokenizer>(j.value("replacement", std::string("\u2581")), scheme,
                                                    bool_field(j, "split", true));
   }
+  if (type == "Digits") {
+    // tokenizers' deserializer requires the field; so do we.
+    if (!j.contains("individual_digits") || !j["individual_digits"].is_boolean())
+      throw TokenizerError(where + ": Digits needs a boolean \"individual_digits\"");
+    return std::make_unique<DigitsPreTokenizer>(j["individual_digits"].get<bool>());
+  }
   throw TokenizerError(file + ": unsupported pre_tokenizer type \"" + type +
-                       "\" (supported: Sequence, Split, ByteLevel, Metaspace)");
+                       "\" (supported: Sequence, Split, ByteLevel, Metaspace, Digits)");
 }
 
 }  // namespace llmtune::tokenizer

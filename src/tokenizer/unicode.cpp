@@ -120,6 +120,16 @@ bool is_word_character(uint32_t cp) {
   }
 }
 
+bool is_numeric(uint32_t cp) {
+  if (cp < 0x80) return cp >= '0' && cp <= '9';
+  switch (utf8proc_category(static_cast<utf8proc_int32_t>(cp))) {
+    case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_NO:
+      return true;
+    default:
+      return false;
+  }
+}
+
 std::string normalize(std::string_view text, std::string_view form) {
   int options = UTF8PROC_STABLE;
   if (form == "NFC") options |= UTF8PROC_COMPOSE;

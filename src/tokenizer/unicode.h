@@ -24,6 +24,7 @@ std::string to_valid_utf8(std::string_view bytes);
 
 bool is_whitespace(uint32_t cp);      // Unicode White_Space (Rust char::is_whitespace)
 bool is_word_character(uint32_t cp);  // \w: letters, marks, decimal digits, connector punctuation
+bool is_numeric(uint32_t cp);         // general category N (Nd, Nl, No): Rust char::is_numeric
 
 // Unicode normal forms via utf8proc; `form` is "NFC", "NFD", "NFKC" or "NFKD".
 std::string normalize(std::string_view text, std::string_view form);

@@ -97,6 +97,7 @@ const std::vector<Family>& families() {
       {"mistral-instruct-v0.3", "<s>", "</s>", true},
       {"tinyllama-chat", "<s>", "</s>", false},
       {"gemma-it", "<bos>", "<eos>", false},
+      {"smollm2-instruct", "<|im_start|>", "<|im_end|>", false},
   };
   return f;
 }
@@ -180,6 +181,7 @@ TEST(ChatTemplateModels, MistralInstructV02) { check_family("mistral-instruct-v0
 TEST(ChatTemplateModels, MistralInstructV03) { check_family("mistral-instruct-v0.3"); }
 TEST(ChatTemplateModels, TinyLlamaZephyr) { check_family("tinyllama-chat"); }
 TEST(ChatTemplateModels, GemmaInstruct) { check_family("gemma-it"); }
+TEST(ChatTemplateModels, SmolLM2Instruct) { check_family("smollm2-instruct"); }
 
 // The Mistral alternation rule surfaces as a one-line TemplateError carrying the template's text.
 TEST(ChatTemplateModels, MistralAlternationMessage) {

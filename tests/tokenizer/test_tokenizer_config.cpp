@@ -69,6 +69,40 @@ TEST(TokenizerConfig, ChatTemplateJinjaWinsAndQwenHasNoBos) {
   EXPECT_EQ(tok->encode("A\u030angstro\u0308m", false), (ids_t{2005}));
 }
 
+TEST(TokenizerConfig, SmolLMSpecialTokensAsShipped) {
+  // SmolLM2-Instruct: specials at ids 0..16 of the vocabulary, ChatML markers as BOS/EOS, no BOS added.
+  auto tok = load_tokenizer(fixture_tokenizer_dir("bpe-smollm"));
+  EXPECT_EQ(tok->bos_token, "<|im_start|>");
+  EXPECT_EQ(tok->bos_id, 1);
+  EXPECT_EQ(tok->eos_id, 2);
+  EXPECT_EQ(tok->pad_id, 2);
+  EXPECT_EQ(tok->unk_id, 0);
+  EXPECT_EQ(tok->stop_ids, (ids_t{2}));
+  EXPECT_EQ(tok->vocab_size(), 2000);
+  const char* specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "<file_sep>",
+                            "<filename>", "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>",
+                            "<jupyter_start>", "<jupyter_text>", "<jupyter_code>", "<jupyter_output>",
+                            "<jupyter_script>", "<empty_output>"};
+  for (int32_t id = 0; id < 17; ++id) {
+    EXPECT_EQ(tok->id_to_piece(id), specials[id]);
+    EXPECT_TRUE(tok->is_special(id)) << specials[id];
+  }
+  EXPECT_FALSE(tok->is_special(17));
+  EXPECT_EQ(tok->encode("", true), ids_t{});
+  // Digits are split one by one before the GPT-2 regex: " 2024" is "Ġ", "2", "0", "2", "4".
+  auto ids = tok->encode(" 2024", false);
+  ASSERT_EQ(ids.size(), 5u);
+  EXPECT_EQ(tok->id_to_piece(ids[0]), "\u0120");
+  EXPECT_EQ(tok->id_to_piece(ids[1]), "2");
+  EXPECT_EQ(tok->decode(ids), " 2024");
+  // The split comes first, so "a  1" keeps its two spaces as one "ĠĠ" piece; transformers 5's
+  // GPT2Tokenizer, which drops the Digits stage, would cut them into "Ġ" and "Ġ1".
+  std::vector<std::string> pieces;
+  for (int32_t id : tok->encode("a  1", false)) pieces.push_back(tok->id_to_piece(id));
+  EXPECT_EQ(pieces, (std::vector<std::string>{"a", "\u0120\u0120", "1"}));
+  EXPECT_NE(tok->chat_template.find("You are a helpful AI assistant named SmolLM"), std::string::npos);
+}
+
 TEST(TokenizerConfig, ChatTemplateListAndFlags) {
   fs::path dir = fs::temp_directory_path() / ("llmtune-tokcfg-" + std::to_string(::getpid()));
   fs::create_directories(dir);

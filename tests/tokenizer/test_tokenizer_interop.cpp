@@ -27,6 +27,9 @@ std::vector<std::string> hard_cases() {
       "", " ", "  ", "\u2581", "\u2581hello", "a\u2581b", "\u00a0nbsp", "zero\u200bwidth", "\u017f \u017ft",
       "\u212a", "😀 ", "中文 日本語", "Hello World", " Hello", "\ufb01", "<0x41>", "<unk>", "<|begin_of_text|>x",
       "Ⅻ①②", "ＡＢＣ", "x\u0300", "tab\t\tend\t", "\xf0\x9f\xa4\x96", "\u3000full width space",
+      // Digit runs (SmolLM splits each numeric character before the GPT-2 regex), whitespace before them.
+      "a  1", "x   12 345", "  2024\n\n  7", "١٢٣ ٤٥", "x\u00b2+y\u00b3=\u00bd", "１２３", "v2.14.7-rc1", "0x1F 0b101",
+      "<repo_name>llmtune<file_sep>src/a.cpp<gh_stars>10", "<jupyter_code>print(1)<jupyter_output>1<empty_output>",
   };
 }
 
@@ -132,7 +135,7 @@ TEST_P(TokenizerInterop, MatchesAutoTokenizer) {
 
 INSTANTIATE_TEST_SUITE_P(TokenizerFixtures, TokenizerInterop,
                          ::testing::Values("spm-llama", "spm-llama-json", "spm-legacy-fast", "spm-metaspace-fast",
-                                           "bpe-llama3", "bpe-qwen2", "bpe-gpt2"),
+                                           "bpe-llama3", "bpe-qwen2", "bpe-gpt2", "bpe-smollm"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (auto& c : n) if (c == '-') c = '_';
