@@ -221,38 +221,10 @@ void vocab_from_llama_hf(GgufVocab& v, const fs::path& dir, const json& tj, cons
 
 // ---- _set_vocab_gpt2 ---------------------------------------------------------------------------
 
-// Which llama.cpp pre-tokenizer a byte-level tokenizer.json uses, from its pre_tokenizer section
-// (llama.cpp hashes a probe encoding instead, which only knows published tokenizers).
-std::string byte_pre_name(const json& pre, const std::string& file) {
-  auto is_type = [](const json& j, const char* type) { return j.is_object() && j.value("type", std::string()) == type; };
-  auto fail = [&](const std::string& what) -> std::string {
-    throw TokenizerError(file + ": pre-tokenizer " + what + " is not one llama.cpp knows (supported: " +
-                         "GPT-2's ByteLevel, the Llama 3 and Qwen2 Split regexes); it cannot be written to GGUF");
-  };
-  if (is_type(pre, "ByteLevel")) {
-    if (!pre.value("use_regex", true) || pre.value("add_prefix_space", false))
-      return fail("ByteLevel with use_regex=false or add_prefix_space=true");
-    return "gpt-2";
-  }
-  if (is_type(pre, "Sequence")) {
-    const json& parts = pre.value("pretokenizers", json::array());
-    if (parts.size() == 2 && is_type(parts[0], "Split") && is_type(parts[1], "ByteLevel") &&
-        !parts[1].value("use_regex", true) && !parts[1].value("add_prefix_space", false) &&
-        parts[0].value("behavior", std::string()) == "Isolated" && !parts[0].value("invert", false) &&
-        parts[0].contains("pattern") && parts[0]["pattern"].contains("Regex")) {
-      const std::string regex = parts[0]["pattern"]["Regex"].get<std::string>();
-      for (const BytePre& p : byte_level_pres())
-        if (p.split_regex[0] != '\0' && regex == p.split_regex) return p.name;
-      return fail("regex " + json(regex).dump());
-    }
-  }
-  return fail(pre.dump());
-}
-
 void vocab_from_gpt2(GgufVocab& v, const fs::path& dir, const json& tj, const json& config, int64_t vocab_size) {
   const std::string file = (dir / "tokenizer.json").string();
   v.model = "gpt2";
-  v.pre = byte_pre_name(tj.value("pre_tokenizer", json()), file);
+  v.pre = export_pre_name(tj, file);
   std::map<int32_t, std::string> by_id;
   const json model_vocab = tj["model"].value("vocab", json::object());  // kept alive: items() refers into it
   for (const auto& [token, id] : model_vocab.items())

@@ -1,6 +1,7 @@
 // tokenizer_from_gguf_vocab(): a GGUF vocabulary back into a Tokenizer. "llama" becomes a
 // SentencePiece BPE ModelProto built in memory behind transformers 5's LlamaTokenizer pipeline;
-// "gpt2" becomes a tokenizer.json-style BPE model behind the pre-tokenizer `pre` names.
+// "gpt2" becomes a tokenizer.json-style BPE model behind the pre-tokenizer `pre` names
+// (gguf_pre_types.cpp).
 #include <cstring>
 #include <unordered_set>
 
@@ -11,40 +12,6 @@
 #include "pipeline.h"
 
 namespace llmtune::tokenizer {
-namespace gguf_detail {
-
-const std::vector<BytePre>& byte_level_pres() {
-  // Patterns as the models' tokenizer.json files spell them (llama.cpp keeps an adapted copy).
-  static const std::vector<BytePre> pres = {
-      {"llama-bpe",
-       R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
-       false, true},
-      {"qwen2",
-       R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)",
-       true, false},
-      {"gpt-2", "", false, false},
-  };
-  return pres;
-}
-
-const BytePre* find_byte_pre(const std::string& name) {
-  for (const BytePre& p : byte_level_pres())
-    if (name == p.name) return &p;
-  return nullptr;
-}
-
-nlohmann::json pre_tokenizer_json(const BytePre& pre) {
-  using nlohmann::json;
-  if (pre.split_regex[0] == '\0')
-    return {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
-  return {{"type", "Sequence"},
-          {"pretokenizers",
-           json::array({{{"type", "Split"}, {"pattern", {{"Regex", pre.split_regex}}}, {"behavior", "Isolated"}, {"invert", false}},
-                        {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}})}};
-}
-
-}  // namespace gguf_detail
-
 namespace {
 
 using nlohmann::json;
@@ -121,23 +88,17 @@ void build_llama(Pipeline& p, GgufVocab& v, const std::string& source) {
   p.decoder = make_llama_decoder(prefix);
 }
 
-void build_gpt2(Pipeline& p, const GgufVocab& v, const std::string& source) {
-  const BytePre* pre = find_byte_pre(v.pre);
-  if (!pre) {
-    std::string known;
-    for (const BytePre& b : byte_level_pres()) known += std::string(known.empty() ? "" : ", ") + b.name;
-    throw TokenizerError(source + ": tokenizer.ggml.pre \"" + v.pre + "\" is not supported (supported: " + known + ")");
-  }
+void build_gpt2(Pipeline& p, const GgufVocab& v, const BytePre& pre, const std::string& source) {
   json vocab = json::object();
   for (size_t i = 0; i < v.tokens.size(); ++i) {
     int32_t t = v.token_types[i];
     if (t == kNormal || t == kUnknown || t == kByte) vocab[v.tokens[i]] = static_cast<int32_t>(i);
   }
-  json model = {{"type", "BPE"}, {"vocab", std::move(vocab)}, {"merges", v.merges}, {"ignore_merges", pre->ignore_merges},
+  json model = {{"type", "BPE"}, {"vocab", std::move(vocab)}, {"merges", v.merges}, {"ignore_merges", pre.ignore_merges},
                 {"byte_fallback", false}, {"fuse_unk", false}};
   p.model = make_bpe_model(model, source);
-  if (pre->nfc) p.normalizer = make_normalizer(json{{"type", "NFC"}}, source);
-  p.pre_tokenizer = make_pre_tokenizer(pre_tokenizer_json(*pre), source);
+  if (pre.nfc) p.normalizer = make_normalizer(normalizer_json(pre), source);
+  p.pre_tokenizer = make_pre_tokenizer(pre_tokenizer_json(pre), source);
   p.decoder = make_decoder(json{{"type", "ByteLevel"}}, source);
 }
 
@@ -166,6 +127,7 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf_vocab(const GgufVocab& vocab, con
   in_range(v.eot_id, "eot_token_id");
 
   Pipeline p;
+  bool add_bos_default = v.model == "llama";
   if (v.model == "llama") {
     // llama.cpp's defaults for a SentencePiece vocabulary that names no special ids.
     auto fallback = [&](std::optional<int32_t>& id, int32_t def, std::initializer_list<int32_t> ok_types) {
@@ -178,7 +140,16 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf_vocab(const GgufVocab& vocab, con
     fallback(v.unk_id, 0, {kUnknown, kControl});
     build_llama(p, v, source);
   } else if (v.model == "gpt2") {
-    build_gpt2(p, v, source);
+    const BytePre* pre = find_byte_pre(v.pre);
+    // llama.cpp's BPE types without the byte map (pieces in raw UTF-8, spaces as U+2581).
+    const bool raw = v.pre == "gemma4" || v.pre == "granite-embed-multi-311m" || v.pre == "sarvam-moe" ||
+                     v.pre == "whitespace";
+    if (!pre)
+      throw TokenizerError(source + ": tokenizer.ggml.pre \"" + v.pre + "\" is not supported" +
+                           (raw ? " (a BPE over raw UTF-8, not byte-level; not read yet)" : "") +
+                           " (supported: " + supported_pre_names() + ")");
+    add_bos_default = pre->add_bos;
+    build_gpt2(p, v, *pre, source);
   } else {
     throw TokenizerError(source + ": tokenizer.ggml.model \"" + v.model + "\" is not supported (supported: llama, gpt2)");
   }
@@ -193,7 +164,8 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf_vocab(const GgufVocab& vocab, con
     a.special = t != kUserDefined;
     p.added.add(std::move(a));
   }
-  if (v.add_bos.value_or(v.model == "llama") && v.bos_id) p.prefix_ids.push_back(*v.bos_id);
+  // Without tokenizer.ggml.add_bos_token, llama.cpp's default: SentencePiece and some pre-tokenizers add BOS.
+  if (v.add_bos.value_or(add_bos_default) && v.bos_id) p.prefix_ids.push_back(*v.bos_id);
   if (v.add_eos.value_or(false) && v.eos_id) p.suffix_ids.push_back(*v.eos_id);
   if (v.add_bos.value_or(false) && !v.bos_id)
     spdlog::warn("tokenizer: {}: add_bos_token is set but no BOS id is known; no BOS is added", source);

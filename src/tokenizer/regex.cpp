@@ -33,7 +33,13 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
   std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> data(
       pcre2_match_data_create_from_pattern(code, nullptr), &pcre2_match_data_free);
   std::vector<std::pair<size_t, size_t>> matches;
+  // Oniguruma's find_iter (what tokenizers runs): every match, empty ones included, except an
+  // empty match right where the previous match ended; after an empty match the search resumes
+  // one character further on. An empty match is a split point for Split (a lookahead such as
+  // SuperBPE's "(?=(\\d{3})+(?!\\d))" splits only so).
   size_t start = 0;
+  bool have_last = false;
+  size_t last_end = 0;
   while (start <= text.size()) {
     // The text was validated once on entry to encode(); skip PCRE2's per-call UTF check.
     int rc = pcre2_match(code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start, PCRE2_NO_UTF_CHECK,
@@ -46,12 +52,14 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
     }
     PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data.get());
     size_t b = ov[0], e = ov[1];
-    if (e == b) {  // an empty match: step over one character, as Oniguruma's find_iter does
-      if (b >= text.size()) break;
-      start = b + unicode::char_length(static_cast<unsigned char>(text[b]));
+    if (e == b && have_last && last_end == e) {  // the empty match where the last one ended: step on
+      if (start >= text.size()) break;
+      start += unicode::char_length(static_cast<unsigned char>(text[start]));
       continue;
     }
     matches.emplace_back(b, e);
+    have_last = true;
+    last_end = e;
     start = e;
   }
   return matches;

@@ -1,5 +1,6 @@
 // PCRE2 (UTF + UCP, JIT where available) for the pre-tokenizer patterns of tokenizer.json, which
-// tokenizers runs with Oniguruma: \p{L}, \p{N}, lookahead (?!\S), case-insensitive groups.
+// tokenizers runs with Oniguruma: \p{L}, \p{Lu}, \p{M}, \p{Han}, lookaround, possessive
+// quantifiers, case-insensitive groups. Not Oniguruma's nested classes ([a[bc]]) or && intersections.
 #pragma once
 
 #include <memory>
@@ -20,7 +21,8 @@ class Regex {
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
 
-  // [begin, end) byte ranges of the successive non-overlapping matches in `text` (valid UTF-8).
+  // [begin, end) byte ranges of the successive non-overlapping matches in `text` (valid UTF-8),
+  // empty matches included as Oniguruma's find_iter reports them.
   std::vector<std::pair<size_t, size_t>> find_all(std::string_view text) const;
 
  private:

@@ -348,8 +348,12 @@ def bnb_causal_lm_logits(ids, model_dir, quant_type, double_quant=False):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                                 bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch.float32)
+    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    extra = {"attn_implementation": "eager"} if model_type in ("gemma2", "gemma3_text") else {}
+    if model_type == "gpt2":  # train() below would turn GPT-2's dropouts on
+        extra.update(attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=config, dtype=torch.float32,
-                                                 device_map="cpu")
+                                                 device_map="cpu", **extra)
     # With gradients on (the embeddings require them), Linear4bit runs bitsandbytes' training path
     # (dequantize, then linear), the one QLoRA trains through. Its no-grad CPU path (gemm_4bit,
     # bitsandbytes 0.50) gives other numbers: up to 0.4 apart in these logits from its own

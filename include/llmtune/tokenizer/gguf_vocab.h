@@ -17,7 +17,7 @@ namespace llmtune::tokenizer {
 
 struct GgufVocab {
   std::string model;  // "llama" (SentencePiece) | "gpt2" (byte-level BPE)
-  std::string pre;    // "default" for llama; "llama-bpe" | "qwen2" | "gpt-2" | ... for gpt2
+  std::string pre;    // "default" for llama; for gpt2 a llama.cpp pre-tokenizer name ("llama-bpe", "smollm", ...)
   std::vector<std::string> tokens;
   std::vector<float> scores;         // llama only (empty for gpt2)
   std::vector<int32_t> token_types;  // 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
