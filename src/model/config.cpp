@@ -1,6 +1,7 @@
 // config.json → ModelConfig: the fields every family shares, then the family's own step.
 #include "llmtune/model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <fstream>
@@ -234,6 +235,8 @@ ModelConfig ModelConfig::from_json(const json& original, const std::string& sour
   c.eos_token_ids = id_list(j, "eos_token_id", source);
   c.torch_dtype = get_or<std::string>(j, "dtype", get_or<std::string>(j, "torch_dtype", "", source), source);
 
+  for (const char* key : {"attention_dropout", "hidden_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop"})
+    if (auto it = j.find(key); it != j.end() && it->is_number()) c.dropout = std::max(c.dropout, it->get<double>());
   family.configure(c, j, source);
   if (!c.learned_positions && c.head_dim % 2 != 0) fail(source, "head_dim must be even for RoPE");
   if (c.hidden_act == "gelu_new") c.hidden_act = "gelu_pytorch_tanh";  // the same tanh approximation

@@ -204,6 +204,12 @@ bool is_norm_weight(const FamilyDesc& f, const std::string& hf_name) {
   return false;
 }
 
+bool stored_in_out(const FamilyDesc& f, const std::string& hf_name) {
+  if (!f.conv1d || !hf_name.ends_with(".weight")) return false;
+  const bool prefixed = f.optional_prefix.empty() || hf_name.starts_with(f.optional_prefix);
+  return !projections_of(f, prefixed ? hf_name : f.optional_prefix + hf_name).empty();
+}
+
 std::vector<Proj> projections_of(const FamilyDesc& f, const std::string& hf_name) {
   std::string stem = hf_name, suffix;
   split_suffix(hf_name, stem, suffix);

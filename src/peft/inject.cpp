@@ -86,10 +86,8 @@ std::vector<std::string> select_target_modules(model::CausalLM& model, const Lor
   } catch (const RegexError& e) {
     throw AdapterError(e.what());
   }
-  if (selected.empty()) {
-    if (config.target_modules.empty() && config.target_regex.empty())
-      throw AdapterError("target_modules is empty; name the linear modules to adapt (e.g. [q_proj, v_proj]) or use \"all-linear\"");
-    // The distinct leaf names, in model order, and one full path to show the regex form.
+  // The distinct leaf names, in model order, and one full path to show the regex form.
+  auto module_names = [&] {
     std::vector<std::string> leaves;
     for (const auto& path : all) {
       std::string leaf = path.substr(path.rfind('.') + 1);
@@ -97,9 +95,25 @@ std::vector<std::string> select_target_modules(model::CausalLM& model, const Lor
     }
     std::string names;
     for (const auto& leaf : leaves) names += (names.empty() ? "" : ", ") + leaf;
-    throw AdapterError("target_modules " + describe_targets(config) + " matches no linear module of this model; its linear modules are " +
-                       names + " (full paths like '" + (all.empty() ? std::string() : all.front()) +
-                       "'); use those names, a regex over full paths, or \"all-linear\"");
+    return "its linear modules are " + names + " (full paths like '" +
+           (all.empty() ? std::string() : all.front()) + "'); use those names, a regex over full paths, or \"all-linear\"";
+  };
+  if (selected.empty()) {
+    if (config.target_modules.empty() && config.target_regex.empty())
+      throw AdapterError("target_modules is empty; name the linear modules to adapt (e.g. [q_proj, v_proj]) or use \"all-linear\"");
+    throw AdapterError("target_modules " + describe_targets(config) + " matches no linear module of this " + model.config().model_type +
+                       " model; " + module_names());
+  }
+  // A listed name no module has is a mistake (Phi-3 fuses q/k/v into qkv_proj, GPT-2 names them
+  // c_attn, ...): PEFT would silently adapt the others only.
+  if (!config.is_all_linear() && config.target_regex.empty()) {
+    std::string missing;
+    for (const auto& name : config.target_modules)
+      if (std::none_of(all.begin(), all.end(), [&](const std::string& path) { return ends_with_name(path, name); }))
+        missing += (missing.empty() ? "" : ", ") + name;
+    if (!missing.empty())
+      throw AdapterError("target_modules " + describe_targets(config) + " names " + missing + ", which this " +
+                         model.config().model_type + " model does not have; " + module_names());
   }
   return selected;
 }
@@ -109,6 +123,10 @@ std::vector<NamedTensor> inject_lora(model::CausalLM& model, const LoraConfig& c
   if (!at::isFloatingType(param_dtype))
     throw AdapterError(std::string("LoRA parameter dtype ") + c10::toString(param_dtype) + " is not a floating type; use float32 or bfloat16");
   std::vector<std::string> targets = select_target_modules(model, config);
+  if (config.fan_in_fan_out != model.family().conv1d)
+    spdlog::warn("LoRA: fan_in_fan_out is {} but this {} model's linears are {}stored as Conv1D; the saved adapter_config.json "
+                 "should say {} (PEFT corrects it the same way)", config.fan_in_fan_out, model.config().model_type,
+                 model.family().conv1d ? "" : "not ", model.family().conv1d);
   std::map<std::string, model::LinearPtr*> slots;
   for (auto& [path, slot] : model.named_linears()) slots[path] = slot;
 

@@ -115,7 +115,7 @@ LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& sou
     if (auto it = j.find("modules_to_save"); it != j.end() && !it->is_null() && !it->empty())
       fail("modules_to_save is not supported yet (fully trained copies of modules)");
     if (field("lora_bias", false)) fail("lora_bias is not supported yet");
-    if (field("fan_in_fan_out", false)) fail("fan_in_fan_out adapters (GPT-2 Conv1D) do not apply to Llama-family models");
+    c.fan_in_fan_out = field("fan_in_fan_out", false);
     if (auto it = j.find("layer_replication"); it != j.end() && !it->is_null())
       fail("layer_replication is not supported");
     c.source = source;
@@ -209,7 +209,7 @@ nlohmann::json LoraConfig::to_json() const {
   j["ensure_weight_tying"] = false;
   j["eva_config"] = nullptr;
   j["exclude_modules"] = excludes;
-  j["fan_in_fan_out"] = false;
+  j["fan_in_fan_out"] = fan_in_fan_out;
   j["inference_mode"] = true;
   j["init_lora_weights"] = init;
   j["kasa_config"] = nullptr;

@@ -72,6 +72,8 @@ class LoraMethod : public AdapterMethod {
   }
 
   std::vector<NamedTensor> inject(model::CausalLM& model, at::ScalarType param_dtype) override {
+    // As PEFT: fan_in_fan_out follows the base layers (true on GPT-2's Conv1D), whatever was asked.
+    config_.fan_in_fan_out = model.family().conv1d;
     return inject_lora(model, config_, param_dtype);
   }
   void set_training(model::CausalLM& model, bool training) const override { peft::set_training(model, training); }
@@ -126,6 +128,10 @@ class LoraMethod : public AdapterMethod {
                 const std::string& source) const override {
     std::set<std::string> modules;
     for (const auto& [key, t] : tensors) modules.insert(module_of_key(key));
+    if (config_.fan_in_fan_out != model.family().conv1d)  // PEFT warns and corrects the flag the same way
+      spdlog::warn("{}: fan_in_fan_out is {} but this {} model's linears are {}stored as Conv1D; applied as {}",
+                   source, config_.fan_in_fan_out, model.config().model_type, model.family().conv1d ? "" : "not ",
+                   model.family().conv1d ? "Conv1D (fan_in_fan_out true)" : "nn.Linear (fan_in_fan_out false)");
     const auto device = model.device();
     const auto dtype = model.dtype();
     auto cast = [&](const at::Tensor& x) { return x.defined() ? x.to(device, dtype) : x; };

@@ -46,7 +46,9 @@ class ModuleQuantizer {
     // with the model (measured: +40% of a 16-bit model's size) instead of staying about one layer.
     malloc_trim(0);
 #endif
-    const at::Tensor w = weights_.get(module + ".weight");
+    at::Tensor w = weights_.get(module + ".weight");
+    // A Conv1D weight (GPT-2) is quantized as transformers does it: transposed to (out, in) first.
+    if (weights_.stored_in_out(module + ".weight")) w = w.t().contiguous();
     // bitsandbytes' Int8Params rounds the weight to float16 before taking row absmax and codes.
     if (options_.type == "int8") return quant::bnb_module_tensors(module, quant::quantize_int8(w.to(at::kHalf)));
     return quant::bnb_module_tensors(
@@ -175,9 +177,9 @@ BnbExportReport export_bnb(const MergedWeights& weights, const fs::path& dir, co
   quant::FourBitState state;
   if (options.type != "int8") state.type = quant::four_bit_from_name(options.type), state.blocksize = options.blocksize;
   for (const auto& name : weights.names()) {
-    const io::TensorSpec spec = weights.spec(name);
+    io::TensorSpec spec = weights.spec(name);
     const bool linear = name.ends_with(".weight") && spec.shape.size() == 2 && at::isFloatingType(spec.dtype) &&
-                        !model::projections_of(family, name).empty();
+                        (!model::projections_of(family, name).empty() || weights.stored_in_out(name));
     if (!linear) {
       specs.push_back(spec);
       module_of.emplace_back();
@@ -185,6 +187,7 @@ BnbExportReport export_bnb(const MergedWeights& weights, const fs::path& dir, co
       continue;
     }
     const std::string module = name.substr(0, name.size() - 7);
+    if (weights.stored_in_out(name)) std::reverse(spec.shape.begin(), spec.shape.end());  // quantized (out, in)
     int64_t state_bytes = 0;
     if (options.type != "int8" && options.double_quant) {
       state_bytes = quantizer.plan(module).numel();

@@ -193,6 +193,9 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   spdlog::info("trainable: {} tensors, {} parameters ({:.3f}% of the base model's {})", trainable.size(), n_trainable,
                100.0 * static_cast<double>(n_trainable) / static_cast<double>(std::max<int64_t>(n_total, 1)), n_total);
 
+  if (model.config().dropout > 0)
+    spdlog::warn("{}: config.json sets a model dropout of {} (attention/residual/embedding); llmtune trains without it "
+                 "(transformers in train mode would apply it)", model_dir.string(), model.config().dropout);
   train::AdamW optimizer(trainable, p.adam);
   // fp16 compute: dynamic loss scaling (bf16 and fp32 need none).
   train::LossScaler scaler(dtype.dtype == at::kHalf);
@@ -400,8 +403,11 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   } else {
     const at::ScalarType save_dtype = io::dtype_from_config_name(model.config().torch_dtype, at::kFloat);
     std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (auto& [name, slot] : model.named_weights())
-      tensors.emplace_back(name, slot->detach().to(at::kCPU, save_dtype).contiguous());
+    for (auto& [name, slot] : model.named_weights()) {
+      // GPT-2's Conv1D linears are held (out, in) and stored (in, out), as transformers reads them.
+      const bool in_out = model::stored_in_out(model.family(), name);
+      tensors.emplace_back(name, (in_out ? slot->detach().t() : slot->detach()).to(at::kCPU, save_dtype).contiguous());
+    }
     io::AtomicDir out(p.output / "model");
     io::save_sharded(out.staging(), tensors, uint64_t{5} << 30);
     copy_model_files(model_dir, out.staging(), save_dtype);

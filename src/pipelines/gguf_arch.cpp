@@ -4,8 +4,9 @@
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
-#include <ATen/ops/pow.h>
 #include <ATen/ops/full_like.h>
+#include <ATen/ops/pow.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/where.h>
 
 #include <algorithm>
@@ -65,6 +66,25 @@ at::Tensor from_gguf_layout(const model::FamilyDesc& f, const model::ModelConfig
   at::Tensor out = t;
   if (f.gguf.permute_qk) out = edit_qk_parts(f, c, hf_name, out, unpermute_qk);
   if (f.gguf.norm_plus_one && model::is_norm_weight(f, hf_name)) out = out - 1;
+  return out;
+}
+
+bool is_conv1d_weight(const model::FamilyDesc& f, const std::string& hf_name) {
+  return f.conv1d && hf_name.ends_with(".weight") && !model::projections_of(f, hf_name).empty();
+}
+
+std::vector<std::pair<std::string, at::Tensor>> generated_tensors(const model::FamilyDesc& f, const model::ModelConfig& c) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  if (c.rope.type == "llama3") out.emplace_back("rope_freqs.weight", llama3_rope_factors(c.rope, c.head_dim));
+  // Phi-3's converter writes the longrope divisors as they are (Phi3MiniModel.generate_extra_tensors).
+  if (f.gguf.keys == model::GgufKeys::Phi3 && c.rope.type == "longrope" && !c.rope.long_factor.empty()) {
+    auto as_tensor = [](const std::vector<double>& v) {
+      std::vector<float> x(v.begin(), v.end());
+      return at::tensor(x, at::kFloat);
+    };
+    out.emplace_back("rope_factors_long.weight", as_tensor(c.rope.long_factor));
+    out.emplace_back("rope_factors_short.weight", as_tensor(c.rope.short_factor));
+  }
   return out;
 }
 

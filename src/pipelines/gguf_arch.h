@@ -1,6 +1,7 @@
 // What GGUF export and import share (FORMATS.md §6.5): the architecture of a model_type, the
-// HF ↔ GGUF tensor names, llama's q/k row permutation, llama3 rope factors and llama.cpp's tensor
-// order. The per-tensor type policy lives in quant/gguf_policy.h.
+// HF ↔ GGUF tensor layouts (llama's q/k row permutation, Gemma's 1 + w norms, GPT-2's Conv1D),
+// generated tensors (rope factors), the metadata keys and llama.cpp's tensor order. The
+// per-tensor type policy lives in quant/gguf_policy.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -11,9 +12,12 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "llmtune/io/gguf.h"
 #include "llmtune/model/config.h"
 #include "llmtune/model/family.h"
+#include "llmtune/quant/gguf_policy.h"
 #include "llmtune/tokenizer/tokenizer.h"
 
 namespace llmtune::pipelines::gguf_detail {
@@ -29,6 +33,28 @@ at::Tensor to_gguf_layout(const model::FamilyDesc& f, const model::ModelConfig& 
                           const at::Tensor& t);
 at::Tensor from_gguf_layout(const model::FamilyDesc& f, const model::ModelConfig& c, const std::string& hf_name,
                             const at::Tensor& t);
+
+// A linear weight the checkpoint stores (in, out) (GPT-2's Conv1D); GGUF holds it (out, in), as
+// the converter transposes it.
+bool is_conv1d_weight(const model::FamilyDesc& f, const std::string& hf_name);
+
+// Tensors the converter generates rather than copies, by GGUF name: llama3's rope_freqs, Phi-3
+// longrope's rope_factors_long / rope_factors_short (float32, 1-D). Empty for most models.
+std::vector<std::pair<std::string, at::Tensor>> generated_tensors(const model::FamilyDesc& f, const model::ModelConfig& c);
+
+// gguf_metadata.cpp: the general.* and <arch>.* keys in the converter's order and types for
+// `c` (raw: its config.json), and back: config.json's fields from a GGUF's keys, as
+// ModelConfig::from_json reads them (tensors consulted: rope factors, embedding rows).
+void write_model_metadata(io::GgufWriter& w, const model::ModelConfig& c, const nlohmann::json& raw,
+                          const model::FamilyDesc& family, const quant::FileType& ft, const std::string& name);
+nlohmann::json config_from_metadata(const io::GgufFile& f, const model::FamilyDesc& family);
+
+// A tensor's values as float32 (CPU) of PyTorch `shape`, dequantized when needed.
+at::Tensor gguf_tensor_float(const io::GgufFile& f, const io::GgufTensorInfo& t, const std::vector<int64_t>& shape);
+
+// GGUF stores floats as float32: 1e-5 comes back as 9.99999975e-06. The shortest decimal that
+// rounds to the same float gives back the value config.json had.
+double shortest(double v);
 
 // t: (n_head·hd, ...) rows. permute: HF row k·hd/2 + j → GGUF row 2j + k within each head;
 // unpermute is its inverse.

@@ -1,6 +1,7 @@
 // HF checkpoint → GGUF as convert_hf_to_gguf.py writes it, with llama-quantize's per-tensor types
 // for quantized file types (quantizing straight from the source values, i.e. what llama-quantize
-// gives on an F32 conversion). Tensors are read, converted and written one at a time.
+// gives on an F32 conversion). Tensors are read, converted and written one at a time; the metadata
+// keys are gguf_metadata.cpp's.
 #include <spdlog/spdlog.h>
 
 #include <ATen/ops/empty.h>
@@ -29,54 +30,6 @@ using namespace gguf_detail;
 using io::GgmlType;
 using quant::FileType;
 
-// The general.* and <arch>.* keys, in the converter's order (FORMATS.md §6.5).
-void write_model_metadata(io::GgufWriter& w, const model::ModelConfig& c, const nlohmann::json& raw, const model::FamilyDesc& family,
-                          const FileType& ft, const std::string& name) {
-  const model::GgufDesc& a = family.gguf;
-  const std::string p = a.arch + ".";
-  auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
-  w.add_string("general.architecture", a.arch);
-  w.add_string("general.type", "model");
-  w.add_string("general.name", name);
-  const bool explicit_head_dim = raw.contains("head_dim") && !raw["head_dim"].is_null();
-  if (a.keys == model::GgufKeys::Gemma) {
-    w.add_u32(p + "context_length", u32(c.max_position_embeddings));
-    w.add_u32(p + "embedding_length", u32(c.hidden_size));
-    w.add_u32(p + "block_count", u32(c.n_layers));
-    w.add_u32(p + "feed_forward_length", u32(c.intermediate_size));
-    w.add_u32(p + "attention.head_count", u32(c.n_heads));
-    w.add_u32(p + "attention.head_count_kv", u32(c.n_heads_kv));
-    w.add_f32(p + "attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
-    w.add_u32(p + "attention.key_length", u32(c.head_dim));
-    w.add_u32(p + "attention.value_length", u32(c.head_dim));
-    w.add_f32(p + "rope.freq_base", static_cast<float>(c.rope.theta));  // llama.cpp's default is 10000
-    w.add_u32("general.file_type", ft.id);
-  } else {
-    w.add_u32(p + "block_count", u32(c.n_layers));
-    w.add_u32(p + "context_length", u32(c.max_position_embeddings));
-    w.add_u32(p + "embedding_length", u32(c.hidden_size));
-    w.add_u32(p + "feed_forward_length", u32(c.intermediate_size));
-    w.add_u32(p + "attention.head_count", u32(c.n_heads));
-    w.add_u32(p + "attention.head_count_kv", u32(c.n_heads_kv));
-    if (c.rope.type == "linear") {
-      w.add_string(p + "rope.scaling.type", "linear");
-      w.add_f32(p + "rope.scaling.factor", static_cast<float>(c.rope.factor));
-    }
-    w.add_f32(p + "rope.freq_base", static_cast<float>(c.rope.theta));
-    w.add_f32(p + "attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
-    if (explicit_head_dim) {
-      w.add_u32(p + "attention.key_length", u32(c.head_dim));
-      w.add_u32(p + "attention.value_length", u32(c.head_dim));
-    }
-    w.add_u32("general.file_type", ft.id);
-    if (a.keys == model::GgufKeys::Llama) {
-      w.add_u32(p + "vocab_size", u32(c.vocab_size));
-      w.add_u32(p + "rope.dimension_count", u32(c.head_dim));
-    }
-  }
-  w.add_u32("general.quantization_version", 2);
-}
-
 // The bytes of `t` (CPU, float) as ggml type `type`, rows along the last dimension.
 at::Tensor encode(const at::Tensor& t, GgmlType type) {
   if (type == GgmlType::F32) return t.to(at::kFloat).contiguous();
@@ -87,10 +40,27 @@ at::Tensor encode(const at::Tensor& t, GgmlType type) {
 }
 
 struct Entry {
-  std::string gguf_name, hf_name;  // hf_name "" for generated tensors (rope_freqs)
-  std::vector<int64_t> shape;      // PyTorch order
+  std::string gguf_name, hf_name;  // hf_name "" for generated tensors (rope factors)
+  std::string source_name;         // hf_name as the checkpoint spells it (GPT-2's may lack "transformer.")
+  std::vector<int64_t> shape;      // PyTorch order, as GGUF holds it
   GgmlType type = GgmlType::F32;
+  at::Tensor generated;
 };
+
+// What llama.cpp does with the model's sliding windows: nothing for architectures without one
+// (the converter drops it), nothing yet for Phi-3 (its loader turns the window off).
+void warn_sliding_window(const model::ModelConfig& c, const model::GgufDesc& arch) {
+  int64_t window = 0;
+  for (int64_t v : c.sliding_window_per_layer) window = std::max(window, v);
+  if (window == 0 || window >= c.max_position_embeddings) return;
+  if (arch.keys == model::GgufKeys::Gemma2 || arch.keys == model::GgufKeys::Gemma3) return;
+  if (arch.keys == model::GgufKeys::Phi3)
+    spdlog::warn("GGUF export: {}.attention.sliding_window is {}, which llama.cpp's phi3 currently ignores: past {} tokens it "
+                 "attends to the whole context where transformers attends to the last {} only", arch.arch, window, window, window);
+  else
+    spdlog::warn("GGUF export: the {} architecture has no sliding window; past {} tokens llama.cpp attends to the whole "
+                 "context where transformers attends to the last {} only", arch.arch, window, window);
+}
 
 }  // namespace
 
@@ -105,16 +75,18 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
   const model::GgufDesc& arch = family.gguf;
   if (c.rope.type == "llama3" && arch.arch != "llama")
     throw ModelLoadError(src + ": llama3 rope scaling can be exported to GGUF only for the llama architecture");
-  // llama.cpp's llama/qwen2/gemma architectures have no sliding window (its converter drops it too).
-  const int64_t window = c.sliding_window_per_layer.empty()
-                             ? 0 : *std::max_element(c.sliding_window_per_layer.begin(), c.sliding_window_per_layer.end());
-  if (window > 0 && window < c.max_position_embeddings)
-    spdlog::warn("GGUF export: the {} architecture has no sliding window; past {} tokens llama.cpp attends to the whole "
-                 "context where transformers attends to the last {} only", arch.arch, window, window);
+  warn_sliding_window(c, arch);
 
   const std::set<std::string> present(hf_names.begin(), hf_names.end());
+  // The checkpoint's spelling of a canonical name: as is, or without the family's optional prefix.
+  auto stored_name = [&](const std::string& name) {
+    const std::string& prefix = family.optional_prefix;
+    if (present.count(name) || prefix.empty() || !name.starts_with(prefix)) return name;
+    const std::string bare = name.substr(prefix.size());
+    return present.count(bare) ? bare : name;
+  };
   // Gemma's converter drops lm_head; a tied model has no output tensor (llama.cpp reuses token_embd).
-  const std::string lm_head = family.lm_head + ".weight";
+  const std::string lm_head = stored_name(family.lm_head + ".weight");
   const bool untied = !arch.drop_lm_head && !c.tie_word_embeddings && present.count(lm_head);
   if (!arch.drop_lm_head && !c.tie_word_embeddings && !untied)
     spdlog::warn("{}: no {}; the GGUF reuses the input embeddings (tied)", model_dir.string(), lm_head);
@@ -123,7 +95,7 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
   if (options.type == "auto" || options.type.empty()) {
     at::ScalarType first = at::kFloat;
     for (const auto& n : hf_names) {
-      if (model::hf_to_gguf_name(family, n).empty()) continue;
+      if (model::hf_to_gguf_name(family, n).empty() && model::hf_to_gguf_name(family, family.optional_prefix + n).empty()) continue;
       at::Tensor t = source(n);
       if (t.dim() >= 2) {
         first = t.scalar_type();
@@ -138,12 +110,17 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
   std::vector<Entry> entries;
   std::set<std::string> used;
   for (const auto& [name, shape] : model::checkpoint_tensors(family, c, untied)) {
-    if (!present.count(name))
+    const std::string stored = stored_name(name);
+    if (!present.count(stored))
       throw ModelLoadError(model_dir.string() + ": tensor '" + name + "' is missing from the checkpoint");
-    entries.push_back({model::hf_to_gguf_name(family, name), name, shape});
-    used.insert(name);
+    entries.push_back({model::hf_to_gguf_name(family, name), name, stored, shape});
+    used.insert(stored);
   }
-  if (c.rope.type == "llama3") entries.push_back({"rope_freqs.weight", "", {c.head_dim / 2}});
+  for (auto& [gguf_name, t] : generated_tensors(family, c)) {
+    Entry e{gguf_name, "", "", t.sizes().vec()};
+    e.generated = t;
+    entries.push_back(std::move(e));
+  }
   size_t unused = 0;
   for (const auto& n : hf_names) unused += !used.count(n) && !n.ends_with("rotary_emb.inv_freq");
   if (unused) spdlog::warn("GGUF export: {} checkpoint tensor(s) have no GGUF counterpart and are skipped", unused);
@@ -181,9 +158,11 @@ GgufExportReport export_gguf(const std::filesystem::path& model_dir, const std::
   for (const auto& e : entries) {
     at::Tensor t;
     if (e.hf_name.empty()) {
-      t = llama3_rope_factors(c.rope, c.head_dim);
+      t = e.generated;
     } else {
-      t = source(e.hf_name);
+      t = source(e.source_name);
+      // GPT-2's Conv1D weights are stored (in, out); the converter writes them transposed.
+      if (is_conv1d_weight(family, e.hf_name) && t.dim() == 2) t = t.t().contiguous();
       if (t.sizes() != at::IntArrayRef(e.shape))
         throw ModelLoadError(model_dir.string() + ": tensor '" + e.hf_name + "' has shape " + c10::str(t.sizes()) +
                              " but config.json implies " + c10::str(at::IntArrayRef(e.shape)));

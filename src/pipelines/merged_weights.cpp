@@ -11,6 +11,7 @@
 #include "llmtune/io/atomic_file.h"
 #include "llmtune/io/hf_dir.h"
 #include "llmtune/io/read_file.h"
+#include "llmtune/model/family.h"
 #include "llmtune/pipelines/merge.h"
 #include "llmtune/quant/bnb_checkpoint.h"
 #include "llmtune/quant/gptq_linear.h"
@@ -84,20 +85,33 @@ MergedWeights::MergedWeights(const fs::path& model_dir, const std::string& adapt
   for (const auto& [name, spec] : bnb_modules_)
     if (!checkpoint_.contains(name)) names_.push_back(name);
   std::sort(names_.begin(), names_.end(), natural_less);
+  // GPT-2's Conv1D linears are stored (in, out): adapters are folded in (out, in) and the result
+  // written back as stored (PEFT's fan_in_fan_out merge). A quantized base holds them (out, in)
+  // (transformers transposes before quantizing); they are still handed out in the dense layout.
+  const model::FamilyDesc& family = model::family_for(config_.model_type, (model_dir / "config.json").string());
+  for (const auto& name : names_)
+    if (model::stored_in_out(family, name)) conv1d_.insert(name);
   if (adapter.empty()) return;
   adapter_ = std::make_unique<peft::SavedAdapter>(peft::open_adapter(adapter));
   if (!adapter_->method->mergeable())
     throw AdapterError(adapter_->dir.string() + ": " + adapter_->method->peft_type() +
                        " adapters cannot be merged into the base weights; load them with --adapter instead");
+  auto stored = [&](const std::string& name) { return checkpoint_.contains(name) || bnb_modules_.count(name) > 0; };
   for (const auto& path : adapter_->modules) {
-    const std::string weight = path + ".weight";
-    if (!checkpoint_.contains(weight) && !bnb_modules_.count(weight))
+    std::string weight = path + ".weight";
+    // GPT-2's own files leave "transformer." off every name; PEFT's keys have it.
+    if (!stored(weight) && !family.optional_prefix.empty() && weight.starts_with(family.optional_prefix) &&
+        stored(weight.substr(family.optional_prefix.size())))
+      weight = weight.substr(family.optional_prefix.size());
+    if (!stored(weight))
       throw AdapterError(adapter_->weights_path.string() + ": module '" + path + "' has no weight '" + weight + "' in " +
                          model_dir.string() + " (adapter made for another base?)");
     const std::vector<int64_t> shape = spec(weight).shape;
     if (shape.size() != 2)
       throw AdapterError(adapter_->weights_path.string() + ": module '" + path + "': the base weight is not a matrix");
-    adapter_->method->check_module_fits(adapter_->tensors, path, shape[0], shape[1], adapter_->weights_path.string());
+    const bool in_out = conv1d_.count(weight) > 0;
+    adapter_->method->check_module_fits(adapter_->tensors, path, shape[in_out ? 1 : 0], shape[in_out ? 0 : 1],
+                                        adapter_->weights_path.string());
     module_of_weight_[weight] = path;
   }
 }
@@ -165,7 +179,11 @@ at::ScalarType MergedWeights::dtype_for(at::ScalarType stored) const {
 uint64_t MergedWeights::n_bytes(const std::string& name) const { return spec(name).n_bytes(); }
 
 io::TensorSpec MergedWeights::spec(const std::string& name) const {
-  if (auto it = bnb_modules_.find(name); it != bnb_modules_.end()) return {name, dtype_for(it->second.dtype), it->second.shape};
+  if (auto it = bnb_modules_.find(name); it != bnb_modules_.end()) {
+    std::vector<int64_t> shape = it->second.shape;  // (out, in) as quantized
+    if (conv1d_.count(name)) std::reverse(shape.begin(), shape.end());
+    return {name, dtype_for(it->second.dtype), shape};
+  }
   const auto& info = checkpoint_.info(name);
   return {name, dtype_for(io::dtype_from_safetensors(info.dtype)), info.shape};
 }
@@ -184,19 +202,23 @@ at::Tensor MergedWeights::get(const std::string& name) const {
   } else {
     base = checkpoint_.tensor(name);
   }
+  // w: (out, in); a Conv1D weight is stored (in, out) unless it was dequantized.
+  const bool conv1d = conv1d_.count(name) > 0, dequantized = bnb != bnb_modules_.end();
+  const at::Tensor w = conv1d && !dequantized ? base.t() : base;
+  auto as_stored = [&](const at::Tensor& t) { return conv1d ? t.t().contiguous() : t; };
   auto it = module_of_weight_.find(name);
   if (it == module_of_weight_.end()) {
-    at::Tensor out = base.to(dtype, /*non_blocking=*/false, /*copy=*/true);
+    at::Tensor out = conv1d && dequantized ? as_stored(base).to(dtype) : base.to(dtype, /*non_blocking=*/false, /*copy=*/true);
     if (checkpoint_.contains(name)) checkpoint_.release(name);
     return out;
   }
-  at::Tensor merged = adapter_->method->merged_weight(adapter_->tensors, it->second, base).to(dtype);
-  if (at::equal(merged, base.to(dtype)) && unchanged_names_.insert(name).second) {
+  at::Tensor merged = adapter_->method->merged_weight(adapter_->tensors, it->second, w).to(dtype);
+  if (at::equal(merged, w.to(dtype)) && unchanged_names_.insert(name).second) {
     ++unchanged_;
     if (adapter_->method->update_is_zero(adapter_->tensors, it->second)) ++zero_b_;
   }
   if (checkpoint_.contains(name)) checkpoint_.release(name);
-  return merged;
+  return as_stored(merged);
 }
 
 }  // namespace llmtune::pipelines

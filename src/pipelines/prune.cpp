@@ -237,7 +237,12 @@ PruneReport run_prune(const PruneParams& p) {
     PruneSpec spec{.method = p.method, .target = target, .scope = p.scope, .skip = skipped,
                    .sparsegpt = {.damp = p.damp, .block_size = p.block_size}};
     report.modules = prune_model(model, spec, calibration.ids);
-    for (const auto& m : report.modules) pruned[m.path + ".weight"] = model.linear(m.path)->dense_weight();
+    for (const auto& m : report.modules) {
+      // GPT-2's Conv1D linears are held (out, in) and stored (in, out).
+      const at::Tensor w = model.linear(m.path)->dense_weight();
+      const bool in_out = model::stored_in_out(model.family(), m.path + ".weight");
+      pruned[m.path + ".weight"] = in_out ? w.t().contiguous() : w;
+    }
     report.nonzero_after = count_nonzero(model);
   }
   report.prune_seconds = seconds_since(t_prune);

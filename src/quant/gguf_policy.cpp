@@ -50,6 +50,8 @@ GgmlType choose_tensor_type(const FileType& ft, const std::string& name, const s
   // The converter: 1-D tensors, norms and anything not a weight stay F32.
   const bool weight = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0;
   if (ne.size() < 2 || !weight || name.find("_norm.weight") != std::string::npos) return GgmlType::F32;
+  // Learned positions (GPT-2): the converter keeps them F32 and llama-quantize never quantizes them.
+  if (name == "position_embd.weight") return GgmlType::F32;
   const GgmlType base = ft.base;
   const int64_t ncols = ne[0];
   if (!is_quantized(base)) return base;
@@ -63,8 +65,9 @@ GgmlType choose_tensor_type(const FileType& ft, const std::string& name, const s
   if (output || (tied && embd)) {
     if (ncols % io::ggml_type_info(base).block_size != 0) t = GgmlType::Q8_0;
     else if (base != GgmlType::Q8_0) t = GgmlType::Q6_K;
-  } else if (name.find("attn_v.weight") != std::string::npos) {
-    // one attn_v per layer, visited in layer order: llama.cpp's i_attention_wv is the layer
+  } else if (name.find("attn_v.weight") != std::string::npos || name.find("attn_qkv.weight") != std::string::npos) {
+    // llama.cpp counts a fused attn_qkv as an attn_v (category_is_attn_v); one per layer, visited
+    // in layer order: its i_attention_wv is the layer
     if ((ft.name == "Q4_K_M" || ft.name == "Q5_K_M") && use_more_bits(layer, n_layers)) t = GgmlType::Q6_K;
     else if (ft.name == "Q4_K_S" && layer < 4) t = GgmlType::Q5_K;
   } else if (name.find("ffn_down") != std::string::npos) {

@@ -16,15 +16,24 @@ MODELS = FIXTURES / "models"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def load_model(path, dtype=torch.float32):
+    """transformers' model; Gemma 2/3 eagerly (their attention soft-cap exists only there)."""
+    import transformers as tf
+
+    model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    extra = {"attn_implementation": "eager"} if model_type in ("gemma2", "gemma3_text") else {}
+    return tf.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+
+
 def make_adapter(base, out, *, seed, dora=False, rslora=False, zero_b=False, r=4, alpha=8, targets=TARGETS):
     """A PEFT adapter with random (nonzero) A and B, saved by PEFT itself."""
     import peft
-    import transformers as tf
 
     torch.manual_seed(seed)
-    model = tf.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = load_model(base)
+    conv1d = model.config.model_type == "gpt2"  # GPT-2's Conv1D layers: PEFT's fan_in_fan_out
     cfg = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_dora=dora, use_rslora=rslora,
-                          init_lora_weights=bool(zero_b), task_type="CAUSAL_LM")
+                          init_lora_weights=bool(zero_b), fan_in_fan_out=conv1d, task_type="CAUSAL_LM")
     pm = peft.get_peft_model(model, cfg)
     if not zero_b:
         with torch.no_grad():
@@ -40,9 +49,8 @@ def make_adapter(base, out, *, seed, dora=False, rslora=False, zero_b=False, r=4
 def peft_reference(base, adapter, dtype=torch.float32):
     """(logits of base+adapter on a probe, state dict of merge_and_unload) from PEFT."""
     import peft
-    import transformers as tf
 
-    model = tf.AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    model = load_model(base, dtype)
     pm = peft.PeftModel.from_pretrained(model, adapter)
     ids = torch.arange(3, 3 + 24).remainder(model.config.vocab_size - 3).add(3).unsqueeze(0)
     with torch.no_grad():
@@ -52,9 +60,7 @@ def peft_reference(base, adapter, dtype=torch.float32):
 
 
 def load_merged(path):
-    import transformers as tf
-
-    return tf.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return load_model(path)
 
 
 def errors(r):
@@ -86,6 +92,38 @@ def test_merged_model_equals_peft(llmtune, tmp_path, family, kind):
     for f in ("tokenizer_config.json", "generation_config.json"):
         assert (out / f).exists(), f
     assert (out / "tokenizer.json").exists() or (out / "tokenizer.model").exists()
+
+
+@pytest.mark.parametrize("family,kind,targets", [
+    ("gpt2", "lora", "all-linear"), ("gpt2", "dora", ["c_attn", "c_fc"]), ("phi3", "dora", "all-linear"),
+    ("phi4-mini", "rslora", ["qkv_proj", "gate_up_proj"]), ("gemma2", "lora", "all-linear"), ("gemma3", "dora", "all-linear"),
+    ("qwen3", "lora", "all-linear"), ("qwen3-tied", "dora", "all-linear"), ("smollm2", "lora", "all-linear")])
+def test_merged_families_equal_peft(llmtune, tmp_path, family, kind, targets):
+    """Fused projections adapted whole (qkv_proj, gate_up_proj, c_attn) and GPT-2's Conv1D weights,
+    merged with the delta transposed into their (in, out) layout, as PEFT's merge_and_unload."""
+    base = MODELS / family
+    adapter = make_adapter(base, tmp_path / "adapter", seed=7, dora=kind == "dora", rslora=kind == "rslora", targets=targets)
+    out = tmp_path / "merged"
+    r = llmtune("merge", "--model", base, "--adapter", adapter, "--output", out, "--dtype", "fp32", "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["adapter_modules"] > 0 and report["unchanged_modules"] == 0
+    ids, ref_logits, ref_state = peft_reference(base, adapter)
+    merged = load_merged(out)
+    with torch.no_grad():
+        logits = merged(ids).logits.float()
+    assert (logits - ref_logits).abs().max().item() < 1e-4 * ref_logits.abs().max().item()
+    ours = merged.state_dict()
+    assert sorted(ours) == sorted(ref_state)
+    for name, ref in ref_state.items():
+        assert ours[name].shape == ref.shape and torch.allclose(ours[name], ref, rtol=1e-5, atol=1e-6), name
+    # `llmtune eval` on the merged directory equals eval --adapter on the base.
+    data = tmp_path / "eval.txt"
+    data.write_text("The quick brown fox jumps over the lazy dog. " * 8)
+    a = llmtune("eval", "--model", base, "--adapter", adapter, "--data", data, "--max-seq-len", "48", "--json")
+    b = llmtune("eval", "--model", out, "--data", data, "--max-seq-len", "48", "--json")
+    assert a.code == 0 and b.code == 0, a.err + b.err
+    assert abs(json.loads(a.out)["loss"] - json.loads(b.out)["loss"]) <= 1e-4 * abs(json.loads(a.out)["loss"])
 
 
 def test_eval_on_merged_equals_eval_with_adapter(llmtune, tmp_path):

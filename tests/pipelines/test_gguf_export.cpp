@@ -25,7 +25,8 @@ using nlohmann::ordered_json;
 namespace {
 
 const char* kScript = "tests/pipelines/gguf_reference.py";
-const std::vector<std::string> kFixtures = {"llama3", "tinyllama", "llama-linear", "mistral", "qwen2", "gemma"};
+const std::vector<std::string> kFixtures = {"llama3", "tinyllama", "llama-linear", "mistral", "qwen2", "gemma", "smollm2",
+                                             "qwen3", "qwen3-tied", "gemma2", "gemma3", "phi3", "phi4-mini", "gpt2"};
 
 fs::path fixture(const std::string& name) { return fs::path(LLMTUNE_FIXTURES_DIR) / "models" / name; }
 
@@ -157,9 +158,9 @@ TEST(GgufExport, LoadGgufModelGivesTheTransformersLogits) {
     const fs::path p = gguf_path(m, "f32");
     if (!fs::exists(p)) export_dir(fixture(m), p, "f32");
     at::Tensor ours = gguf_logits(p, m), ref = ref_logits(m);
-    // GGUF's llama architecture has no sliding window (the export warns): the mistral fixture
-    // (window 8) agrees on the positions the window does not cut.
-    if (std::string(m) == "mistral") ours = ours.slice(0, 0, 8), ref = ref.slice(0, 0, 8);
+    // GGUF's llama and qwen3 architectures have no sliding window (the export warns): the mistral
+    // and qwen3 fixtures (window 8) agree on the positions the window does not cut.
+    if (m == "mistral" || m == "qwen3") ours = ours.slice(0, 0, 8), ref = ref.slice(0, 0, 8);
     EXPECT_LE(llmtune::testing::max_abs_diff(ours, ref), 1e-5) << m;
   }
   // F16 / Q8_0: the same greedy token at every position of the probe.
@@ -177,10 +178,10 @@ TEST(GgufExport, LoadGgufModelGivesTheTransformersLogits) {
 TEST(GgufExportErrors, BadInputsAreNamed) {
   const fs::path work = shared().work / "errors";
   fs::create_directories(work);
-  // An architecture GGUF export does not know.
-  fs::create_directories(work / "gpt2");
-  std::ofstream(work / "gpt2" / "config.json") << R"({"model_type": "gpt2", "vocab_size": 8, "hidden_size": 8})";
-  EXPECT_THROW(export_dir(work / "gpt2", work / "gpt2.gguf", "f16"), ModelLoadError);
+  // A model type llmtune does not know.
+  fs::create_directories(work / "bloom");
+  std::ofstream(work / "bloom" / "config.json") << R"({"model_type": "bloom", "vocab_size": 8, "hidden_size": 8})";
+  EXPECT_THROW(export_dir(work / "bloom", work / "bloom.gguf", "f16"), ModelLoadError);
   // A GGUF without llama.embedding_length.
   {
     io::GgufWriter w(work / "nokey.gguf");
@@ -194,13 +195,13 @@ TEST(GgufExportErrors, BadInputsAreNamed) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("llama.embedding_length"), std::string::npos) << e.what();
   }
-  // A GGUF of an architecture we do not load.
+  // A GGUF of an architecture we do not load (test_gguf_families.cpp checks the message).
   {
-    io::GgufWriter w(work / "phi.gguf");
-    w.add_string("general.architecture", "phi3");
+    io::GgufWriter w(work / "phi2.gguf");
+    w.add_string("general.architecture", "phi2");
     w.commit();
   }
-  EXPECT_THROW(pipelines::load_gguf_model(work / "phi.gguf", c10::kCPU, at::kFloat), ModelLoadError);
+  EXPECT_THROW(pipelines::load_gguf_model(work / "phi2.gguf", c10::kCPU, at::kFloat), ModelLoadError);
   // DoRA has no llama.cpp counterpart.
   EXPECT_THROW(pipelines::export_gguf_lora(fixture("llama3"), shared().work / "dora", work / "dora.gguf", "f32"), AdapterError);
   EXPECT_FALSE(fs::exists(work / "dora.gguf"));

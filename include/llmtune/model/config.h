@@ -79,6 +79,9 @@ struct ModelConfig {
   // GPT-2: the MLP is down(act(up(x))) with no gate; positions are learned embeddings, not RoPE.
   bool gated_mlp = true;
   bool learned_positions = false;
+  // The largest dropout probability config.json sets for the model itself (attention_dropout,
+  // GPT-2's attn/resid/embd_pdrop): llmtune applies none (only the adapter's own dropout).
+  double dropout = 0;
   std::optional<int64_t> bos_token_id, pad_token_id;
   std::vector<int64_t> eos_token_ids;
   std::string torch_dtype;  // the checkpoint's dtype ("bfloat16", ...), "" when absent

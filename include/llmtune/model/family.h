@@ -122,5 +122,8 @@ std::string hf_to_gguf_name(const FamilyDesc& f, const std::string& hf_name);
 bool is_norm_weight(const FamilyDesc& f, const std::string& hf_name);
 // The projections a tensor or module name holds (empty when not a layer linear).
 std::vector<Proj> projections_of(const FamilyDesc& f, const std::string& hf_name);
+// Whether checkpoint tensor `hf_name` is a linear weight stored (in, out) (GPT-2's Conv1D), with or
+// without the family's optional prefix.
+bool stored_in_out(const FamilyDesc& f, const std::string& hf_name);
 
 }  // namespace llmtune::model

@@ -23,6 +23,10 @@ struct LoraConfig {
   double lora_dropout = 0.0;
   bool use_rslora = false;
   bool use_dora = false;
+  // The base layers store their weight (in, out) (GPT-2's Conv1D). For PEFT it transposes ΔW on merge;
+  // our linears always hold (out, in), so it only records what the base is: inject sets it from the
+  // model's family, as PEFT corrects it for the layer it wraps.
+  bool fan_in_fan_out = false;
   // Module names matched as module-path suffixes (PEFT's list form). {"all-linear"} (or
   // target_regex "all-linear") means every linear except lm_head, as PEFT's shorthand.
   std::vector<std::string> target_modules;

@@ -23,10 +23,11 @@ struct GgufExportOptions {
   // matrix of that type, as convert_hf_to_gguf.py --outtype); q8_0 (every matrix Q8_0, the
   // converter's, F16 where ne[0] % 32 != 0); q4_0, q4_1, q5_0, q5_1, q4_k_s, q4_k_m, q5_k_s, q5_k_m,
   // q6_k, and q4_k / q5_k as aliases of q4_k_m / q5_k_m: llama-quantize's per-tensor mix
-  // (llama_tensor_get_type: output and tied token_embd → Q6_K, attn_v/ffn_down of use_more_bits
-  // layers → Q6_K in *_M, ... and its fallbacks where ne[0] does not fit the block), quantized
-  // from the source values. 1-D tensors and norms are F32. "auto": as the converter (bf16 source →
-  // bf16, else f16). QuantError for anything else.
+  // (llama_tensor_get_type: output and tied token_embd → Q6_K, attn_v (or a fused attn_qkv) /
+  // ffn_down of use_more_bits layers → Q6_K in *_M, ... and its fallbacks where ne[0] does not
+  // fit the block), quantized from the source values. 1-D tensors, norms and GPT-2's
+  // position_embd are F32. "auto": as the converter (bf16 source → bf16, else f16). QuantError
+  // for anything else.
   std::string type = "auto";
   std::string name;     // general.name; "" → the model directory's name
   bool ollama = false;  // also write <out dir>/Modelfile
@@ -63,7 +64,8 @@ struct GgufModel {
   std::unique_ptr<tokenizer::Tokenizer> tokenizer;
   std::unique_ptr<model::CausalLM> model;
 };
-// Reads a GGUF file written by us or by llama.cpp (llama, qwen2, gemma architectures): the config
+// Reads a GGUF file written by us or by llama.cpp (the architectures of model::supported_gguf_archs:
+// llama, qwen2, qwen3, gemma, gemma2, gemma3, phi3, gpt2): the config
 // from its metadata, the tokenizer from its vocabulary, weights dequantized to `dtype`.
 GgufModel load_gguf_model(const std::filesystem::path& path, c10::Device device, at::ScalarType dtype);
 

@@ -60,6 +60,9 @@ class MergedWeights {
   int64_t quantized_base_modules() const { return static_cast<int64_t>(bnb_modules_.size()); }
   // Whether `name` is a quantized linear's weight of a bitsandbytes base.
   bool is_dequantized(const std::string& name) const { return bnb_modules_.count(name) > 0; }
+  // Whether `name` is a linear weight stored (in, out), as GPT-2's Conv1D (spec() and get() give it
+  // so; the adapter is folded in (out, in)).
+  bool stored_in_out(const std::string& name) const { return conv1d_.count(name) > 0; }
 
  private:
   at::ScalarType dtype_for(at::ScalarType stored) const;
@@ -76,6 +79,7 @@ class MergedWeights {
   // A bitsandbytes base: "<module>.weight" → its dense dtype and shape.
   std::map<std::string, io::TensorSpec> bnb_modules_;
   std::set<std::string> hidden_;  // their packed side tensors
+  std::set<std::string> conv1d_;  // linear weights stored (in, out) (GPT-2)
   std::string base_quantization_;
   std::shared_ptr<const quant::GptqConfig> gptq_;  // a GPTQ base
   // Counted once per tensor, however often get() is asked for it.

@@ -28,8 +28,9 @@ FileType file_type_for_source(at::ScalarType first_matrix_dtype);
 bool use_more_bits(int64_t layer, int64_t n_layers);
 
 // The type llama.cpp gives tensor `gguf_name` (ne in GGUF order) in a file of type `ft`:
-// 1-D and *_norm tensors F32; F32/F16/BF16 files: every matrix of that type; quantized files:
-// llama-quantize's rules (output / tied token_embd → Q6_K, attn_v / ffn_down use_more_bits
+// 1-D and *_norm tensors and position_embd F32; F32/F16/BF16 files: every matrix of that type;
+// quantized files: llama-quantize's rules (output / tied token_embd → Q6_K, attn_v (or a fused
+// attn_qkv) / ffn_down use_more_bits
 // layers → Q6_K in *_M mixes, ...) then its fallbacks when ne[0] is not a multiple of the block.
 // `layer` is N of blk.N (-1 otherwise); `tied`: the file has no output.weight. Fallbacks are
 // counted in *n_fallback.
