@@ -22,7 +22,7 @@ apt_packages=(
   clang libclang-rt-dev  # the sanitizer build and libFuzzer (scripts/test-asan.sh, scripts/fuzz.sh)
 )
 # The reference implementations the tests compare with, and what the build links.
-py_packages=(torch transformers peft safetensors sentencepiece tokenizers gguf numpy pytest protobuf "bitsandbytes>=0.49" trl compressed-tensors)
+py_packages=(torch transformers peft safetensors sentencepiece tokenizers gguf numpy pytest protobuf "bitsandbytes>=0.49" trl compressed-tensors tensorboard)
 # Installed without their dependencies: the tests load single files of them (torchtune's
 # modules/loss/kd_losses.py), and torchtune's own dependencies (torchao) do not fit our torch.
 py_packages_no_deps=(torchtune)

@@ -33,7 +33,7 @@ config::Schema finetune_schema() {
          .help = "with model.quantize: double-quantize the block absmax (8-bit, blocks of 256), as QLoRA does"});
   s.add({.name = "model.quant_blocksize", .type = Type::Int, .default_value = int64_t{64},
          .help = "with model.quantize: weights per absmax block (a power of two, 32-4096)", .min = 32, .max = 4096});
-  s.add({.name = "output", .type = Type::String, .help = "run directory (config.yaml, adapter/ or model/, checkpoints/, metrics.jsonl, summary.json, train.log)", .required = true});
+  s.add({.name = "output", .type = Type::String, .help = "run directory (config.yaml, adapter/ or model/, checkpoints/, metrics.jsonl, tb/, loss.svg, summary.json, train.log)", .required = true});
   // `method`: every registered adapter method (each adds its own config section) or full.
   std::vector<std::string> methods = peft::adapter_method_names();
   std::string method_help;

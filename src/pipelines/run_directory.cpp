@@ -19,7 +19,8 @@ namespace {
 // killed outright leaves "training". It decides what a re-run, --resume and --force do.
 constexpr const char* kRunStateFile = "run.json";
 // Everything a run writes into its directory besides config.yaml (which every start rewrites).
-constexpr const char* kRunFiles[] = {"checkpoints", "adapter", "model", "summary.json", "metrics.jsonl", "train.log", kRunStateFile};
+constexpr const char* kRunFiles[] = {"checkpoints", "adapter", "model", "summary.json", "metrics.jsonl", "tb", "loss.svg", "train.log",
+                                     kRunStateFile};
 
 }  // namespace
 

@@ -4,12 +4,15 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <sstream>
 #include <vector>
 
 #include "llmtune/io/atomic_file.h"
+#include "llmtune/train/tensorboard.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::train {
@@ -39,7 +42,11 @@ std::string format_duration(double seconds) {
 
 }  // namespace
 
-MetricsLog::MetricsLog(const fs::path& path, int64_t keep_through_step, bool drop_evals_at_last) {
+MetricsLog::MetricsLog(const fs::path& path, int64_t keep_through_step, bool drop_evals_at_last)
+    : plot_path_(path.parent_path() / "loss.svg"), plot_(path.parent_path().filename().string()) {
+  auto dropped = [&](int64_t step, bool eval) {
+    return keep_through_step < 0 || step > keep_through_step || (drop_evals_at_last && step == keep_through_step && eval);
+  };
   std::string kept;
   if (keep_through_step >= 0) {
     std::ifstream in(path);
@@ -47,20 +54,46 @@ MetricsLog::MetricsLog(const fs::path& path, int64_t keep_through_step, bool dro
     while (std::getline(in, line)) {
       auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
       if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) continue;
-      const int64_t step = j["step"].get<int64_t>();
-      if (step > keep_through_step || (drop_evals_at_last && step == keep_through_step && j.contains("eval_loss"))) continue;
+      if (dropped(j["step"].get<int64_t>(), j.contains("eval_loss"))) continue;
       kept += line + '\n';
+      plot_.add(j);
     }
   }
   io::write_file_atomic(path, kept);  // a kill here leaves the old file or the new one, never a cut
   out_.open(path, std::ios::app);
   if (!out_) throw IoError(path.string() + ": cannot write the metrics file");
+  // The event files mirror it: the same records dropped from the earlier ones, the rest in a new one.
+  const fs::path tb = path.parent_path() / "tb";
+  filter_event_files(tb, [&](const ScalarEvent& e) {
+    return dropped(e.step, std::any_of(e.scalars.begin(), e.scalars.end(), [](const auto& s) { return s.first == "eval_loss"; }));
+  });
+  events_ = std::make_unique<EventWriter>(tb);
+}
+
+MetricsLog::~MetricsLog() {
+  try {
+    draw_plot();
+  } catch (const std::exception& e) {
+    spdlog::warn("{}: {}", plot_path_.string(), e.what());
+  }
 }
 
 void MetricsLog::write(const nlohmann::json& record) {
   out_ << record.dump() << '\n';
   out_.flush();
+  // Exactly the numbers of the line: a NaN or infinity is written to it as null, so is left out here.
+  Scalars scalars;
+  for (const auto& [key, value] : record.items()) {
+    if (key == "step") continue;
+    if (value.is_number() && std::isfinite(value.get<double>())) scalars.emplace_back(key, static_cast<float>(value.get<double>()));
+    else if (value.is_boolean()) scalars.emplace_back(key, value.get<bool>() ? 1.0f : 0.0f);
+  }
+  if (!scalars.empty()) events_->write(record.at("step").get<int64_t>(), scalars);
+  plot_.add(record);
+  if (record.contains("eval_loss")) draw_plot();
 }
+
+void MetricsLog::draw_plot() { io::write_file_atomic(plot_path_, plot_.svg()); }
 
 Progress::Progress(int64_t total_steps, int64_t log_every, bool quiet)
     : total_steps_(total_steps), log_every_(log_every > 0 ? log_every : 10), tty_(::isatty(STDERR_FILENO) != 0),

@@ -1,15 +1,21 @@
 // What a run reports while it trains: metrics.jsonl (one JSON object per logged step or eval,
-// flushed as written), a progress line with ETA on a terminal or plain log lines otherwise, and
-// the signals (SIGINT/SIGTERM) that ask the loop to stop after the current step.
+// flushed as written) with the same scalars in TensorBoard event files (tb/) and a loss curve
+// (loss.svg), a progress line with ETA on a terminal or plain log lines otherwise, and the signals
+// (SIGINT/SIGTERM) that ask the loop to stop after the current step.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "llmtune/train/loss_plot.h"
+
 namespace llmtune::train {
+
+class EventWriter;
 
 class MetricsLog {
  public:
@@ -17,11 +23,23 @@ class MetricsLog {
   // first (the file rewritten atomically), so that it matches an uninterrupted run's
   // (keep_through_step < 0: start empty). drop_evals_at_last also drops the evaluation records at
   // keep_through_step: a run finished from its last checkpoint evaluates again.
+  // Beside `path`: tb/ gets a new events file (the earlier ones lose the same records, so that no
+  // step appears twice) and loss.svg the curve of the kept and new records.
   MetricsLog(const std::filesystem::path& path, int64_t keep_through_step, bool drop_evals_at_last = false);
+  // Draws loss.svg a last time (the end of a run, finished, interrupted or failed).
+  ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+  // One line of metrics.jsonl and one TensorBoard event holding each of its numbers (as float32,
+  // tagged with its key) at its "step"; an evaluation record redraws loss.svg.
   void write(const nlohmann::json& record);
 
  private:
+  void draw_plot();
   std::ofstream out_;
+  std::unique_ptr<EventWriter> events_;
+  std::filesystem::path plot_path_;
+  LossPlot plot_;
 };
 
 // Progress for `total_steps` optimizer steps: on a terminal, one line rewritten in place
