@@ -1,7 +1,7 @@
 // tokenizer_from_gguf_vocab(): a GGUF vocabulary back into a Tokenizer. "llama" becomes a
 // SentencePiece BPE ModelProto built in memory behind transformers 5's LlamaTokenizer pipeline;
 // "gpt2" becomes a tokenizer.json-style BPE model behind the pre-tokenizer `pre` names
-// (gguf_pre_types.cpp).
+// (gguf_pre_types.cpp), or, for llama.cpp's BPE types over raw UTF-8, the pipeline below.
 #include <cstring>
 #include <unordered_set>
 
@@ -102,6 +102,71 @@ void build_gpt2(Pipeline& p, const GgufVocab& v, const BytePre& pre, const std::
   p.decoder = make_decoder(json{{"type", "ByteLevel"}}, source);
 }
 
+// ---- llama.cpp's BPE over raw UTF-8 (src/llama-vocab.cpp at 00ad355e) ----------------------------
+// The types with byte_encode off: pieces are raw UTF-8, BPE starts from characters, a final piece
+// outside the vocabulary becomes its <0xXX> byte tokens (those that exist). gemma4 (its alias
+// granite-embed-multi-311m) and sarvam-moe replace spaces by U+2581 (escape_whitespaces) and split
+// only between lines and runs of '\n'; gemma4 takes a run of newlines that is a token whole and
+// always adds BOS. "whitespace" splits at White_Space characters: tokenizer.ggml.model "whitespace"
+// (llm_tokenizer_whitespace_session) drops them, "gpt2" keeps each run as a piece of its own.
+const char* kRawPreNames = "gemma4, granite-embed-multi-311m, sarvam-moe, whitespace";
+// Unicode White_Space (llama.cpp's unicode_cpt_flags is_whitespace).
+#define LT_WHITE_SPACE R"([\t-\r \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}])"
+
+bool is_raw_pre(const std::string& pre) {
+  return pre == "gemma4" || pre == "granite-embed-multi-311m" || pre == "sarvam-moe" || pre == "whitespace";
+}
+bool is_gemma4(const std::string& pre) { return pre == "gemma4" || pre == "granite-embed-multi-311m"; }
+
+// gemma4's rule (llm_tokenizer_bpe_session): a piece of only '\n' that is a token is that token.
+class NewlineRunModel : public Model {
+ public:
+  explicit NewlineRunModel(std::unique_ptr<Model> bpe) : bpe_(std::move(bpe)) {}
+  void tokenize(std::string_view word, std::vector<int32_t>& ids) const override {
+    if (!word.empty() && word.find_first_not_of('\n') == std::string_view::npos) {
+      if (auto id = bpe_->token_to_id(word)) {
+        ids.push_back(*id);
+        return;
+      }
+    }
+    bpe_->tokenize(word, ids);
+  }
+  int32_t size() const override { return bpe_->size(); }
+  std::optional<std::string> id_to_token(int32_t id) const override { return bpe_->id_to_token(id); }
+  std::optional<int32_t> token_to_id(std::string_view token) const override { return bpe_->token_to_id(token); }
+
+ private:
+  std::unique_ptr<Model> bpe_;
+};
+
+void build_raw(Pipeline& p, const GgufVocab& v, const std::string& source) {
+  json vocab = json::object();
+  for (size_t i = 0; i < v.tokens.size(); ++i) {
+    int32_t t = v.token_types[i];
+    if (t == kNormal || t == kUnknown || t == kByte) vocab[v.tokens[i]] = static_cast<int32_t>(i);
+  }
+  json model = {{"type", "BPE"}, {"vocab", std::move(vocab)}, {"merges", v.merges}, {"ignore_merges", false},
+                {"byte_fallback", true}, {"fuse_unk", false}};
+  p.model = make_bpe_model(model, source);
+  auto split = [](const std::string& regex, const char* behavior) {
+    return json{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", behavior}, {"invert", false}};
+  };
+  json parts = json::array();
+  if (v.pre == "whitespace") {
+    parts.push_back(split(LT_WHITE_SPACE "+", v.model == "whitespace" ? "Removed" : "Isolated"));
+    // Normal tokens print raw (llama.cpp maps them back through GPT-2's byte table, which garbles
+    // all but printable ASCII); byte tokens become their bytes.
+    const json decoders = json::array({json{{"type", "ByteFallback"}}, json{{"type", "Fuse"}}});
+    p.decoder = make_decoder(json{{"type", "Sequence"}, {"decoders", decoders}}, source);
+  } else {
+    parts.push_back({{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "never"}, {"split", false}});
+    parts.push_back(split("[^\\n]+|[\\n]+", "Isolated"));
+    if (is_gemma4(v.pre)) p.model = std::make_unique<NewlineRunModel>(std::move(p.model));
+    p.decoder = make_llama_decoder(/*strip_leading_space=*/false);
+  }
+  p.pre_tokenizer = make_pre_tokenizer(json{{"type", "Sequence"}, {"pretokenizers", std::move(parts)}}, source);
+}
+
 }  // namespace
 
 std::unique_ptr<Tokenizer> tokenizer_from_gguf_vocab(const GgufVocab& vocab, const std::string& source) {
@@ -139,19 +204,24 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf_vocab(const GgufVocab& vocab, con
     fallback(v.eos_id, 2, {kControl});
     fallback(v.unk_id, 0, {kUnknown, kControl});
     build_llama(p, v, source);
+  } else if (v.model == "gpt2" && is_raw_pre(v.pre)) {
+    build_raw(p, v, source);
+  } else if (v.model == "gemma4" || (v.model == "whitespace" && v.pre == "whitespace")) {
+    v.pre = v.model;  // llama.cpp reads a "gemma4" model as pre-tokenizer gemma4, whatever the file says
+    build_raw(p, v, source);
   } else if (v.model == "gpt2") {
     const BytePre* pre = find_byte_pre(v.pre);
-    // llama.cpp's BPE types without the byte map (pieces in raw UTF-8, spaces as U+2581).
-    const bool raw = v.pre == "gemma4" || v.pre == "granite-embed-multi-311m" || v.pre == "sarvam-moe" ||
-                     v.pre == "whitespace";
     if (!pre)
-      throw TokenizerError(source + ": tokenizer.ggml.pre \"" + v.pre + "\" is not supported" +
-                           (raw ? " (a BPE over raw UTF-8, not byte-level; not read yet)" : "") +
-                           " (supported: " + supported_pre_names() + ")");
+      throw TokenizerError(source + ": tokenizer.ggml.pre \"" + v.pre + "\" is not supported (supported: " +
+                           supported_pre_names() + "; over raw UTF-8: " + kRawPreNames + ")");
     add_bos_default = pre->add_bos;
     build_gpt2(p, v, *pre, source);
+  } else if (v.model == "whitespace") {
+    throw TokenizerError(source + ": tokenizer.ggml.model \"whitespace\" needs tokenizer.ggml.pre \"whitespace\", got \"" +
+                         v.pre + "\"");
   } else {
-    throw TokenizerError(source + ": tokenizer.ggml.model \"" + v.model + "\" is not supported (supported: llama, gpt2)");
+    throw TokenizerError(source + ": tokenizer.ggml.model \"" + v.model +
+                         "\" is not supported (supported: llama, gpt2, gemma4, whitespace)");
   }
 
   // Control (and unknown) tokens are HF's special added tokens; user-defined ones plain added tokens.
@@ -165,10 +235,14 @@ std::unique_ptr<Tokenizer> tokenizer_from_gguf_vocab(const GgufVocab& vocab, con
     p.added.add(std::move(a));
   }
   // Without tokenizer.ggml.add_bos_token, llama.cpp's default: SentencePiece and some pre-tokenizers add BOS.
-  if (v.add_bos.value_or(add_bos_default) && v.bos_id) p.prefix_ids.push_back(*v.bos_id);
+  // gemma4 adds it even when the file says not to (llama.cpp's override for Gemma 4).
+  const bool gemma4 = v.model != "llama" && is_gemma4(v.pre);
+  const bool add_bos = v.add_bos.value_or(add_bos_default) || gemma4;
+  if (add_bos && v.bos_id) p.prefix_ids.push_back(*v.bos_id);
   if (v.add_eos.value_or(false) && v.eos_id) p.suffix_ids.push_back(*v.eos_id);
-  if (v.add_bos.value_or(false) && !v.bos_id)
-    spdlog::warn("tokenizer: {}: add_bos_token is set but no BOS id is known; no BOS is added", source);
+  if ((v.add_bos.value_or(false) || gemma4) && !v.bos_id)
+    spdlog::warn("tokenizer: {}: {} but no BOS id is known; no BOS is added", source,
+                 gemma4 ? "llama.cpp adds BOS for gemma4" : "add_bos_token is set");
 
   auto tok = std::make_unique<PipelineTokenizer>(std::move(p));
   tok->pipeline().added.set_normalizer(tok->pipeline().normalizer.get());

@@ -22,6 +22,9 @@ Each type is also written as a tokenizer.json (its regexes as Isolated Splits be
 and ignore_merges as flagged) and run through huggingface tokenizers (Oniguruma): a second engine for
 the same splits, and the files llmtune's export reads to name the pre-tokenizer.
 
+The four BPE types over raw UTF-8 (gemma4, granite-embed-multi-311m, sarvam-moe, whitespace) have
+their own oracle, gguf_raw_bpe_reference.py, which imports the byte map and training texts here.
+
 Usage: gguf_pre_reference.py REQUEST.json RESPONSE.json
 REQUEST: {"texts": [str], "merges": int}
 RESPONSE: {"tokens": [str], "merges": ["a b"], "special": "<|endoftext|>",
