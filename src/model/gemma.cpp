@@ -45,6 +45,17 @@ int64_t window_of(const nlohmann::json& j, int64_t fallback, const std::string& 
   return it->get<int64_t>();
 }
 
+// Gemma 2 and 3: Gemma's switches, the attention scale, the soft-caps (their defaults differ) and
+// the sliding window; returns the window.
+int64_t configure_sandwich(ModelConfig& c, const nlohmann::json& j, double attn_cap, double final_cap,
+                           const std::string& source) {
+  configure_gemma(c, j);
+  c.query_pre_attn_scalar = optional_real(j, "query_pre_attn_scalar", 256, source);
+  c.attn_logit_softcap = optional_real(j, "attn_logit_softcapping", attn_cap, source);
+  c.final_logit_softcap = optional_real(j, "final_logit_softcapping", final_cap, source);
+  return window_of(j, 4096, source);
+}
+
 FamilyDesc sandwich_layout(std::string model_type) {
   FamilyDesc f = llama_layout(std::move(model_type));
   f.norms = {{NormRole::Input, "input_layernorm", "attn_norm"},
@@ -75,11 +86,7 @@ FamilyDesc gemma2_family() {
   f.gguf.arch = "gemma2";
   f.gguf.keys = GgufKeys::Gemma2;
   f.configure = [](ModelConfig& c, const nlohmann::json& j, const std::string& source) {
-    configure_gemma(c, j);
-    c.query_pre_attn_scalar = optional_real(j, "query_pre_attn_scalar", 256, source);
-    c.attn_logit_softcap = optional_real(j, "attn_logit_softcapping", 50, source);
-    c.final_logit_softcap = optional_real(j, "final_logit_softcapping", 30, source);
-    const int64_t window = window_of(j, 4096, source);
+    const int64_t window = configure_sandwich(c, j, 50, 30, source);
     if (!windows_from_layer_types(c, j, window, source))
       for (int64_t i = 0; i < c.n_layers; i += 2) c.sliding_window_per_layer[i] = window;  // 4.x: even layers
   };
@@ -93,11 +100,7 @@ FamilyDesc gemma3_family() {
   f.gguf.arch = "gemma3";
   f.gguf.keys = GgufKeys::Gemma3;
   f.configure = [](ModelConfig& c, const nlohmann::json& j, const std::string& source) {
-    configure_gemma(c, j);
-    c.query_pre_attn_scalar = optional_real(j, "query_pre_attn_scalar", 256, source);
-    c.attn_logit_softcap = optional_real(j, "attn_logit_softcapping", 0, source);
-    c.final_logit_softcap = optional_real(j, "final_logit_softcapping", 0, source);
-    const int64_t window = window_of(j, 4096, source);
+    const int64_t window = configure_sandwich(c, j, 0, 0, source);
     if (!windows_from_layer_types(c, j, window, source)) {
       // 4.x: every sliding_window_pattern-th layer (1-based) is global.
       auto it = j.find("sliding_window_pattern");

@@ -22,6 +22,7 @@
 #include "llmtune/pipelines/merge.h"
 #include "llmtune/util/error.h"
 #include "support/interop.h"
+#include "support/lora_parity.h"
 
 namespace llmtune::peft {
 namespace {
@@ -58,27 +59,9 @@ LoraConfig make_config(const Case& c, const model::CausalLM& m) {
   return config;
 }
 
-// transformers' ForCausalLMLoss: mean fp32 cross-entropy of logits[:, :-1] against labels[:, 1:], -100 ignored.
-at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels) {
-  const int64_t v = logits.size(-1), t = logits.size(1);
-  return at::cross_entropy_loss(logits.narrow(1, 0, t - 1).to(at::kFloat).reshape({-1, v}), labels.narrow(1, 1, t - 1).reshape({-1}),
-                                {}, at::Reduction::Mean, -100);
-}
-
-double rel_err(const at::Tensor& a, const at::Tensor& ref) {
-  at::Tensor r = ref.detach().cpu().to(at::kDouble);
-  return (a.detach().cpu().to(at::kDouble) - r).norm().item<double>() / r.norm().item<double>();
-}
-
-// Adapter tensors as after some training: B non-zero, magnitude moved off ‖W‖.
-void perturb(const std::vector<NamedTensor>& params, uint64_t seed) {
-  at::NoGradGuard no_grad;
-  at::manual_seed(seed);
-  for (const auto& p : params) {
-    if (p.name.ends_with("lora_B.weight")) p.tensor.normal_(0.0, 0.1);
-    else if (p.name.ends_with("lora_magnitude_vector")) p.tensor.mul_(1.0 + 0.1 * at::randn_like(p.tensor));
-  }
-}
+using testing::causal_lm_loss;
+using testing::perturb;
+using testing::rel_err;
 
 // 20 tokens: past the fixtures' sliding windows of 8; ids below every fixture's vocabulary.
 struct Batch {

@@ -28,6 +28,7 @@
 #include "llmtune/quant/bnb_linear.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "support/interop.h"
+#include "support/lora_parity.h"
 
 namespace llmtune::quant {
 namespace {
@@ -37,18 +38,9 @@ using peft::NamedTensor;
 
 std::string fixture(const std::string& name) { return std::string(LLMTUNE_FIXTURES_DIR) + "/models/" + name; }
 
-// ‖a − ref‖ / ‖ref‖ in float64.
-double rel_err(const at::Tensor& a, const at::Tensor& ref) {
-  at::Tensor r = ref.detach().to(at::kDouble);
-  return (a.detach().to(at::kDouble) - r).norm().item<double>() / r.norm().item<double>();
-}
-
-// transformers' ForCausalLMLoss: mean fp32 cross-entropy of logits[:, :-1] against labels[:, 1:], -100 ignored.
-at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels) {
-  const int64_t v = logits.size(-1), t = logits.size(1);
-  return at::cross_entropy_loss(logits.narrow(1, 0, t - 1).reshape({-1, v}), labels.narrow(1, 1, t - 1).reshape({-1}), {},
-                                at::Reduction::Mean, -100);
-}
+using testing::causal_lm_loss;
+using testing::perturb;
+using testing::rel_err;
 
 struct Case {
   std::string model;
@@ -124,15 +116,7 @@ TEST(QLoRAParity, LossAndGradientsEqualPeftOverLinear4bit) {
     BaseStates base = base_states(m);
     ASSERT_EQ(base.modules.size(), 7u * m.config().n_layers) << label(c);
     std::vector<NamedTensor> params = peft::inject_lora(m, lora_config(c.kind));
-    {
-      // Adapters as after some training: B non-zero, the magnitude moved off ‖W‖.
-      at::NoGradGuard no_grad;
-      at::manual_seed(100 + i);
-      for (const auto& p : params) {
-        if (p.name.ends_with("lora_B.weight")) p.tensor.normal_(0.0, 0.1);
-        else if (p.name.ends_with("lora_magnitude_vector")) p.tensor.mul_(1.0 + 0.1 * at::randn_like(p.tensor));
-      }
-    }
+    perturb(params, 100 + i);  // adapters as after some training
     at::Tensor loss = causal_lm_loss(m.forward(ids), labels);
     loss.backward();
     losses.push_back(loss.item<double>());
