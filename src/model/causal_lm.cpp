@@ -200,6 +200,11 @@ at::Tensor CausalLM::logits(const at::Tensor& hidden) const {
   return cap > 0 ? at::tanh(out / cap) * cap : out;
 }
 
+int64_t CausalLM::rope_switch_length() const {
+  const RopeConfig& r = config_.rope;
+  return r.type == "longrope" && rope_depends_on_length(r) ? r.original_max_position_embeddings : 0;
+}
+
 const at::Tensor* CausalLM::plain_head_weight() const {
   const auto* dense = dynamic_cast<const DenseLinear*>(lm_head_.get());
   if (!dense || dense->bias().defined() || config_.final_logit_softcap > 0) return nullptr;

@@ -80,9 +80,7 @@ class CausalLM {
   KVCache make_cache(int64_t batch, int64_t max_len) const;
   // Longrope's original context: past it RoPE switches to the long factors, and cached keys from
   // before no longer match (generation recomputes once there). 0 for every other RoPE.
-  int64_t rope_switch_length() const {
-    return config_.rope.type == "longrope" && config_.rope.freq_factors.empty() ? config_.rope.original_max_position_embeddings : 0;
-  }
+  int64_t rope_switch_length() const;
 
   // Layer-by-layer runs (calibration for pruning and quantization): the hidden states forward_hidden
   // starts from, input_ids (B, T) → (B, T, H); and decoder layer `index` alone on hidden states
