@@ -118,7 +118,11 @@ config::Config resolve_config(const config::Schema& schema, const CommonOptions&
   }
   config::Sources sources;
   for (const auto& arg : o.positionals) {
-    bool is_yaml = (arg.ends_with(".yaml") || arg.ends_with(".yml")) && arg.find('=') == std::string::npos;
+    // A config file may have '=' in its path (a sweep's run directories are named "lr=1e-3,r=8"):
+    // an existing file wins over reading the argument as key=value.
+    std::error_code ec;
+    const bool is_yaml = (arg.ends_with(".yaml") || arg.ends_with(".yml")) &&
+                         (arg.find('=') == std::string::npos || std::filesystem::is_regular_file(arg, ec));
     if (is_yaml) {
       if (sources.file) throw UsageError("two config files given ('" + sources.file->string() + "' and '" + arg + "'); pass one and use key=value for the rest");
       sources.file = arg;

@@ -19,6 +19,8 @@ struct DistillFlags : TrainingFlags {
   std::optional<std::string> teacher, cache_teacher;
 };
 
+}  // namespace
+
 config::Schema distill_schema() {
   using config::Type;
   config::Schema s = finetune_schema();
@@ -55,7 +57,25 @@ config::Schema distill_schema() {
   return s;
 }
 
-}  // namespace
+std::shared_ptr<pipelines::DistillParams> distill_params(const config::Config& cfg, const config::Schema& schema) {
+  auto d = std::make_shared<pipelines::DistillParams>();
+  d->teacher = cfg.get_string("teacher.path");
+  d->teacher_adapter = cfg.get_string("teacher.adapter");
+  d->teacher_device = cfg.get_string("teacher.device");
+  d->teacher_dtype = cfg.get_string("teacher.dtype");
+  d->teacher_quantize = cfg.get_string("teacher.quantize");
+  d->cache = cfg.get_string("teacher.cache");
+  d->loss.divergence = train::divergence_from_name(cfg.get_string("distill.loss"));
+  d->loss.beta = cfg.get_float("distill.beta");
+  d->loss.temperature = cfg.get_float("distill.temperature");
+  d->loss.kd_ratio = cfg.get_float("distill.kd_ratio");
+  d->truncate_vocab = cfg.get_string("distill.vocab") == "truncate";
+  d->top_k = cfg.get_int("distill.top_k");
+  if (cfg.get_string("distill.loss") != "jsd" && cfg.value("distill.beta") != *schema.find("distill.beta")->default_value)
+    throw ConfigError("distill.beta is set (" + cfg.origin("distill.beta").describe() + ") but distill.loss is " +
+                      cfg.get_string("distill.loss") + ": it weighs jsd only; remove it, or set distill.loss: jsd");
+  return d;
+}
 
 Command register_distill(CLI::App& root) {
   auto* app = root.add_subcommand("distill", "knowledge distillation from a teacher into a student (full, LoRA/DoRA or QLoRA), "
@@ -77,22 +97,7 @@ Command register_distill(CLI::App& root) {
 
             pipelines::FinetuneParams p = finetune_params(cfg, schema);
             p.command = "distill";
-            auto d = std::make_shared<pipelines::DistillParams>();
-            d->teacher = cfg.get_string("teacher.path");
-            d->teacher_adapter = cfg.get_string("teacher.adapter");
-            d->teacher_device = cfg.get_string("teacher.device");
-            d->teacher_dtype = cfg.get_string("teacher.dtype");
-            d->teacher_quantize = cfg.get_string("teacher.quantize");
-            d->cache = cfg.get_string("teacher.cache");
-            d->loss.divergence = train::divergence_from_name(cfg.get_string("distill.loss"));
-            d->loss.beta = cfg.get_float("distill.beta");
-            d->loss.temperature = cfg.get_float("distill.temperature");
-            d->loss.kd_ratio = cfg.get_float("distill.kd_ratio");
-            d->truncate_vocab = cfg.get_string("distill.vocab") == "truncate";
-            d->top_k = cfg.get_int("distill.top_k");
-            if (cfg.get_string("distill.loss") != "jsd" && cfg.value("distill.beta") != *schema.find("distill.beta")->default_value)
-              throw ConfigError("distill.beta is set (" + cfg.origin("distill.beta").describe() + ") but distill.loss is " +
-                                cfg.get_string("distill.loss") + ": it weighs jsd only; remove it, or set distill.loss: jsd");
+            const std::shared_ptr<pipelines::DistillParams> d = distill_params(cfg, schema);
             p.distill = d;
 
             if (flags->cache_teacher) {

@@ -32,7 +32,9 @@ int main(int argc, char** argv) {
   std::vector<cli::Command> commands{cli::register_env(root), cli::register_eval(root), cli::register_infer(root),
                                      cli::register_tokenize(root), cli::register_finetune(root),
                                      cli::register_merge(root), cli::register_quantize(root),
-                                     cli::register_prune(root), cli::register_distill(root)};
+                                     cli::register_prune(root), cli::register_distill(root),
+                                     cli::register_validate(root),
+                                     cli::register_sweep(root)};
   cli::check_numeric_options(root);
 
   // An unknown command gets its own message rather than CLI11's "arguments were not expected".

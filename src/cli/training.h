@@ -5,11 +5,13 @@
 
 #include <CLI/App.hpp>
 
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
 #include "common.h"
+#include "llmtune/pipelines/distill.h"
 #include "llmtune/pipelines/finetune.h"
 #include "llmtune/util/config.h"
 
@@ -22,6 +24,11 @@ config::Schema finetune_schema();
 pipelines::FinetuneParams finetune_params(const config::Config& cfg, const config::Schema& schema);
 
 void print_training_summary(const nlohmann::json& summary, bool json);
+
+// distill's schema (finetune's plus teacher.* and distill.*) and its DistillParams, with its
+// cross-key check (ConfigError).
+config::Schema distill_schema();
+std::shared_ptr<pipelines::DistillParams> distill_params(const config::Config& cfg, const config::Schema& schema);
 
 // The flags finetune and distill share: --model, --data, --output, --max-steps, --resume [DIR], --force.
 struct TrainingFlags {

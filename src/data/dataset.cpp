@@ -33,7 +33,7 @@ void check_params(const DataParams& p) {
 
 }  // namespace
 
-Dataset load_dataset(const DataParams& params, const tokenizer::Tokenizer& tok) {
+Dataset load_dataset(const DataParams& params, const tokenizer::Tokenizer& tok, std::vector<RowRecord>* records) {
   check_params(params);
   Dataset ds;
   DataStats& st = ds.stats;
@@ -45,10 +45,21 @@ Dataset load_dataset(const DataParams& params, const tokenizer::Tokenizer& tok) 
     ++st.skipped_bad;
     if (bad_shown++ < kBadRowsShown) spdlog::warn("data: skipping bad row: {}", message);
   };
+  using Outcome = RowRecord::Outcome;
+  auto record = [&](const std::filesystem::path& file, int64_t line, const Example* ex, Outcome outcome, std::string problem = "") {
+    if (!records) return;
+    RowRecord r{.file = file, .line = line, .outcome = outcome, .problem = std::move(problem)};
+    if (ex) {
+      r.tokens = static_cast<int64_t>(ex->input_ids.size());
+      r.trained = std::count_if(ex->labels.begin(), ex->labels.end(), [](int32_t l) { return l != kIgnoreIndex; });
+    }
+    records->push_back(std::move(r));
+  };
   auto read_file = [&](const std::filesystem::path& path, std::vector<Example>& out) {
     const std::string file = path.string();
     auto on_bad = [&](int64_t line, const std::string& message) {
       ++st.rows;
+      record(path, line, nullptr, Outcome::Bad, file + ":" + std::to_string(line) + ": " + message);
       skip(file + ":" + std::to_string(line) + ": " + message);
     };
     read_rows(
@@ -57,21 +68,26 @@ Dataset load_dataset(const DataParams& params, const tokenizer::Tokenizer& tok) 
           ++st.rows;
           const std::string source = file + ":" + std::to_string(line);
           Example ex;
+          bool rendered = false;
           try {
             if (format == "auto") format = detect_format(row, source);
             ex = std::move(renderer.render(row, format, source).example);
             ex.line = line;
+            rendered = true;
             if (!has_trained(ex))
               throw DataError(source + ": the row has no token to train on (train_on=" + params.train_on +
                               (params.train_on == "assistant" ? ": it has no assistant message" : "") +
                               "); add one, set train_on=all, or skip_bad_rows=true");
           } catch (const DataError& e) {
+            record(path, line, rendered ? &ex : nullptr, rendered ? Outcome::NothingTrained : Outcome::Bad, e.what());
             if (!params.skip_bad_rows) throw;
             skip(e.what());
             return;
           }
           if (static_cast<int64_t>(ex.input_ids.size()) > params.max_seq_len) {
+            const Example full = records ? ex : Example();
             if (params.truncation == "drop") {
+              record(path, line, &full, Outcome::DroppedTooLong);
               ++st.dropped;
               return;
             }
@@ -79,9 +95,13 @@ Dataset load_dataset(const DataParams& params, const tokenizer::Tokenizer& tok) 
             ex.input_ids.resize(params.max_seq_len);
             ex.labels.resize(params.max_seq_len);
             if (!has_trained(ex)) {  // everything trained was cut off
+              record(path, line, &full, Outcome::DroppedNothingLeft);
               ++st.dropped;
               return;
             }
+            record(path, line, &full, Outcome::Truncated);
+          } else {
+            record(path, line, &ex, Outcome::Kept);
           }
           out.push_back(std::move(ex));
         },

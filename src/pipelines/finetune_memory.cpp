@@ -17,46 +17,53 @@
 namespace llmtune::pipelines {
 namespace fs = std::filesystem;
 
+MemoryEstimate estimate_memory(const FinetuneParams& p, const model::ModelConfig& c, const data::Dataset& dataset,
+                               at::ScalarType dtype, const fs::path& model_dir, bool quantized_base, double extra_bytes) {
+  const model::FamilyDesc& family = model::family_for(c.model_type, model_dir.string());
+  MemoryEstimate m;
+  m.parameters = model::parameter_count(family, c, !c.tie_word_embeddings);
+  const double elt = static_cast<double>(c10::elementSize(dtype));
+  // (A 4-bit base: half a byte per weight, a lower bound as embeddings and lm_head stay dense.)
+  m.weights = m.parameters * (p.adapter ? (quantized_base ? 0.5 : elt) : 16.0 + (dtype == at::kFloat ? 0.0 : elt));
+  int64_t tokens = 0;
+  for (const auto& e : dataset.train) {
+    m.longest_example = std::max<int64_t>(m.longest_example, static_cast<int64_t>(e.input_ids.size()));
+    tokens += static_cast<int64_t>(e.input_ids.size());
+  }
+  m.row_tokens = p.packing ? std::min(p.data.max_seq_len, tokens) : m.longest_example;
+  const double batch_tokens = static_cast<double>(p.batch_size) * static_cast<double>(m.row_tokens);
+  const auto h = static_cast<double>(c.hidden_size), inter = static_cast<double>(c.intermediate_size);
+  const double q = static_cast<double>(c.n_heads * c.head_dim), kv = static_cast<double>(c.n_heads_kv * c.head_dim);
+  const double per_layer_token = (4 * h + 2 * q + 2 * kv + 3 * inter) * elt;
+  const double layers = static_cast<double>(c.n_layers);
+  m.activations = batch_tokens * (p.gradient_checkpointing ? h * elt * layers + per_layer_token : per_layer_token * layers);
+  const double logit_rows = p.loss_chunk_rows < 0 ? batch_tokens
+                            : p.loss_chunk_rows > 0 ? std::min<double>(batch_tokens, static_cast<double>(p.loss_chunk_rows))
+                                                    : std::min(batch_tokens, (64.0 * (1 << 20)) / (4.0 * static_cast<double>(c.vocab_size)));
+  m.logits = 2 * 4.0 * logit_rows * static_cast<double>(c.vocab_size);
+  m.extra = extra_bytes;
+  return m;
+}
+
 // The terms are lower bounds: weights (fp32 masters, gradients and AdamW moments when training them
 // all), the activations kept for backward (per token and layer: the residual stream, norms, q/k/v,
 // attention output, gate/up/product; only the layer inputs with gradient checkpointing), and the LM
 // head's logits chunk.
 void check_memory(const FinetuneParams& p, const model::ModelConfig& c, const data::Dataset& dataset, const c10::Device& device,
                   at::ScalarType dtype, const fs::path& model_dir, bool quantized_base, double extra_bytes) {
-  const model::FamilyDesc& family = model::family_for(c.model_type, model_dir.string());
-  const double params = model::parameter_count(family, c, !c.tie_word_embeddings);
-  const double elt = static_cast<double>(c10::elementSize(dtype));
-  // (A 4-bit base: half a byte per weight, a lower bound as embeddings and lm_head stay dense.)
-  const double weights = params * (p.adapter ? (quantized_base ? 0.5 : elt) : 16.0 + (dtype == at::kFloat ? 0.0 : elt));
-  ops::check_fits(weights, device,
-                  fmt::format("{} ({:.3g} parameters{})", (model_dir / "config.json").string(), params,
+  const MemoryEstimate m = estimate_memory(p, c, dataset, dtype, model_dir, quantized_base, extra_bytes);
+  ops::check_fits(m.weights, device,
+                  fmt::format("{} ({:.3g} parameters{})", (model_dir / "config.json").string(), m.parameters,
                               p.adapter ? "" : ", trained in full with AdamW"),
                   "check hidden_size, intermediate_size, num_hidden_layers and vocab_size there");
-
-  int64_t longest = 0, tokens = 0;
-  for (const auto& e : dataset.train) {
-    longest = std::max<int64_t>(longest, static_cast<int64_t>(e.input_ids.size()));
-    tokens += static_cast<int64_t>(e.input_ids.size());
-  }
-  const int64_t row = p.packing ? std::min(p.data.max_seq_len, tokens) : longest;
   // Packed examples restart their positions: the longest example is what meets the context.
-  if (longest > c.max_position_embeddings)
+  if (m.longest_example > c.max_position_embeddings)
     spdlog::warn("examples of up to {} tokens (data.max_seq_len {}) run past the model's context (max_position_embeddings {} in {}): "
                  "positions beyond it are outside what the model was trained on",
-                 longest, p.data.max_seq_len, c.max_position_embeddings, (model_dir / "config.json").string());
-  const double batch_tokens = static_cast<double>(p.batch_size) * static_cast<double>(row);
-  const auto h = static_cast<double>(c.hidden_size), inter = static_cast<double>(c.intermediate_size);
-  const double q = static_cast<double>(c.n_heads * c.head_dim), kv = static_cast<double>(c.n_heads_kv * c.head_dim);
-  const double per_layer_token = (4 * h + 2 * q + 2 * kv + 3 * inter) * elt;
-  const double layers = static_cast<double>(c.n_layers);
-  const double activations = batch_tokens * (p.gradient_checkpointing ? h * elt * layers + per_layer_token : per_layer_token * layers);
-  const double logit_rows = p.loss_chunk_rows < 0 ? batch_tokens
-                            : p.loss_chunk_rows > 0 ? std::min<double>(batch_tokens, static_cast<double>(p.loss_chunk_rows))
-                                                    : std::min(batch_tokens, (64.0 * (1 << 20)) / (4.0 * static_cast<double>(c.vocab_size)));
-  const double logits = 2 * 4.0 * logit_rows * static_cast<double>(c.vocab_size);
-  ops::check_fits(weights + activations + logits + extra_bytes, device,
+                 m.longest_example, p.data.max_seq_len, c.max_position_embeddings, (model_dir / "config.json").string());
+  ops::check_fits(m.total(), device,
                   fmt::format("a training step on micro-batches of {} rows × {} tokens (weights {:.3g} GB, activations {:.3g} GB{})",
-                              p.batch_size, row, weights / 1e9, activations / 1e9,
+                              p.batch_size, m.row_tokens, m.weights / 1e9, m.activations / 1e9,
                               extra_bytes > 0 ? fmt::format(", teacher {:.3g} GB", extra_bytes / 1e9) : ""),
                   std::string("lower data.max_seq_len or train.batch_size (and raise train.grad_accum_steps)") +
                       (p.gradient_checkpointing ? "" : ", or set train.grad_checkpointing: true"));

@@ -18,6 +18,18 @@
 
 namespace llmtune::pipelines {
 
+// A training step's memory, estimated from the config and the data (lower bounds, in bytes).
+struct MemoryEstimate {
+  double parameters = 0;            // the base's
+  double weights = 0, activations = 0, logits = 0, extra = 0;
+  double total() const { return weights + activations + logits + extra; }
+  int64_t row_tokens = 0;           // tokens per micro-batch row (max_seq_len packed, the longest example unpacked)
+  int64_t longest_example = 0;
+};
+MemoryEstimate estimate_memory(const FinetuneParams& p, const model::ModelConfig& c, const data::Dataset& dataset,
+                               at::ScalarType dtype, const std::filesystem::path& model_dir, bool quantized_base,
+                               double extra_bytes = 0);
+
 // Estimates a training step's memory from the config and the data and refuses (ConfigError with the
 // estimate and what to lower) when the device cannot hold it; warns when rows run past the context.
 // quantized_base: the frozen linears are held in 4 bits. extra_bytes: what else the step holds on the

@@ -49,9 +49,21 @@ struct Dataset {
   std::string format, template_name;
 };
 
+// What became of one row (for `llmtune validate`): its tokens and trained tokens before truncation
+// (-1 when it did not render), and why it was left out. NothingTrained and Bad rows are errors
+// unless skip_bad_rows; `problem` is the DataError's text.
+struct RowRecord {
+  enum class Outcome { Kept, Truncated, DroppedTooLong, DroppedNothingLeft, NothingTrained, Bad };
+  std::filesystem::path file;
+  int64_t line = 0, tokens = -1, trained = -1;
+  Outcome outcome = Outcome::Kept;
+  std::string problem;
+};
+
 // Reads, renders and tokenizes params.path (and params.val_path); logs the counts once. Errors
-// are DataErrors naming "file:line", what is wrong and what to do.
-Dataset load_dataset(const DataParams& params, const tokenizer::Tokenizer& tok);
+// are DataErrors naming "file:line", what is wrong and what to do. `records`, when given, receives
+// one RowRecord per row read (also those read before an error).
+Dataset load_dataset(const DataParams& params, const tokenizer::Tokenizer& tok, std::vector<RowRecord>* records = nullptr);
 
 // A tokenizer that does not match the model would index past its embeddings: DataError naming
 // `source`:line of the first example with a token id outside [0, vocab_size).

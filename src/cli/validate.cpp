@@ -1,0 +1,285 @@
+// `llmtune validate CONFIG.yaml [key=value ...]`: which command the config is for, its config
+// problems (all of them: after a failed resolution the offending keys are set aside and resolution
+// retried, so that the model and data are still checked), the command's cross-key checks, then the
+// pipeline's checks; one report, exit 0 only when a run would start.
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "common.h"
+#include "training.h"
+#include "llmtune/peft/method.h"
+#include "llmtune/pipelines/validate.h"
+#include "llmtune/util/error.h"
+#include "llmtune/util/log.h"
+
+namespace llmtune::cli {
+namespace {
+
+const std::vector<std::string> kChecked = {"finetune", "distill"};
+
+struct Inputs {
+  std::optional<std::filesystem::path> file;
+  std::string text;  // the YAML, with a `command:` line blanked (line numbers kept)
+  std::vector<std::string> overrides;
+  config::Sources sources() const {
+    config::Sources s;
+    s.file = file;
+    if (file) s.yaml_text = text;
+    s.overrides = overrides;
+    return s;
+  }
+};
+
+std::vector<std::string> split_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+std::string join_lines(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& l : lines) out += l + "\n";
+  return out;
+}
+
+size_t indent(const std::string& line) { return line.find_first_not_of(' ') == std::string::npos ? 0 : line.find_first_not_of(' '); }
+
+// Blanks line `n` (1-based) of the YAML and the block under it (deeper lines, and a block list at its
+// own indentation), keeping every other line where it was.
+bool blank_yaml_entry(std::string& text, size_t n) {
+  std::vector<std::string> lines = split_lines(text);
+  if (n == 0 || n > lines.size() || lines[n - 1].find_first_not_of(' ') == std::string::npos) return false;
+  const size_t own = indent(lines[n - 1]);
+  lines[n - 1].clear();
+  for (size_t i = n; i < lines.size(); ++i) {
+    const std::string& l = lines[i];
+    const size_t first = l.find_first_not_of(' ');
+    if (first == std::string::npos || l[first] == '#') continue;
+    if (first > own || (first == own && l.compare(first, 2, "- ") == 0)) lines[i].clear();
+    else break;
+  }
+  text = join_lines(lines);
+  return true;
+}
+
+// The config problems' sources set aside, so that a retry resolves what is left: a file line, a
+// key=value, a missing required key (then resolved as unset: the checks that need it are skipped).
+bool set_aside(const std::vector<std::string>& errors, Inputs& in, std::vector<config::FlagValue>& flags,
+               std::set<std::string>& unset_required) {
+  bool changed = false;
+  static const std::regex missing("^missing required key '([^']+)'");
+  static const std::regex override_source("^command line '([^']+)': ");
+  static const std::regex flag_source("^flag (--[a-z_-]+): ");
+  for (const auto& e : errors) {
+    std::smatch m;
+    if (std::regex_search(e, m, missing)) {
+      changed |= unset_required.insert(m[1]).second;
+    } else if (std::regex_search(e, m, flag_source)) {
+      const auto before = flags.size();
+      std::erase_if(flags, [&](const config::FlagValue& f) {
+        std::string spelled = "--" + f.key;
+        std::replace(spelled.begin(), spelled.end(), '_', '-');
+        return spelled == m[1].str();
+      });
+      changed |= flags.size() != before;
+    } else if (std::regex_search(e, m, override_source)) {
+      auto it = std::find(in.overrides.begin(), in.overrides.end(), m[1].str());
+      if (it != in.overrides.end()) in.overrides.erase(it), changed = true;
+    } else if (in.file) {
+      const std::string prefix = in.file->string() + ":";
+      if (!e.starts_with(prefix)) continue;
+      const size_t n = std::strtoul(e.c_str() + prefix.size(), nullptr, 10);
+      changed |= blank_yaml_entry(in.text, n);
+    }
+  }
+  return changed;
+}
+
+// The command the config is for: --command, a top-level `command:` key (taken out of the YAML), the
+// file's first line as the presets write it ("# llmtune finetune ..."), else distill when teacher.* or
+// distill.* keys appear, else finetune. Returns the command and how it was found.
+std::pair<std::string, std::string> find_command(const std::optional<std::string>& flag, Inputs& in) {
+  std::string from_key;
+  std::vector<std::string> lines = split_lines(in.text);
+  static const std::regex key("^command:\\s*([A-Za-z_]+)\\s*(#.*)?$");
+  for (size_t i = 0; i < lines.size(); ++i) {
+    std::smatch m;
+    if (std::regex_match(lines[i], m, key)) {
+      from_key = m[1];
+      lines[i].clear();
+      in.text = join_lines(lines);
+      if (!flag) return {from_key, "the command: key at " + in.file->string() + ":" + std::to_string(i + 1)};
+    }
+  }
+  if (flag) return {*flag, "--command"};
+  static const std::regex comment("^#\\s*llmtune\\s+([a-z_]+)\\b.*");
+  std::smatch m;
+  if (!lines.empty() && std::regex_match(lines[0], m, comment))
+    return {m[1], "the file's first line, '" + lines[0].substr(0, 60) + "'"};
+  static const std::regex distill_key("^(teacher|distill)([.:]|\\s*:)");
+  for (const auto& l : lines)
+    if (std::regex_search(l, distill_key)) return {"distill", "its teacher/distill keys"};
+  for (const auto& o : in.overrides)
+    if (o.starts_with("teacher.") || o.starts_with("distill.")) return {"distill", "its teacher/distill keys"};
+  return {"finetune", "the default (no --command, command: key or '# llmtune <command>' first line)"};
+}
+
+// The fields the checks read, straight from the config, for when the command's cross-key checks
+// refused it (that refusal is already a problem): model, method, data and batch settings.
+pipelines::FinetuneParams basic_params(const config::Config& cfg) {
+  pipelines::FinetuneParams p;
+  p.model = cfg.get_string("model.path");
+  p.model_init = cfg.get_string("model.init");
+  p.output = cfg.get_string("output");
+  p.method = cfg.get_string("method");
+  p.quantize = cfg.get_string("model.quantize");
+  if (p.method != "full") {
+    try {
+      p.adapter = peft::find_adapter_method(p.method == "qlora" ? "lora" : p.method)->from_config(cfg);
+    } catch (const Error&) {
+      p.adapter = peft::find_adapter_method("lora")->from_config(cfg);
+    }
+  }
+  p.data.path = cfg.get_string("data.path");
+  p.data.format = cfg.get_string("data.format");
+  p.data.chat_template = cfg.get_string("data.template");
+  p.data.train_on = cfg.get_string("data.train_on");
+  p.data.max_seq_len = cfg.get_int("data.max_seq_len");
+  p.data.truncation = cfg.get_string("data.truncation");
+  p.data.val_fraction = cfg.get_float("data.val_fraction");
+  p.data.val_path = cfg.get_string("data.val_path");
+  if (p.data.val_fraction > 0 && !p.data.val_path.empty()) p.data.val_path.clear();
+  p.data.skip_bad_rows = cfg.get_bool("data.skip_bad_rows");
+  p.packing = cfg.get_bool("data.packing");
+  p.batch_size = cfg.get_int("train.batch_size");
+  p.grad_accum_steps = cfg.get_int("train.grad_accum_steps");
+  p.epochs = cfg.get_int("train.epochs");
+  p.max_steps = cfg.get_int("train.max_steps");
+  p.warmup_steps = cfg.get_int("train.warmup_steps");
+  p.warmup_ratio = cfg.get_float("train.warmup_ratio");
+  p.gradient_checkpointing = cfg.get_bool("train.grad_checkpointing");
+  p.loss_chunk_rows = cfg.get_int("train.loss_chunk_rows");
+  p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
+  p.data.seed = p.seed;
+  p.device = cfg.get_string("device");
+  p.dtype = cfg.get_string("dtype");
+  return p;
+}
+
+void add_problem_lines(pipelines::ValidateReport& report, const std::string& text) {
+  for (const auto& line : split_lines(text))
+    if (!line.empty()) report.problems.push_back(line);
+}
+
+int run_validate(CommonOptions& o, const std::optional<std::string>& command_flag) {
+  Inputs in;
+  for (const auto& arg : o.positionals) {
+    if ((arg.ends_with(".yaml") || arg.ends_with(".yml")) && arg.find('=') == std::string::npos) {
+      if (in.file) throw UsageError("two config files given ('" + in.file->string() + "' and '" + arg + "'); pass one and use key=value for the rest");
+      in.file = arg;
+    } else if (arg.find('=') != std::string::npos) {
+      in.overrides.push_back(arg);
+    } else {
+      throw UsageError("unexpected argument '" + arg + "': expected a CONFIG.yaml file or key=value");
+    }
+  }
+  if (in.file) {
+    std::ifstream f(*in.file, std::ios::binary);
+    if (!f) throw ConfigError(in.file->string() + ": cannot read the config file (does it exist?)");
+    std::ostringstream text;
+    text << f.rdbuf();
+    in.text = text.str();
+  }
+  const auto [command, command_from] = find_command(command_flag, in);
+  if (std::find(kChecked.begin(), kChecked.end(), command) == kChecked.end())
+    throw UsageError("validate checks finetune and distill configs; " + (in.file ? in.file->string() : std::string("the config")) +
+                     " is for '" + command + "' (from " + command_from + "): give --command finetune or distill if it is one of them");
+
+  pipelines::ValidateReport report;
+  report.command = command;
+  // A sweep file (llmtune sweep): its base config is what can be checked; the sweep: block varies it.
+  static const std::regex sweep_block("^sweep:\\s*(#.*)?$");
+  const std::vector<std::string> lines = split_lines(in.text);
+  for (size_t i = 0; i < lines.size(); ++i)
+    if (std::regex_match(lines[i], sweep_block) && blank_yaml_entry(in.text, i + 1))
+      report.warnings.push_back(in.file->string() + ":" + std::to_string(i + 1) +
+                                ": the sweep: block is set aside; this is its base config, checked without the swept values");
+  report.sections["config"] = {{"file", in.file ? in.file->string() : ""}, {"command_from", command_from}};
+  config::Schema schema = command == "distill" ? distill_schema() : finetune_schema();
+  std::vector<config::FlagValue> flags;
+  add_flag_value(flags, "device", o.device);
+  add_flag_value(flags, "dtype", o.dtype);
+  add_flag_value(flags, "seed", o.seed);
+  add_flag_value(flags, "log_level", o.log_level);
+
+  // Resolve; on failure keep every line as a problem, set their sources aside and resolve again.
+  std::optional<config::Config> cfg;
+  std::set<std::string> unset_required;
+  for (int attempt = 0; attempt < 4 && !cfg; ++attempt) {
+    config::Schema relaxed;
+    for (config::Key k : schema.keys()) {
+      if (unset_required.count(k.name)) k.required = false;
+      relaxed.add(k);
+    }
+    config::Sources sources = in.sources();
+    sources.flags = flags;
+    for (const auto& key : unset_required) sources.flags.push_back({key, "", key});  // an empty string: "not set"
+    try {
+      cfg = config::Config::resolve(relaxed, sources);
+    } catch (const ConfigError& e) {
+      const std::vector<std::string> errors = split_lines(e.what());
+      if (attempt == 0) add_problem_lines(report, e.what());
+      if (!set_aside(errors, in, flags, unset_required)) break;
+    }
+  }
+  if (cfg && print_config_if_asked(*cfg, o)) return 0;
+  if (cfg) {
+    log::set_level(cfg->get_string("log_level"));
+    pipelines::FinetuneParams p;
+    try {
+      p = finetune_params(*cfg, schema);
+      if (command == "distill") p.distill = distill_params(*cfg, schema);
+    } catch (const ConfigError& e) {
+      add_problem_lines(report, e.what());
+      p = basic_params(*cfg);
+      if (command == "distill") {
+        try {
+          p.distill = distill_params(*cfg, schema);
+        } catch (const ConfigError&) {
+        }
+      }
+    }
+    p.command = command;
+    pipelines::validate_training(p, report);
+  } else {
+    report.problems.push_back("the model and data were not checked: fix the config problems above first");
+  }
+  if (o.json) std::cout << report.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  else std::cout << report.to_text();
+  return report.ok() ? 0 : 2;
+}
+
+}  // namespace
+
+Command register_validate(CLI::App& root) {
+  auto* app = root.add_subcommand("validate", "check a finetune or distill config, its model and its data without training: "
+                                               "every problem at once, with statistics, memory and step estimates");
+  auto options = std::make_shared<CommonOptions>();
+  auto command = std::make_shared<std::optional<std::string>>();
+  add_common_options(app, *options);
+  app->add_option("--command", *command,
+                  "the command the config is for (default: a command: key, else the '# llmtune <command>' first line, else "
+                  "distill when teacher.*/distill.* keys are set, else finetune)")
+      ->check(CLI::IsMember(kChecked));
+  return {app, [options, command] { return run_validate(*options, *command); }};
+}
+
+}  // namespace llmtune::cli
