@@ -22,6 +22,7 @@ packages=(
   libgtest-dev libgmock-dev googletest
   libpcre2-dev libpcre2-8-0
   libutf8proc-dev libutf8proc2
+  libcpp-httplib-dev libcpp-httplib0.11 libssl-dev libssl3 zlib1g-dev libbrotli-dev libbrotli1
 )
 
 debs="$LLMTUNE_DEPS_DIR/debs"

@@ -11,8 +11,8 @@ from pathlib import Path
 # Rank of each layer: a file may include its own rank or lower. kernels/ sits between io and ops:
 # it may use util/io, and only ops may include it.
 RANKS = {"util": 0, "io": 1, "kernels": 1.5, "ops": 2, "model": 3, "tokenizer": 3, "quant": 4, "peft": 4,
-         "data": 5, "train": 6, "pipelines": 7, "cli": 8}
-ORDER = "util → io → ops → model/tokenizer → quant/peft → data → train → pipelines → cli"
+         "data": 5, "train": 6, "pipelines": 7, "serve": 7.5, "cli": 8}
+ORDER = "util → io → ops → model/tokenizer → quant/peft → data → train → pipelines → serve → cli"
 INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
 SOURCE_SUFFIXES = {".h", ".hpp", ".cpp", ".cc", ".cu", ".cuh"}
 

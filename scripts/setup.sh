@@ -19,10 +19,11 @@ apt_packages=(
   build-essential cmake ninja-build ccache pkg-config git python3-venv python3-dev
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libyaml-cpp-dev libgtest-dev libpcre2-dev libutf8proc-dev
+  libcpp-httplib-dev  # llmtune serve's HTTP server
   clang libclang-rt-dev  # the sanitizer build and libFuzzer (scripts/test-asan.sh, scripts/fuzz.sh)
 )
 # The reference implementations the tests compare with, and what the build links.
-py_packages=(torch transformers peft safetensors sentencepiece tokenizers gguf numpy pytest protobuf "bitsandbytes>=0.49" trl compressed-tensors tensorboard)
+py_packages=(torch transformers peft safetensors sentencepiece tokenizers gguf numpy pytest protobuf "bitsandbytes>=0.49" trl compressed-tensors tensorboard openai prometheus-client)
 # Installed without their dependencies: the tests load single files of them (torchtune's
 # modules/loss/kd_losses.py), and torchtune's own dependencies (torchao) do not fit our torch.
 py_packages_no_deps=(torchtune)

@@ -99,6 +99,7 @@ Command register_quantize(CLI::App& root);
 Command register_prune(CLI::App& root);
 Command register_distill(CLI::App& root);
 Command register_validate(CLI::App& root);
+Command register_serve(CLI::App& root);
 Command register_sweep(CLI::App& root);
 
 }  // namespace llmtune::cli

@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
                                      cli::register_merge(root), cli::register_quantize(root),
                                      cli::register_prune(root), cli::register_distill(root),
                                      cli::register_validate(root),
-                                     cli::register_sweep(root)};
+                                     cli::register_serve(root), cli::register_sweep(root)};
   cli::check_numeric_options(root);
 
   // An unknown command gets its own message rather than CLI11's "arguments were not expected".
