@@ -59,7 +59,7 @@ int64_t choose_token(at::Tensor logits, const std::vector<int64_t>& history, con
 }
 
 GenerationResult generate(const CausalLM& model, const std::vector<int64_t>& prompt, const SamplingParams& params,
-                          const std::function<bool(int64_t)>& on_token) {
+                          const std::function<bool(int64_t)>& on_token, const TokenChooser& choose) {
   if (prompt.empty()) throw Error("generate: the prompt is empty (no tokens)");
   GenerationResult result;
   // The KV cache is allocated up front: never beyond the model's context (transformers warns and
@@ -94,7 +94,7 @@ GenerationResult generate(const CausalLM& model, const std::vector<int64_t>& pro
       result.prompt_seconds = seconds_since(t0);
       t0 = std::chrono::steady_clock::now();
     }
-    int64_t next = choose_token(logits, history, params, generator);
+    int64_t next = choose ? choose(logits, history, generator) : choose_token(logits, history, params, generator);
     result.tokens.push_back(next);
     history.push_back(next);
     bool is_stop = std::find(params.stop_ids.begin(), params.stop_ids.end(), next) != params.stop_ids.end();

@@ -12,6 +12,7 @@
 #include <algorithm>
 
 #include "llmtune/model/rope.h"
+#include "sampling.h"
 
 namespace llmtune::serve {
 namespace {
@@ -143,7 +144,7 @@ void Batch::admit(const JobPtr& job, const std::string& model_name) {
   rows_[r] = std::move(row);
   ++active_;
   Row& me = *rows_[r];
-  const int64_t token = model::choose_token(logits, me.history, job->sampling, me.generator);
+  const int64_t token = pick_token(logits, me.history, *job, me.generator);
   if (!emit(r, token)) me.next = token;
 }
 
@@ -177,7 +178,7 @@ void Batch::step() {
     if (!rows_[r]) continue;
     Row& row = *rows_[r];
     ++row.position;
-    const int64_t token = model::choose_token(logits[r], row.history, row.job->sampling, row.generator);
+    const int64_t token = pick_token(logits[r], row.history, *row.job, row.generator);
     if (!emit(static_cast<size_t>(r), token)) row.next = token;
   }
   // Half the rows idle: a smaller cache (and forward pass) for the rest.

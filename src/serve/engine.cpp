@@ -16,6 +16,7 @@
 #include "llmtune/pipelines/load.h"
 #include "llmtune/util/error.h"
 #include "batch.h"
+#include "sampling.h"
 #include "text_stream.h"
 
 namespace llmtune::serve {
@@ -254,7 +255,10 @@ void Engine::run(GenerationJob& job) {
     job.publish(stream.push(id), n);
     return !stream.stopped() && !job.cancelled.load();
   };
-  const model::GenerationResult result = model::generate(*model_, job.prompt, job.sampling, on_token);
+  auto choose = [&job](const at::Tensor& logits, const std::vector<int64_t>& history, at::Generator& generator) {
+    return pick_token(logits, history, job, generator);
+  };
+  const model::GenerationResult result = model::generate(*model_, job.prompt, job.sampling, on_token, choose);
   metrics_.count_tokens(m->name, static_cast<int64_t>(job.prompt.size()), n);
   metrics_.observe_request_latency(m->name, seconds_between(job.arrived, std::chrono::steady_clock::now()));
   job.finish(stream.rest(), stream.stopped() ? "stop" : result.finish_reason, n);

@@ -36,10 +36,18 @@ struct GenerationJob {
   std::vector<int64_t> prompt;
   model::SamplingParams sampling;  // max_new_tokens already within the context; stop_ids set
   std::vector<std::string> stop;   // stop strings: the text ends before the first one
+  double presence_penalty = 0, frequency_penalty = 0;  // OpenAI's, over the generated tokens
+  int64_t logprobs = -1;  // -1: none; else the chosen token's log probability and this many alternatives
   std::chrono::steady_clock::time_point arrived = std::chrono::steady_clock::now();
   std::atomic<bool> cancelled{false};  // the client went away: stop at the next token
 
   // Filled by the worker.
+  struct TokenLogprob {
+    int64_t token;
+    double logprob;
+    std::vector<std::pair<int64_t, double>> top;  // the most likely tokens, best first
+  };
+  std::vector<TokenLogprob> token_logprobs;  // one per generated token but stop ids (read once done)
   struct Update {
     std::string delta;  // text since the last update
     bool done = false;

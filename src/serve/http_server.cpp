@@ -103,6 +103,7 @@ void serve_generation(const httplib::Request& req, httplib::Response& res, bool 
   struct Progress {
     size_t choice = 0;
     bool first = true;
+    std::unique_ptr<ToolCallStream> tools;  // the current choice's, when tool calls are parsed
   };
   auto at = std::make_shared<Progress>();
   std::vector<JobPtr> jobs = r.jobs;
@@ -117,12 +118,26 @@ void serve_generation(const httplib::Request& req, httplib::Response& res, bool 
           out = sse(error_body(job.error_status, job.error)) + "data: [DONE]\n\n";
           end = true;
         } else {
-          if (!u.delta.empty() || (at->first && r.chat))
-            out += sse(stream_chunk(r, id, created, at->choice, u.delta, at->first, ""));
+          // With tools, text that may open a call is held; at the end the calls go out as deltas.
+          if (r.tool_format != ToolFormat::None && !at->tools) at->tools = std::make_unique<ToolCallStream>(r.tool_format);
+          std::string delta = at->tools ? at->tools->push(u.delta) : u.delta;
+          std::string reason = job.finish_reason;
+          std::vector<ToolCall> calls;
+          if (u.done && at->tools) {
+            std::string rest;
+            calls = at->tools->finish(rest).calls;
+            delta += rest;
+            if (!calls.empty() && reason == "stop") reason = "tool_calls";
+          }
+          if (!delta.empty() || (at->first && r.chat))
+            out += sse(stream_chunk(r, id, created, at->choice, delta, at->first, ""));
           if (!out.empty()) at->first = false;
+          for (size_t i = 0; i < calls.size(); ++i)
+            for (const auto& d : tool_call_deltas(calls[i], i)) out += sse(tool_call_chunk(r, id, created, at->choice, d));
           if (u.done) {
-            out += sse(stream_chunk(r, id, created, at->choice, "", at->first && r.chat, job.finish_reason));
+            out += sse(stream_chunk(r, id, created, at->choice, "", at->first && r.chat, reason));
             at->first = true;
+            at->tools.reset();
             if (++at->choice == r.jobs.size()) {
               if (r.include_usage) out += sse(usage_chunk(r, id, created));
               out += "data: [DONE]\n\n";

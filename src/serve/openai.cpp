@@ -2,6 +2,9 @@
 // OpenAI's API reference; fields the server cannot honour are refused by name, never ignored.
 #include "openai.h"
 
+#include <spdlog/spdlog.h>
+
+#include <atomic>
 #include <cmath>
 
 #include "llmtune/io/read_file.h"
@@ -67,12 +70,6 @@ void refuse_unsupported(const json& body) {
   auto refuse = [](const char* key, const std::string& why) {
     throw bad(key, std::string("'") + key + "' is not supported by llmtune serve (" + why + ")");
   };
-  for (const char* key : {"presence_penalty", "frequency_penalty"})
-    if (const json* v = field(body, key); v && !(v->is_number() && v->get<double>() == 0.0))
-      refuse(key, "use repetition_penalty");
-  if (const json* v = field(body, "logprobs"); v && !(v->is_boolean() && !v->get<bool>()))
-    refuse("logprobs", "log probabilities are not returned yet");
-  if (field(body, "top_logprobs")) refuse("top_logprobs", "log probabilities are not returned yet");
   if (const json* v = field(body, "logit_bias"); v && !(v->is_object() && v->empty())) refuse("logit_bias", "no logit bias");
   if (const json* v = field(body, "best_of"); v && !(v->is_number_integer() && v->get<int64_t>() == 1))
     refuse("best_of", "one sequence per choice");
@@ -81,8 +78,9 @@ void refuse_unsupported(const json& body) {
     refuse("suffix", "no fill-in-the-middle");
   if (const json* v = field(body, "response_format"); v && !(v->is_object() && v->value("type", "") == "text"))
     refuse("response_format", "no constrained decoding; only {\"type\": \"text\"}");
-  if (const json* v = field(body, "tool_choice"); v && !(v->is_string() && v->get<std::string>() == "auto"))
-    refuse("tool_choice", "the model chooses: only \"auto\"");
+  if (const json* v = field(body, "tool_choice");
+      v && !(v->is_string() && (v->get<std::string>() == "auto" || v->get<std::string>() == "none")))
+    refuse("tool_choice", "the model chooses: only \"auto\" or \"none\"");
 }
 
 // A message's text: a string, or an array of {"type": "text", "text": ...} parts joined.
@@ -209,6 +207,7 @@ CompletionRequest parse_completion_request(const std::string& text, bool chat, c
   const json body = parse_body(text);
   CompletionRequest r;
   r.chat = chat;
+  r.tokenizer = &engine.tokenizer();
   const json* model = field(body, "model");
   if (!model || !model->is_string()) throw bad("model", "'model' is required: a string naming a served model (GET /v1/models)");
   r.model = engine.find(model->get<std::string>());
@@ -271,6 +270,26 @@ CompletionRequest parse_completion_request(const std::string& text, bool chat, c
   if (const json* ignore = field(body, "ignore_eos"); ignore && boolean(body, "ignore_eos", false))
     s.stop_ids.clear();
   job.stop = stop_strings(body);
+  job.presence_penalty = number(body, "presence_penalty", 0, -2, 2);
+  job.frequency_penalty = number(body, "frequency_penalty", 0, -2, 2);
+  if (chat) {  // logprobs: a boolean; top_logprobs: how many alternatives
+    const bool wanted = boolean(body, "logprobs", false);
+    if (field(body, "top_logprobs") && !wanted) throw bad("top_logprobs", "'top_logprobs' needs \"logprobs\": true");
+    if (wanted) job.logprobs = integer(body, "top_logprobs", 0, 0, 20);
+  } else if (field(body, "logprobs")) {  // logprobs: how many alternatives
+    job.logprobs = integer(body, "logprobs", 0, 0, 20);
+  }
+  if (job.logprobs >= 0 && r.stream)
+    throw bad("logprobs", "'logprobs' is not supported with \"stream\": true yet (ask without streaming)");
+  const json* choice = field(body, "tool_choice");  // checked above: absent, "auto" or "none"
+  if (chat && field(body, "tools") && !(choice && *choice == "none")) {
+    r.tool_format = detect_tool_format(r.model->chat_template);
+    static std::atomic<bool> warned{false};
+    if (r.tool_format == ToolFormat::None && !warned.exchange(true))
+      spdlog::warn("serve: a request gives tools, but the chat template of '{}' writes calls in none of the formats "
+                   "parsed (hermes, llama3_json, mistral): replies come back as content, calls unparsed",
+                   r.model->name);
+  }
   // Choice i samples with seed + i (reproducible with a seed), or its own drawn seed.
   r.jobs.push_back(first);
   for (int64_t i = 1; i < n; ++i) {
@@ -280,6 +299,9 @@ CompletionRequest parse_completion_request(const std::string& text, bool chat, c
     other->sampling = job.sampling;
     other->sampling.seed = seeded ? job.sampling.seed + static_cast<uint64_t>(i) : seeds();
     other->stop = job.stop;
+    other->presence_penalty = job.presence_penalty;
+    other->frequency_penalty = job.frequency_penalty;
+    other->logprobs = job.logprobs;
     r.jobs.push_back(std::move(other));
   }
   return r;
@@ -302,6 +324,47 @@ json head(const CompletionRequest& r, const std::string& id, int64_t created, bo
 
 json finish(const std::string& reason) { return reason.empty() ? json() : json(reason); }
 
+// A token's text (special tokens included) and its bytes, as OpenAI's logprobs give them.
+std::string token_text(const tokenizer::Tokenizer& tok, int64_t id) {
+  return tok.decode(std::vector<int32_t>{static_cast<int32_t>(id)}, /*skip_special_tokens=*/false);
+}
+json token_bytes(const std::string& s) {
+  json out = json::array();
+  for (unsigned char c : s) out.push_back(c);
+  return out;
+}
+
+// OpenAI's choice.logprobs: chat's {"content": [...]} or completions' tokens/token_logprobs/top_logprobs.
+json logprobs_json(const CompletionRequest& r, const GenerationJob& job, const tokenizer::Tokenizer& tok) {
+  if (job.logprobs < 0) return nullptr;
+  if (r.chat) {
+    json content = json::array();
+    for (const auto& t : job.token_logprobs) {
+      const std::string text = token_text(tok, t.token);
+      json top = json::array();
+      for (const auto& [id, lp] : t.top) {
+        const std::string alt = token_text(tok, id);
+        top.push_back({{"token", alt}, {"logprob", lp}, {"bytes", token_bytes(alt)}});
+      }
+      content.push_back({{"token", text}, {"logprob", t.logprob}, {"bytes", token_bytes(text)}, {"top_logprobs", top}});
+    }
+    return {{"content", content}, {"refusal", nullptr}};
+  }
+  json tokens = json::array(), values = json::array(), top = json::array(), offsets = json::array();
+  int64_t offset = 0;
+  for (const auto& t : job.token_logprobs) {
+    const std::string text = token_text(tok, t.token);
+    tokens.push_back(text);
+    values.push_back(t.logprob);
+    json alts = json::object();
+    for (const auto& [id, lp] : t.top) alts[token_text(tok, id)] = lp;
+    top.push_back(alts);
+    offsets.push_back(offset);
+    offset += static_cast<int64_t>(text.size());
+  }
+  return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", top}, {"text_offset", offsets}};
+}
+
 }  // namespace
 
 json completion_response(const CompletionRequest& r, const std::string& id, int64_t created) {
@@ -310,10 +373,19 @@ json completion_response(const CompletionRequest& r, const std::string& id, int6
   for (size_t i = 0; i < r.jobs.size(); ++i) {
     const GenerationJob& job = *r.jobs[i];
     json choice = {{"index", i}};
-    if (r.chat) choice["message"] = {{"role", "assistant"}, {"content", job.text}};
-    else choice["text"] = job.text;
-    choice["logprobs"] = nullptr;
-    choice["finish_reason"] = finish(job.finish_reason);
+    std::string reason = job.finish_reason;
+    if (r.chat) {
+      const ParsedOutput parsed = parse_tool_calls(r.tool_format, job.text);
+      choice["message"] = {{"role", "assistant"}, {"content", parsed.has_content ? json(parsed.content) : json()}};
+      if (!parsed.calls.empty()) {
+        choice["message"]["tool_calls"] = tool_calls_json(parsed.calls);
+        if (reason == "stop") reason = "tool_calls";
+      }
+    } else {
+      choice["text"] = job.text;
+    }
+    choice["logprobs"] = logprobs_json(r, job, *r.tokenizer);
+    choice["finish_reason"] = finish(reason);
     out["choices"].push_back(std::move(choice));
   }
   out["usage"] = usage(r);
@@ -333,6 +405,14 @@ json stream_chunk(const CompletionRequest& r, const std::string& id, int64_t cre
   choice["logprobs"] = nullptr;
   choice["finish_reason"] = finish(finish_reason);
   out["choices"] = json::array({choice});
+  if (r.include_usage) out["usage"] = nullptr;
+  return out;
+}
+
+json tool_call_chunk(const CompletionRequest& r, const std::string& id, int64_t created, size_t index, const json& call) {
+  json out = head(r, id, created, true);
+  out["choices"] = json::array({{{"index", index}, {"delta", {{"tool_calls", json::array({call})}}}, {"logprobs", nullptr},
+                                 {"finish_reason", nullptr}}});
   if (r.include_usage) out["usage"] = nullptr;
   return out;
 }

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "engine.h"
+#include "tool_calls.h"
 
 namespace llmtune::serve {
 
@@ -33,9 +34,13 @@ std::string dump(const json& j);
 struct CompletionRequest {
   bool chat = false;
   const ServedModel* model = nullptr;
+  const tokenizer::Tokenizer* tokenizer = nullptr;  // the engine's, for the tokens of logprobs
   std::vector<JobPtr> jobs;  // one per choice (n): prompt, sampling, stop strings filled; not yet submitted
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  // How calls in the output are parsed into tool_calls: None unless the request gives tools (and
+  // tool_choice is not "none") and the chat template writes calls in a known format.
+  ToolFormat tool_format = ToolFormat::None;
 };
 
 // Parses and checks a body; ApiError (400, 404) naming the field otherwise. Requests without a seed
@@ -47,6 +52,8 @@ CompletionRequest parse_completion_request(const std::string& body, bool chat, c
 json completion_response(const CompletionRequest& r, const std::string& id, int64_t created);
 json stream_chunk(const CompletionRequest& r, const std::string& id, int64_t created, size_t index,
                   const std::string& delta, bool first, const std::string& finish_reason);
+// A chat stream chunk carrying one tool_calls delta (see tool_call_deltas).
+json tool_call_chunk(const CompletionRequest& r, const std::string& id, int64_t created, size_t index, const json& call);
 json usage_chunk(const CompletionRequest& r, const std::string& id, int64_t created);
 
 // /tokenize and /detokenize bodies → responses.

@@ -267,7 +267,11 @@ BAD_REQUESTS = [
     ("/v1/completions", {"model": "base", "prompt": "hi", "n": 0}, 400, "n"),
     ("/v1/completions", {"model": "base", "prompt": "hi", "n": 1000}, 400, "n"),
     ("/v1/completions", {"model": "base", "prompt": "hi", "top_p": 0}, 400, "top_p"),
-    ("/v1/completions", {"model": "base", "prompt": "hi", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ("/v1/completions", {"model": "base", "prompt": "hi", "presence_penalty": 2.5}, 400, "presence_penalty"),
+    ("/v1/completions", {"model": "base", "prompt": "hi", "logprobs": 21}, 400, "logprobs"),
+    ("/v1/completions", {"model": "base", "prompt": "hi", "logprobs": 1, "stream": True}, 400, "logprobs"),
+    ("/v1/chat/completions", {"model": "base", "messages": CHAT, "top_logprobs": 2}, 400, "top_logprobs"),
+    ("/v1/chat/completions", {"model": "base", "messages": CHAT, "tools": TOOLS, "tool_choice": "required"}, 400, "tool_choice"),
     ("/v1/completions", {"model": "base", "prompt": "hi", "stream_options": {"include_usage": True}}, 400, "stream_options"),
     ("/v1/completions", {"prompt": "hi"}, 400, "model"),
     ("/v1/completions", {"model": "gpt-4", "prompt": "hi"}, 404, "model"),
@@ -486,3 +490,4 @@ def test_config_file_and_bad_settings(tmp_path, llmtune):
         r = llmtune("serve", "--model", BASE, "--port", taken.getsockname()[1])
     errors = [l for l in r.err_lines if l.startswith("llmtune: error:")]
     assert r.code == 1 and len(errors) == 1 and "cannot listen on 127.0.0.1:" in errors[0], r.err
+

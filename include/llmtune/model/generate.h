@@ -29,9 +29,14 @@ struct GenerationResult {
   double decode_seconds = 0;     // wall time of the remaining steps
 };
 
-// on_token: called with each new id; returning false stops generation.
+// Picks the next id from a step's logits ((V,), the model's dtype) and the ids so far.
+using TokenChooser = std::function<int64_t(const at::Tensor& logits, const std::vector<int64_t>& history,
+                                           at::Generator& generator)>;
+
+// on_token: called with each new id; returning false stops generation. choose: replaces
+// choose_token (serve's penalties and log probabilities).
 GenerationResult generate(const CausalLM& model, const std::vector<int64_t>& prompt, const SamplingParams& params,
-                          const std::function<bool(int64_t)>& on_token = {});
+                          const std::function<bool(int64_t)>& on_token = {}, const TokenChooser& choose = {});
 
 // The next-token choice on logits: (V,) float32 → id. `history` feeds the repetition penalty.
 int64_t choose_token(at::Tensor logits, const std::vector<int64_t>& history, const SamplingParams& params,
