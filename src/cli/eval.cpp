@@ -6,6 +6,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "command_params.h"
 #include "common.h"
 #include "llmtune/peft/method.h"
 #include "llmtune/pipelines/eval.h"
@@ -21,6 +22,8 @@ struct EvalFlags {
   std::optional<int64_t> max_seq_len, batch_size;
   bool refuse_non_finite = false;
 };
+
+}  // namespace
 
 config::Schema eval_schema() {
   using config::Type;
@@ -43,7 +46,22 @@ config::Schema eval_schema() {
   return s;
 }
 
-}  // namespace
+pipelines::EvalParams eval_params(const config::Config& cfg) {
+  pipelines::EvalParams p;
+  p.model = cfg.get_string("model");
+  // Resolved here so that a wrong path is called an adapter, not a model.
+  p.adapter = cfg.has("adapter") ? peft::resolve_adapter_dir(cfg.get_string("adapter")).string() : "";
+  p.data = cfg.get_string("data");
+  p.format = cfg.get_string("format");
+  p.chat_template = cfg.get_string("template");
+  p.max_seq_len = cfg.get_int("max_seq_len");
+  p.batch_size = cfg.get_int("batch_size");
+  p.refuse_non_finite = cfg.get_bool("refuse_non_finite");
+  p.quantize = cfg.get_string("quantize");
+  p.device = cfg.get_string("device");
+  p.dtype = cfg.get_string("dtype");
+  return p;
+}
 
 Command register_eval(CLI::App& root) {
   auto* app = root.add_subcommand("eval", "Loss and perplexity of a model on a dataset (.txt, or .jsonl text / instruction / chat rows)");
@@ -73,19 +91,7 @@ Command register_eval(CLI::App& root) {
             add_flag_value(extra, "quantize", flags->quantize);
             config::Config cfg = resolve_config(eval_schema(), *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
-            pipelines::EvalParams p;
-            p.model = cfg.get_string("model");
-            // Resolved here so that a wrong path is called an adapter, not a model.
-            p.adapter = cfg.has("adapter") ? peft::resolve_adapter_dir(cfg.get_string("adapter")).string() : "";
-            p.data = cfg.get_string("data");
-            p.format = cfg.get_string("format");
-            p.chat_template = cfg.get_string("template");
-            p.max_seq_len = cfg.get_int("max_seq_len");
-            p.batch_size = cfg.get_int("batch_size");
-            p.refuse_non_finite = cfg.get_bool("refuse_non_finite");
-            p.quantize = cfg.get_string("quantize");
-            p.device = cfg.get_string("device");
-            p.dtype = cfg.get_string("dtype");
+            const pipelines::EvalParams p = eval_params(cfg);
             auto r = pipelines::run_eval(p);
             if (options->json) {
               nlohmann::ordered_json j{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens},

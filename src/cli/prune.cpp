@@ -8,6 +8,7 @@
 #include <iostream>
 #include <memory>
 
+#include "command_params.h"
 #include "common.h"
 #include "llmtune/pipelines/prune.h"
 #include "llmtune/util/byte_size.h"
@@ -25,6 +26,8 @@ struct PruneFlags {
       num_key_value_heads, intermediate_size;
   bool force = false;
 };
+
+}  // namespace
 
 config::Schema prune_schema() {
   using config::Type;
@@ -77,6 +80,8 @@ config::Schema prune_schema() {
   return s;
 }
 
+namespace {
+
 // Settings that only one kind of method reads: given with another, they are refused, not ignored.
 void check_method_keys(const config::Config& cfg, const std::string& method) {
   auto given = [&](const char* key) { return cfg.has(key) && cfg.origin(key).kind != config::Origin::Kind::Default; };
@@ -122,6 +127,43 @@ void print_summary(const pipelines::PruneReport& r) {
 }
 
 }  // namespace
+
+pipelines::PruneParams prune_params(const config::Config& cfg) {
+  auto opt = [&](const char* key) { return cfg.has(key) ? cfg.get_string(key) : std::string(); };
+  pipelines::PruneParams p;
+  p.model = cfg.get_string("model");
+  p.output = cfg.get_string("output");
+  p.method = cfg.get_string("method");
+  check_method_keys(cfg, p.method);
+  p.sparsity = cfg.get_float("sparsity");
+  p.pattern = opt("pattern");
+  if (!p.pattern.empty() && cfg.origin("sparsity").kind != config::Origin::Kind::Default)
+    throw UsageError("give --sparsity or --pattern, not both (" + p.pattern + " prunes " +
+                     fmt::format("{:g}", 100.0 * pipelines::parse_nm_pattern(p.pattern, "pattern").sparsity) + "%)");
+  p.scope = cfg.get_string("scope");
+  p.skip = cfg.get_list("skip");
+  p.calibration = opt("calibration");
+  p.calibration_samples = cfg.get_int("calibration_samples");
+  p.seq_len = cfg.get_int("seq_len");
+  p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
+  p.damp = cfg.get_float("damp");
+  p.block_size = cfg.get_int("block_size");
+  auto opt_int = [&](const char* key) { return cfg.has(key) ? cfg.get_int(key) : int64_t{0}; };
+  p.remove_layers = opt_int("remove_layers");
+  p.layer_metric = cfg.get_string("layer_metric");
+  p.drop_layers = opt("drop_layers");
+  p.num_attention_heads = opt_int("num_attention_heads");
+  p.num_key_value_heads = opt_int("num_key_value_heads");
+  p.intermediate_size = opt_int("intermediate_size");
+  p.eval_data = opt("eval_data");
+  p.eval_max_seq_len = cfg.get_int("eval_max_seq_len");
+  p.eval_batch_size = cfg.get_int("eval_batch_size");
+  p.device = cfg.get_string("device");
+  p.dtype = cfg.get_string("dtype");
+  p.shard_size_bytes = parse_byte_size(cfg.get_string("shard_size"), "shard_size");
+  p.force = cfg.get_bool("force");
+  return p;
+}
 
 Command register_prune(CLI::App& root) {
   auto* app = root.add_subcommand("prune", "Prune a model (magnitude, Wanda, SparseGPT; unstructured or N:M; or whole layers, heads and MLP channels) to a Hugging Face directory");
@@ -175,39 +217,7 @@ Command register_prune(CLI::App& root) {
             add_flag_value(extra, "force", flags->force);
             config::Config cfg = resolve_config(prune_schema(), *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
-            auto opt = [&](const char* key) { return cfg.has(key) ? cfg.get_string(key) : std::string(); };
-            pipelines::PruneParams p;
-            p.model = cfg.get_string("model");
-            p.output = cfg.get_string("output");
-            p.method = cfg.get_string("method");
-            check_method_keys(cfg, p.method);
-            p.sparsity = cfg.get_float("sparsity");
-            p.pattern = opt("pattern");
-            if (!p.pattern.empty() && cfg.origin("sparsity").kind != config::Origin::Kind::Default)
-              throw UsageError("give --sparsity or --pattern, not both (" + p.pattern + " prunes " +
-                               fmt::format("{:g}", 100.0 * pipelines::parse_nm_pattern(p.pattern, "pattern").sparsity) + "%)");
-            p.scope = cfg.get_string("scope");
-            p.skip = cfg.get_list("skip");
-            p.calibration = opt("calibration");
-            p.calibration_samples = cfg.get_int("calibration_samples");
-            p.seq_len = cfg.get_int("seq_len");
-            p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
-            p.damp = cfg.get_float("damp");
-            p.block_size = cfg.get_int("block_size");
-            auto opt_int = [&](const char* key) { return cfg.has(key) ? cfg.get_int(key) : int64_t{0}; };
-            p.remove_layers = opt_int("remove_layers");
-            p.layer_metric = cfg.get_string("layer_metric");
-            p.drop_layers = opt("drop_layers");
-            p.num_attention_heads = opt_int("num_attention_heads");
-            p.num_key_value_heads = opt_int("num_key_value_heads");
-            p.intermediate_size = opt_int("intermediate_size");
-            p.eval_data = opt("eval_data");
-            p.eval_max_seq_len = cfg.get_int("eval_max_seq_len");
-            p.eval_batch_size = cfg.get_int("eval_batch_size");
-            p.device = cfg.get_string("device");
-            p.dtype = cfg.get_string("dtype");
-            p.shard_size_bytes = parse_byte_size(cfg.get_string("shard_size"), "shard_size");
-            p.force = cfg.get_bool("force");
+            const pipelines::PruneParams p = prune_params(cfg);
             auto r = pipelines::run_prune(p);
             if (options->json) std::cout << pipelines::prune_report_json(r, p);
             else print_summary(r);

@@ -7,6 +7,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "command_params.h"
 #include "common.h"
 #include "llmtune/pipelines/quantize.h"
 #include "llmtune/util/byte_size.h"
@@ -28,6 +29,8 @@ struct QuantizeFlags {
   std::optional<double> damp;
   bool sym = false, asym = false, act_order = false;
 };
+
+}  // namespace
 
 config::Schema quantize_schema() {
   using config::Type;
@@ -72,6 +75,8 @@ config::Schema quantize_schema() {
   return s;
 }
 
+namespace {
+
 // --force, the evaluation keys and the device/dtype it runs in: every path of quantize has them.
 void set_output_and_eval(pipelines::QuantizeParams& p, const config::Config& cfg,
                          const std::function<std::string(const char*)>& opt) {
@@ -83,8 +88,7 @@ void set_output_and_eval(pipelines::QuantizeParams& p, const config::Config& cfg
   p.dtype = cfg.get_string("dtype");
 }
 
-pipelines::QuantizeReport run_gptq_from_config(const config::Config& cfg, pipelines::QuantizeParams p,
-                                               const std::function<std::string(const char*)>& opt) {
+void set_gptq(pipelines::QuantizeParams& p, const config::Config& cfg, const std::function<std::string(const char*)>& opt) {
   auto& g = p.gptq;
   g.method = cfg.get_string("method");
   g.gptq.quant.bits = cfg.has("bits") ? cfg.get_int("bits") : 4;
@@ -103,7 +107,6 @@ pipelines::QuantizeReport run_gptq_from_config(const config::Config& cfg, pipeli
   g.calibration.samples = cfg.has("calibration_samples") ? cfg.get_int("calibration_samples") : 128;
   g.calibration.seq_len = cfg.has("seq_len") ? cfg.get_int("seq_len") : 2048;
   set_output_and_eval(p, cfg, opt);
-  return pipelines::run_gptq_quantize(p);
 }
 
 void print_gptq_result(const pipelines::QuantizeReport& r, bool json) {
@@ -133,6 +136,53 @@ void print_gptq_result(const pipelines::QuantizeReport& r, bool json) {
 }
 
 }  // namespace
+
+pipelines::QuantizeParams quantize_params(const config::Config& cfg) {
+  auto opt = [&](const char* key) { return cfg.has(key) ? cfg.get_string(key) : std::string(); };
+  pipelines::QuantizeParams p;
+  p.model = cfg.get_string("model");
+  p.adapter = opt("adapter");
+  p.output = cfg.get_string("output");
+  static const char* const kGptqKeys[] = {"bits", "group_size", "sym", "act_order", "damp", "calibration",
+                                           "calibration_samples", "seq_len", "format"};
+  if (cfg.has("method")) {
+    if (cfg.has("type")) throw ConfigError("type and method are alternatives: --type writes GGUF or bitsandbytes, --method gptq|rtn a GPTQ directory");
+    for (const char* key : {"double_quant", "blocksize", "shard_size", "name", "ollama"})
+      if (cfg.has(key) && (std::string(key) != "double_quant" && std::string(key) != "ollama" ? true : cfg.get_bool(key)))
+        throw ConfigError(std::string(key) + ": applies to --type, not --method " + cfg.get_string("method"));
+    set_gptq(p, cfg, opt);
+    return p;
+  }
+  for (const char* key : kGptqKeys)
+    if (cfg.has(key)) throw ConfigError(std::string(key) + ": applies to --method gptq|rtn only (remove it, or set --method)");
+  if (!cfg.has("type")) throw ConfigError("type: required (a GGUF or bitsandbytes type), or --method gptq|rtn");
+  const std::string type = cfg.get_string("type");
+  const bool bnb = pipelines::is_bnb_type(type);
+  const bool four_bit = bnb && type != "int8";
+  // Every option belongs to some types: given with another, it is refused, not ignored.
+  auto refuse = [&](const char* key, bool given, const char* types) {
+    if (given)
+      throw ConfigError(std::string(key) + ": applies to " + types + " only, not --type " + type +
+                        " (remove it, or choose such a type)");
+  };
+  refuse("double_quant", cfg.get_bool("double_quant") && !four_bit, "nf4 and fp4");
+  refuse("blocksize", cfg.has("blocksize") && !four_bit, "nf4 and fp4");
+  refuse("shard_size", cfg.has("shard_size") && !bnb, "nf4, fp4 and int8 (a GGUF file is one file)");
+  refuse("name", cfg.has("name") && bnb, "GGUF types");
+  refuse("ollama", cfg.get_bool("ollama") && bnb, "GGUF types");
+  if (bnb) {
+    p.bnb.type = type;
+    p.bnb.double_quant = cfg.get_bool("double_quant");
+    if (cfg.has("blocksize")) p.bnb.blocksize = cfg.get_int("blocksize");
+    if (cfg.has("shard_size")) p.bnb.shard_size_bytes = parse_byte_size(cfg.get_string("shard_size"), "shard_size");
+  } else {
+    p.gguf.type = type;
+    p.gguf.name = opt("name");
+    p.gguf.ollama = cfg.get_bool("ollama");
+  }
+  set_output_and_eval(p, cfg, opt);
+  return p;
+}
 
 Command register_quantize(CLI::App& root) {
   auto* app = root.add_subcommand(
@@ -193,49 +243,14 @@ Command register_quantize(CLI::App& root) {
             add_flag_value(extra, "format", flags->format);
             config::Config cfg = resolve_config(quantize_schema(), *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
-            auto opt = [&](const char* key) { return cfg.has(key) ? cfg.get_string(key) : std::string(); };
-            pipelines::QuantizeParams p;
-            p.model = cfg.get_string("model");
-            p.adapter = opt("adapter");
-            p.output = cfg.get_string("output");
-            static const char* const kGptqKeys[] = {"bits", "group_size", "sym", "act_order", "damp", "calibration",
-                                                     "calibration_samples", "seq_len", "format"};
-            if (cfg.has("method")) {
-              if (cfg.has("type")) throw ConfigError("type and method are alternatives: --type writes GGUF or bitsandbytes, --method gptq|rtn a GPTQ directory");
-              for (const char* key : {"double_quant", "blocksize", "shard_size", "name", "ollama"})
-                if (cfg.has(key) && (std::string(key) != "double_quant" && std::string(key) != "ollama" ? true : cfg.get_bool(key)))
-                  throw ConfigError(std::string(key) + ": applies to --type, not --method " + cfg.get_string("method"));
-              print_gptq_result(run_gptq_from_config(cfg, p, opt), options->json);
+            const pipelines::QuantizeParams p = quantize_params(cfg);
+            if (!p.gptq.method.empty()) {
+              print_gptq_result(pipelines::run_gptq_quantize(p), options->json);
               return 0;
             }
-            for (const char* key : kGptqKeys)
-              if (cfg.has(key)) throw ConfigError(std::string(key) + ": applies to --method gptq|rtn only (remove it, or set --method)");
-            if (!cfg.has("type")) throw ConfigError("type: required (a GGUF or bitsandbytes type), or --method gptq|rtn");
-            const std::string type = cfg.get_string("type");
-            const bool bnb = pipelines::is_bnb_type(type);
+            const bool bnb = !p.bnb.type.empty();
+            const std::string type = bnb ? p.bnb.type : p.gguf.type;
             const bool four_bit = bnb && type != "int8";
-            // Every option belongs to some types: given with another, it is refused, not ignored.
-            auto refuse = [&](const char* key, bool given, const char* types) {
-              if (given)
-                throw ConfigError(std::string(key) + ": applies to " + types + " only, not --type " + type +
-                                  " (remove it, or choose such a type)");
-            };
-            refuse("double_quant", cfg.get_bool("double_quant") && !four_bit, "nf4 and fp4");
-            refuse("blocksize", cfg.has("blocksize") && !four_bit, "nf4 and fp4");
-            refuse("shard_size", cfg.has("shard_size") && !bnb, "nf4, fp4 and int8 (a GGUF file is one file)");
-            refuse("name", cfg.has("name") && bnb, "GGUF types");
-            refuse("ollama", cfg.get_bool("ollama") && bnb, "GGUF types");
-            if (bnb) {
-              p.bnb.type = type;
-              p.bnb.double_quant = cfg.get_bool("double_quant");
-              if (cfg.has("blocksize")) p.bnb.blocksize = cfg.get_int("blocksize");
-              if (cfg.has("shard_size")) p.bnb.shard_size_bytes = parse_byte_size(cfg.get_string("shard_size"), "shard_size");
-            } else {
-              p.gguf.type = type;
-              p.gguf.name = opt("name");
-              p.gguf.ollama = cfg.get_bool("ollama");
-            }
-            set_output_and_eval(p, cfg, opt);
             auto r = pipelines::run_quantize(p);
             if (options->json) {
               nlohmann::ordered_json j{{"output", r.output.string()}, {"type", r.type}, {"bytes", r.bytes},

@@ -7,13 +7,13 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "command_params.h"
 #include "common.h"
 #include "llmtune/io/read_file.h"
 #include "llmtune/serve/serve.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::cli {
-namespace {
 
 config::Schema serve_schema() {
   using config::Type;
@@ -59,6 +59,8 @@ config::Schema serve_schema() {
   return s;
 }
 
+namespace {
+
 struct ServeFlags {
   std::optional<std::string> model, model_name, chat_template, host, api_key, api_key_file, quantize;
   std::optional<int64_t> port, max_tokens_limit, max_concurrency, max_queue, max_body_bytes, timeout_s, http_threads;
@@ -74,6 +76,46 @@ std::string trim(std::string s) {
 }
 
 }  // namespace
+
+serve::ServeParams serve_params(const config::Config& cfg) {
+  serve::ServeParams p;
+  p.model = cfg.get_string("model");
+  if (cfg.has("model_name")) p.model_name = cfg.get_string("model_name");
+  for (const auto& a : cfg.get_list("adapters")) {
+    const auto eq = a.find('=');
+    p.adapters.push_back({a.substr(0, eq), a.substr(eq + 1)});
+  }
+  p.chat_template = cfg.get_string("chat_template");
+  p.host = cfg.get_string("host");
+  p.port = cfg.get_int("port");
+  if (cfg.has("api_key") && cfg.has("api_key_file"))
+    throw UsageError("give the API key once: api_key (" + cfg.origin("api_key").describe() + ") or api_key_file (" +
+                     cfg.origin("api_key_file").describe() + "), not both");
+  if (cfg.has("api_key")) p.api_key = cfg.get_string("api_key");
+  if (cfg.has("api_key_file")) {
+    const std::string path = cfg.get_string("api_key_file");
+    const std::string text = io::read_text_file<UsageError>(path, "the API key file");
+    p.api_key = trim(text.substr(0, text.find('\n')));
+    if (p.api_key.empty()) throw UsageError("api_key_file " + path + ": the first line is empty; write the key there");
+  }
+  if (cfg.has("api_key") && p.api_key.empty())
+    throw UsageError("api_key is empty: give a key, or leave it out to serve without one");
+  if (p.api_key.empty() && p.host != "127.0.0.1" && p.host != "localhost" && p.host != "::1")
+    spdlog::warn("serve: listening on {} without an API key: anyone who reaches this address can use the model "
+                 "(set --api-key or --api-key-file)", p.host);
+  p.max_tokens_limit = cfg.get_int("max_tokens_limit");
+  p.max_concurrency = cfg.get_int("max_concurrency");
+  p.max_queue = cfg.get_int("max_queue");
+  p.max_body_bytes = cfg.get_int("max_body_bytes");
+  p.timeout_s = cfg.get_int("timeout_s");
+  p.http_threads = cfg.get_int("http_threads");
+  p.quantize = cfg.get_string("quantize");
+  p.refuse_non_finite = cfg.get_bool("refuse_non_finite");
+  p.device = cfg.get_string("device");
+  p.dtype = cfg.get_string("dtype");
+  p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
+  return p;
+}
 
 Command register_serve(CLI::App& root) {
   auto* app = root.add_subcommand("serve", "Serve a model (and LoRA adapters) over an OpenAI-compatible HTTP API");
@@ -121,42 +163,7 @@ Command register_serve(CLI::App& root) {
             }
             config::Config cfg = resolve_config(serve_schema(), *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
-            serve::ServeParams p;
-            p.model = cfg.get_string("model");
-            if (cfg.has("model_name")) p.model_name = cfg.get_string("model_name");
-            for (const auto& a : cfg.get_list("adapters")) {
-              const auto eq = a.find('=');
-              p.adapters.push_back({a.substr(0, eq), a.substr(eq + 1)});
-            }
-            p.chat_template = cfg.get_string("chat_template");
-            p.host = cfg.get_string("host");
-            p.port = cfg.get_int("port");
-            if (cfg.has("api_key") && cfg.has("api_key_file"))
-              throw UsageError("give the API key once: api_key (" + cfg.origin("api_key").describe() + ") or api_key_file (" +
-                               cfg.origin("api_key_file").describe() + "), not both");
-            if (cfg.has("api_key")) p.api_key = cfg.get_string("api_key");
-            if (cfg.has("api_key_file")) {
-              const std::string path = cfg.get_string("api_key_file");
-              const std::string text = io::read_text_file<UsageError>(path, "the API key file");
-              p.api_key = trim(text.substr(0, text.find('\n')));
-              if (p.api_key.empty()) throw UsageError("api_key_file " + path + ": the first line is empty; write the key there");
-            }
-            if (cfg.has("api_key") && p.api_key.empty())
-              throw UsageError("api_key is empty: give a key, or leave it out to serve without one");
-            if (p.api_key.empty() && p.host != "127.0.0.1" && p.host != "localhost" && p.host != "::1")
-              spdlog::warn("serve: listening on {} without an API key: anyone who reaches this address can use the model "
-                           "(set --api-key or --api-key-file)", p.host);
-            p.max_tokens_limit = cfg.get_int("max_tokens_limit");
-            p.max_concurrency = cfg.get_int("max_concurrency");
-            p.max_queue = cfg.get_int("max_queue");
-            p.max_body_bytes = cfg.get_int("max_body_bytes");
-            p.timeout_s = cfg.get_int("timeout_s");
-            p.http_threads = cfg.get_int("http_threads");
-            p.quantize = cfg.get_string("quantize");
-            p.refuse_non_finite = cfg.get_bool("refuse_non_finite");
-            p.device = cfg.get_string("device");
-            p.dtype = cfg.get_string("dtype");
-            p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
+            serve::ServeParams p = serve_params(cfg);
             if (options->json) {
               p.on_listening = [host = p.host](int port) {
                 std::cout << nlohmann::json{{"listening", "http://" + host + ":" + std::to_string(port)}, {"host", host},

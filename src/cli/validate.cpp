@@ -12,9 +12,11 @@
 #include <set>
 #include <sstream>
 
+#include "command_params.h"
 #include "common.h"
 #include "training.h"
 #include "llmtune/peft/method.h"
+#include "llmtune/pipelines/sweep.h"
 #include "llmtune/pipelines/validate.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/log.h"
@@ -22,7 +24,21 @@
 namespace llmtune::cli {
 namespace {
 
-const std::vector<std::string> kChecked = {"finetune", "distill"};
+const std::vector<std::string> kChecked = {"finetune", "distill", "prune", "quantize", "eval", "serve", "env"};
+
+config::Schema schema_for(const std::string& command) {
+  if (command == "distill") return distill_schema();
+  if (command == "prune") return prune_schema();
+  if (command == "quantize") return quantize_schema();
+  if (command == "eval") return eval_schema();
+  if (command == "serve") return serve_schema();
+  if (command == "env") {  // (the keys every command shares, as env --print-config resolves them)
+    config::Schema s;
+    add_common_keys(s);
+    return s;
+  }
+  return finetune_schema();
+}
 
 struct Inputs {
   std::optional<std::filesystem::path> file;
@@ -179,6 +195,123 @@ void add_problem_lines(pipelines::ValidateReport& report, const std::string& tex
     if (!line.empty()) report.problems.push_back(line);
 }
 
+// wanda and sparsegpt (prune) and gptq (quantize) calibrate: without calibration text the pipeline refuses to start.
+void require_calibration(const std::string& command, const std::string& method, const std::string& calibration,
+                         pipelines::ValidateReport& report) {
+  const bool needs = command == "prune" ? method == "wanda" || method == "sparsegpt" : command == "quantize" && method == "gptq";
+  if (needs && calibration.empty())
+    report.problems.push_back("calibration: required for --method " + method + " (text to calibrate on: a .txt or .jsonl file)");
+}
+
+// What prune, quantize, eval and serve would read, from the command's own parameters (its up-front
+// checks included: the first that fails is a problem, and the inputs are then read from the config).
+pipelines::CommandInputs command_inputs(const std::string& command, const config::Config& cfg, pipelines::ValidateReport& report) {
+  pipelines::CommandInputs in;
+  auto opt = [&](const char* key) {  // (a key the command's schema lacks: unset)
+    try {
+      return cfg.has(key) ? cfg.get_string(key) : std::string();
+    } catch (const std::exception&) {
+      return std::string();
+    }
+  };
+  in.device = cfg.get_string("device");
+  in.dtype = cfg.get_string("dtype");
+  using Data = pipelines::CommandInputs::Data;
+  try {
+    if (command == "prune") {
+      const pipelines::PruneParams p = prune_params(cfg);
+      in.model = p.model, in.output = p.output.string(), in.output_kind = "dir", in.force = p.force;
+      if (!p.calibration.empty())
+        in.data.push_back(Data{.key = "calibration", .path = p.calibration, .seq_len = p.seq_len, .windows = p.calibration_samples, .seed = p.seed});
+      if (!p.eval_data.empty()) in.data.push_back(Data{.key = "eval_data", .path = p.eval_data, .seq_len = p.eval_max_seq_len});
+    } else if (command == "quantize") {
+      const pipelines::QuantizeParams p = quantize_params(cfg);
+      in.model = p.model, in.output = p.output.string(), in.force = p.force;
+      in.output_kind = p.gptq.method.empty() && p.bnb.type.empty() ? "gguf" : "dir";
+      if (!p.adapter.empty()) in.adapters.push_back({"adapter", p.adapter});
+      if (!p.bnb.type.empty()) pipelines::check_bnb_options(p.bnb);
+      const auto& c = p.gptq.calibration;
+      if (!c.path.empty())
+        in.data.push_back(Data{.key = "calibration", .path = c.path.string(), .seq_len = c.seq_len, .windows = c.samples, .seed = c.seed});
+      if (!p.eval_data.empty()) in.data.push_back(Data{.key = "eval_data", .path = p.eval_data, .seq_len = p.eval_max_seq_len});
+    } else if (command == "env") {
+      return in;  // (the device and dtype only)
+    } else if (command == "eval") {
+      const pipelines::EvalParams p = eval_params(cfg);
+      in.model = p.model;
+      if (!p.adapter.empty()) in.adapters.push_back({"adapter", p.adapter});
+      in.data.push_back(Data{.key = "data", .path = p.data, .format = p.format, .chat_template = p.chat_template, .seq_len = p.max_seq_len});
+    } else {
+      const serve::ServeParams p = serve_params(cfg);
+      in.model = p.model;
+      for (const auto& a : p.adapters) in.adapters.push_back({"adapters[" + a.name + "]", a.path});
+    }
+    require_calibration(command, opt("method"), opt("calibration"), report);
+    return in;
+  } catch (const Error& e) {
+    add_problem_lines(report, e.what());
+  }
+  // (The command refused the config: what can still be checked, read from it directly.)
+  require_calibration(command, opt("method"), opt("calibration"), report);
+  in.model = opt("model");
+  in.output = opt("output");
+  if (command == "prune") in.output_kind = "dir";
+  if (command == "quantize" && (!opt("method").empty() || pipelines::is_bnb_type(opt("type")))) in.output_kind = "dir";
+  else if (command == "quantize" && !opt("type").empty()) in.output_kind = "gguf";
+  try {
+    in.force = cfg.has("force") && cfg.get_bool("force");
+  } catch (const std::exception&) {
+  }
+  if (command == "serve") {
+    for (const auto& a : cfg.get_list("adapters"))
+      if (a.find('=') != std::string::npos) in.adapters.push_back({"adapters[" + a.substr(0, a.find('=')) + "]", a.substr(a.find('=') + 1)});
+  } else if (!opt("adapter").empty()) {
+    in.adapters.push_back({"adapter", opt("adapter")});
+  }
+  for (const char* key : {"calibration", "eval_data", "data"})
+    if (!opt(key).empty()) in.data.push_back(Data{.key = key, .path = opt(key), .seq_len = 1});
+  return in;
+}
+
+// A sweep file: every swept value resolved into the base config as its run would resolve it, and
+// the command's cross-key checks run on it; a value the run would refuse is a problem naming it.
+void check_swept_values(const Inputs& in, const std::string& command, const std::vector<config::FlagValue>& flags,
+                        pipelines::ValidateReport& report) {
+  pipelines::SweepDefinition def;
+  try {
+    def = pipelines::load_sweep(in.file, in.overrides);
+  } catch (const Error& e) {
+    add_problem_lines(report, e.what());
+    return;
+  }
+  const config::Schema schema = schema_for(command);
+  int64_t values = 0;
+  for (const auto& axis : def.axes) {
+    for (const auto& point : axis.points) {
+      config::Sources sources = in.sources();
+      sources.flags = flags;
+      std::string spelled;
+      for (size_t k = 0; k < axis.keys.size(); ++k) {
+        sources.overrides.push_back(axis.keys[k] + "=" + point[k]);
+        spelled += (k ? ", " : "") + axis.keys[k] + "=" + point[k];
+      }
+      ++values;
+      try {
+        const config::Config cfg = config::Config::resolve(schema, sources);
+        if (command == "finetune" || command == "distill") finetune_params(cfg, schema);
+        if (command == "distill") distill_params(cfg, schema);
+        if (command == "prune") prune_params(cfg);
+        if (command == "quantize") quantize_params(cfg);
+        if (command == "eval") eval_params(cfg);
+      } catch (const Error& e) {
+        for (const auto& line : split_lines(e.what()))
+          if (!line.empty()) report.problems.push_back("sweep value " + spelled + " (" + axis.origin + "): " + line);
+      }
+    }
+  }
+  report.sections["sweep"] = {{"axes", def.axes.size()}, {"values_checked", values}};
+}
+
 int run_validate(CommonOptions& o, const std::optional<std::string>& command_flag) {
   Inputs in;
   for (const auto& arg : o.positionals) {
@@ -200,20 +333,21 @@ int run_validate(CommonOptions& o, const std::optional<std::string>& command_fla
   }
   const auto [command, command_from] = find_command(command_flag, in);
   if (std::find(kChecked.begin(), kChecked.end(), command) == kChecked.end())
-    throw UsageError("validate checks finetune and distill configs; " + (in.file ? in.file->string() : std::string("the config")) +
-                     " is for '" + command + "' (from " + command_from + "): give --command finetune or distill if it is one of them");
+    throw UsageError("validate checks finetune, distill, prune, quantize, eval, serve and env configs; " +
+                     (in.file ? in.file->string() : std::string("the config")) + " is for '" + command + "' (from " +
+                     command_from + "): give --command with one of them if it is for one");
 
   pipelines::ValidateReport report;
   report.command = command;
   // A sweep file (llmtune sweep): its base config is what can be checked; the sweep: block varies it.
   static const std::regex sweep_block("^sweep:\\s*(#.*)?$");
   const std::vector<std::string> lines = split_lines(in.text);
+  bool sweep = false;
   for (size_t i = 0; i < lines.size(); ++i)
-    if (std::regex_match(lines[i], sweep_block) && blank_yaml_entry(in.text, i + 1))
-      report.warnings.push_back(in.file->string() + ":" + std::to_string(i + 1) +
-                                ": the sweep: block is set aside; this is its base config, checked without the swept values");
+    if (std::regex_match(lines[i], sweep_block) && blank_yaml_entry(in.text, i + 1)) sweep = true;
+  const Inputs base = in;
   report.sections["config"] = {{"file", in.file ? in.file->string() : ""}, {"command_from", command_from}};
-  config::Schema schema = command == "distill" ? distill_schema() : finetune_schema();
+  config::Schema schema = schema_for(command);
   std::vector<config::FlagValue> flags;
   add_flag_value(flags, "device", o.device);
   add_flag_value(flags, "dtype", o.dtype);
@@ -241,8 +375,8 @@ int run_validate(CommonOptions& o, const std::optional<std::string>& command_fla
     }
   }
   if (cfg && print_config_if_asked(*cfg, o)) return 0;
-  if (cfg) {
-    log::set_level(cfg->get_string("log_level"));
+  if (cfg) log::set_level(cfg->get_string("log_level"));
+  if (cfg && (command == "finetune" || command == "distill")) {
     pipelines::FinetuneParams p;
     try {
       p = finetune_params(*cfg, schema);
@@ -259,9 +393,12 @@ int run_validate(CommonOptions& o, const std::optional<std::string>& command_fla
     }
     p.command = command;
     pipelines::validate_training(p, report);
+  } else if (cfg) {
+    pipelines::validate_command(command_inputs(command, *cfg, report), report);
   } else {
     report.problems.push_back("the model and data were not checked: fix the config problems above first");
   }
+  if (sweep) check_swept_values(base, command, flags, report);
   if (o.json) std::cout << report.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   else std::cout << report.to_text();
   return report.ok() ? 0 : 2;
@@ -270,8 +407,8 @@ int run_validate(CommonOptions& o, const std::optional<std::string>& command_fla
 }  // namespace
 
 Command register_validate(CLI::App& root) {
-  auto* app = root.add_subcommand("validate", "check a finetune or distill config, its model and its data without training: "
-                                               "every problem at once, with statistics, memory and step estimates");
+  auto* app = root.add_subcommand("validate", "check a config (finetune, distill, prune, quantize, eval, serve), its model, "
+                                               "adapters and data without running: every problem at once, with statistics");
   auto options = std::make_shared<CommonOptions>();
   auto command = std::make_shared<std::optional<std::string>>();
   add_common_options(app, *options);

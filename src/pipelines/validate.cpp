@@ -5,8 +5,6 @@
 #include "llmtune/pipelines/validate.h"
 
 #include <fmt/format.h>
-#include <spdlog/sinks/ringbuffer_sink.h>
-#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -28,51 +26,6 @@
 namespace llmtune::pipelines {
 namespace fs = std::filesystem;
 
-namespace {
-
-// The run's own warnings (spdlog, level warn and above) go into the report instead of stderr while
-// the checks run; the logger's sinks come back afterwards.
-class WarningCapture {
- public:
-  explicit WarningCapture(ValidateReport& report) : report_(report), logger_(spdlog::default_logger()), saved_(logger_->sinks()) {
-    ring_ = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(256);
-    ring_->set_pattern("%v");
-    ring_->set_level(spdlog::level::warn);
-    logger_->sinks() = {ring_};
-  }
-  ~WarningCapture() {
-    logger_->sinks() = saved_;
-    for (auto& line : ring_->last_formatted()) {
-      while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
-      // (load_dataset's first few skipped rows: the data section reports every one, grouped.)
-      if (!line.starts_with("data: skipping bad row")) report_.warnings.push_back(line);
-    }
-  }
-
- private:
-  ValidateReport& report_;
-  std::shared_ptr<spdlog::logger> logger_;
-  std::vector<spdlog::sink_ptr> saved_;
-  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> ring_;
-};
-
-// Runs `check`; an llmtune error (or any other exception) becomes one problem per line of its text.
-bool attempt(ValidateReport& report, const std::function<void()>& check) {
-  try {
-    check();
-    return true;
-  } catch (const std::exception& e) {
-    std::string text = e.what();
-    size_t start = 0;
-    while (start <= text.size()) {
-      const size_t end = std::min(text.find('\n', start), text.size());
-      if (end > start) report.problems.push_back(text.substr(start, end - start));
-      start = end + 1;
-    }
-    return false;
-  }
-}
-
 nlohmann::ordered_json tokenizer_section(const tokenizer::Tokenizer& tok) {
   auto piece = [&](const std::optional<int32_t>& id) {
     return id ? nlohmann::ordered_json(tok.id_to_piece(*id)) : nlohmann::ordered_json(nullptr);
@@ -80,6 +33,8 @@ nlohmann::ordered_json tokenizer_section(const tokenizer::Tokenizer& tok) {
   return {{"vocab_size", tok.vocab_size()}, {"bos", piece(tok.bos_id)}, {"eos", piece(tok.eos_id)},
           {"pad", piece(tok.pad_id)}, {"chat_template", !tok.chat_template.empty()}};
 }
+
+namespace {
 
 // The teacher as the run would meet it: found, its weights counted against its device, its
 // tokenizer the student's (token by token, as Distiller checks), or its cache present.
@@ -207,6 +162,23 @@ ModelFacts check_model(const FinetuneParams& p, ValidateReport& report) {
 }
 
 }  // namespace
+
+// Runs `check`; an llmtune error (or any other exception) becomes one problem per line of its text.
+bool attempt(ValidateReport& report, const std::function<void()>& check) {
+  try {
+    check();
+    return true;
+  } catch (const std::exception& e) {
+    std::string text = e.what();
+    size_t start = 0;
+    while (start <= text.size()) {
+      const size_t end = std::min(text.find('\n', start), text.size());
+      if (end > start) report.problems.push_back(text.substr(start, end - start));
+      start = end + 1;
+    }
+    return false;
+  }
+}
 
 std::string bytes_text(double bytes) {
   if (bytes >= double(1 << 30)) return fmt::format("{:.2f} GiB", bytes / double(1 << 30));

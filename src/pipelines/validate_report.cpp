@@ -29,9 +29,10 @@ std::string grouped(int64_t n) {
 void model_block(std::ostringstream& out, const ojson& m) {
   out << fmt::format("model      {}", str(m, "path"));
   if (m.contains("model_type"))
-    out << fmt::format(": {}, {} layers, hidden {}, intermediate {}, {}/{} heads, vocab {}, {:.3g}M parameters, {} init",
+    out << fmt::format(": {}, {} layers, hidden {}, intermediate {}, {}/{} heads, vocab {}, {:.3g}M parameters{}",
                        str(m, "model_type"), count(m, "layers"), count(m, "hidden_size"), count(m, "intermediate_size"), count(m, "heads"),
-                       count(m, "kv_heads"), count(m, "vocab_size"), num(m, "parameters") / 1e6, str(m, "init"));
+                       count(m, "kv_heads"), count(m, "vocab_size"), num(m, "parameters") / 1e6,
+                       m.contains("init") ? ", " + str(m, "init") + " init" : "");
   out << "\n";
   if (!m.contains("weights")) return;
   const ojson& w = m["weights"];
@@ -47,7 +48,27 @@ void model_block(std::ostringstream& out, const ojson& m) {
   if (m.contains("quantization")) out << "           base     " << str(m, "quantization") << "\n";
 }
 
+// prune, quantize, eval: each calibration or evaluation file with its rows, tokens and windows.
+void command_data_block(std::ostringstream& out, const ojson& files) {
+  const char* label = "data       ";
+  for (const auto& f : files) {
+    out << label << fmt::format("{} {}", str(f, "key"), str(f, "path"));
+    if (f.contains("tokens")) {
+      out << fmt::format(": {} rows, {} tokens", grouped(count(f, "rows")), grouped(count(f, "tokens")));
+      if (f.contains("windows")) out << "; ";
+      if (f.contains("distinct_windows"))
+        out << fmt::format("{} windows of {} tokens drawn ({} without overlap)", count(f, "windows"), count(f, "seq_len"),
+                           grouped(count(f, "distinct_windows")));
+      else if (f.contains("windows"))
+        out << fmt::format("{} windows of {} tokens", grouped(count(f, "windows")), count(f, "seq_len"));
+    }
+    out << "\n";
+    label = "           ";
+  }
+}
+
 void data_block(std::ostringstream& out, const ojson& d) {
+  if (d.is_array()) return command_data_block(out, d);
   out << fmt::format("data       {}", str(d, "path"));
   if (d.contains("format")) out << fmt::format(": format {}, template {}", str(d, "format"), str(d, "template"));
   out << "\n";
@@ -106,7 +127,17 @@ std::string ValidateReport::to_text() const {
     out << fmt::format("teacher    {}{}\n", str(t, "cache").empty() ? str(t, "path") : "cache " + str(t, "cache"),
                        t.contains("bytes") ? ", " + bytes_text(num(t, "bytes")) + " as loaded" : "");
   }
+  if (sections.contains("adapters"))
+    for (const auto& a : sections["adapters"])
+      out << fmt::format("adapter    {} {}{}\n", str(a, "key"), str(a, "path"),
+                         a.contains("method") ? fmt::format(": {}, {} modules", str(a, "method"), count(a, "modules")) : "");
   if (sections.contains("data")) data_block(out, sections["data"]);
+  if (sections.contains("output")) {
+    const ojson& o = sections["output"];
+    out << fmt::format("output     {}: {}\n", str(o, "path"),
+                       !o["exists"].get<bool>() ? "new" : o["force"].get<bool>() ? "exists, replaced (force)" : "exists");
+  }
+  if (sections.contains("device")) out << fmt::format("device     {} {}\n", str(sections["device"], "device"), str(sections["device"], "dtype"));
   if (sections.contains("packing")) {
     const ojson& k = sections["packing"];
     out << fmt::format("packing    {}: {} rows per epoch, {:.1f}% of the token slots are real tokens ({:.1f}% padding)\n",
@@ -128,6 +159,9 @@ std::string ValidateReport::to_text() const {
                        bytes_text(num(m, "total_bytes")), limit > 0 ? bytes_text(limit) : "an unknown limit",
                        m["fits"].get<bool>() ? "fits" : "does NOT fit");
   }
+  if (sections.contains("sweep"))
+    out << fmt::format("sweep      {} axes, {} swept values resolved and checked\n", count(sections["sweep"], "axes"),
+                       count(sections["sweep"], "values_checked"));
   if (!warnings.empty()) {
     out << "warnings\n";
     for (const auto& w : warnings) out << "  - " << w << "\n";

@@ -6,13 +6,14 @@ import math
 import os
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from safetensors import safe_open
 
-from conftest import ROOT
+from conftest import BIN, ROOT
 
 DEMO = ROOT / "demo" / "model"
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
@@ -171,15 +172,36 @@ def preset_command(path):
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
+@pytest.fixture(scope="module")
+def demo_adapter(tmp_path_factory):
+    """A LoRA adapter of the demo model (one step of the demo-lora preset), for configs naming runs/demo-lora."""
+    run = tmp_path_factory.mktemp("demo-lora") / "run"
+    r = subprocess.run([str(BIN), "finetune", str(ROOT / "configs" / "demo-lora.yaml"), f"output={run}", "train.max_steps=1",
+                        "eval.every_steps=0", "device=cpu"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return run / "adapter"
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
-def test_validate_passes_every_preset(llmtune, tmp_path, preset):
+def test_validate_passes_every_preset(llmtune, tmp_path, preset, demo_adapter):
     command, doc = preset_command(preset)
     out = tmp_path / "out"
-    if command not in ("finetune", "distill"):
-        r = llmtune("validate", preset, f"output={out}", cwd=ROOT)
-        assert r.code == 2 and "validate checks finetune and distill configs" in r.err, (r.out, r.err)
+    args = [] if command in ("serve", "env") else [f"output={out}"]
+    if command in ("prune", "quantize", "eval", "serve", "env"):
+        # Flat keys: a hub model, missing data and the demo adapter (trained by the demo-lora preset) substituted.
+        if doc.get("model") and not (ROOT / doc["model"]).exists():
+            args.append(f"model={DEMO}")
+        for key in ("calibration", "eval_data", "data"):
+            if doc.get(key) and not (ROOT / doc[key]).is_file():
+                args.append(f"{key}=demo/data/pretrain.jsonl")
+        if doc.get("adapters"):
+            names = [a.split("=", 1)[0] for a in doc["adapters"]]
+            args.append("adapters=[" + ", ".join(f"{n}={demo_adapter}" for n in names) + "]")
+        r = llmtune("validate", preset, *args, cwd=ROOT)
+        assert r.code == 0, r.out + r.err
+        assert r.out.splitlines()[-1] == "ok: a run would start"
+        assert not out.exists()
         return
-    args = [f"output={out}"]
     # Hub models are not on a CI machine: the bundled demo model stands in (and its data for data that is not there).
     for key in ("model.path", "teacher.path"):
         section, name = key.split(".")
@@ -238,3 +260,117 @@ def test_weights_of_every_family_check_clean(llmtune, tmp_path, family):
     assert (w["missing"], w["mismatched"], w["unexpected"]) == ([], [], [])
     assert w["checked"] == len(stored) == w["tensors"]
     assert r.code == 0 and j["ok"], j["problems"]
+
+
+def test_prune_calibration_counts_equal_an_independent_count(llmtune, tmp_path):
+    """Rows and tokens of the calibration text as transformers' tokenizer counts them (BOS per row, as
+    prune reads it), the windows it would cut, and the output path's state."""
+    from transformers import AutoTokenizer
+
+    rng = random.Random(2)
+    texts = [words(rng, rng.randint(3, 60)) for _ in range(30)]
+    calib = tmp_path / "calib.jsonl"
+    write_jsonl(calib, [{"text": t} for t in texts])
+    tok = AutoTokenizer.from_pretrained(str(DEMO))
+    tokens = sum(len(tok(t)["input_ids"]) for t in texts)
+    out = tmp_path / "pruned"
+    args = ["--command", "prune", f"model={DEMO}", f"output={out}", "method=wanda", f"calibration={calib}",
+            "calibration_samples=200", "seq_len=32", f"eval_data={calib}", "eval_max_seq_len=16"]
+    r, j = validate(llmtune, *args)
+    assert r.code == 0, r.out
+    c, e = j["data"]
+    assert (c["key"], c["rows"], c["tokens"], c["seq_len"], c["windows"]) == ("calibration", 30, tokens, 32, 200)
+    assert c["distinct_windows"] == tokens // 32
+    assert any("overlap" in w for w in j["warnings"]), "200 windows of 32 tokens do not fit without overlap"
+    assert (e["key"], e["rows"], e["tokens"]) == ("eval_data", 30, tokens)
+    assert j["output"] == {"path": str(out), "exists": False, "force": False}
+    # The output now exists: refused without force, as prune refuses it.
+    out.mkdir()
+    r, j = validate(llmtune, *args)
+    assert r.code == 2 and any(p.startswith(f"{out}: the output already exists") for p in j["problems"])
+    r, j = validate(llmtune, *args, "force=true")
+    assert r.code == 0, r.out
+
+
+def test_every_problem_of_bad_prune_quantize_eval_serve_configs(llmtune, tmp_path, demo_adapter):
+    # prune: a value out of range, a key of another method, no calibration for wanda, missing evaluation
+    # data, an output inside the model directory.
+    bad = tmp_path / "prune.yaml"
+    bad.write_text(f"""# llmtune prune
+model: {DEMO}
+output: {DEMO / 'pruned'}
+method: wanda
+sparsity: 1.5
+damp: 0.1
+eval_data: {tmp_path / 'missing.jsonl'}
+""")
+    r, j = validate(llmtune, bad)
+    assert r.code == 2 and j["command"] == "prune"
+    p = j["problems"]
+    assert any(x.startswith(f"{bad}:5: key 'sparsity' 1.5 is outside [0, 1)") for x in p)
+    assert "damp: applies to --method sparsegpt only (remove it)" in p
+    assert any(x.startswith("calibration: required for --method wanda") for x in p)
+    assert f"eval_data: '{tmp_path / 'missing.jsonl'}' does not exist" in p
+    assert any(x.startswith(f"output: '{DEMO / 'pruned'}' would overwrite the input") for x in p)
+    assert len(p) == 5 and r.out.splitlines()[-1] == "5 problems"
+    assert j["model"]["weights"]["checked"] == 38
+
+    # quantize: a GPTQ key with a GGUF type, an adapter that is not there, an existing directory as the .gguf file.
+    (tmp_path / "q").mkdir()
+    r, j = validate(llmtune, "--command", "quantize", f"model={DEMO}", f"output={tmp_path / 'q'}", "type=q4_0", "bits=4",
+                    f"adapter={tmp_path / 'no-adapter'}")
+    assert r.code == 2
+    p = j["problems"]
+    assert "bits: applies to --method gptq|rtn only (remove it, or set --method)" in p
+    assert any(x.startswith(f"adapter: {tmp_path / 'no-adapter'}: no such adapter directory") for x in p)
+    assert any(x.startswith(f"output: '{tmp_path / 'q'}' does not end in .gguf") for x in p)
+    assert any(x.startswith(f"{tmp_path / 'q'}: the output already exists") for x in p)
+    # gptq without calibration text; the bitsandbytes block size the exporter refuses.
+    r, j = validate(llmtune, "--command", "quantize", f"model={DEMO}", f"output={tmp_path / 'g'}", "method=gptq")
+    assert r.code == 2 and any(x.startswith("calibration: required for --method gptq") for x in j["problems"])
+    r, j = validate(llmtune, "--command", "quantize", f"model={DEMO}", f"output={tmp_path / 'b'}", "type=nf4", "blocksize=48")
+    assert r.code == 2 and any("blocksize" in x for x in j["problems"]), j["problems"]
+
+    # eval: a model that is not there, data that is not there, a typo, a value under its minimum.
+    r, j = validate(llmtune, "--command", "eval", f"model={tmp_path / 'no-model'}", f"data={tmp_path / 'none.jsonl'}",
+                    "max_seq_len=1", "formatt=alpaca")
+    assert r.code == 2
+    p = j["problems"]
+    assert any(x.startswith("command line 'max_seq_len=1'") for x in p)
+    assert any(x.startswith("command line 'formatt=alpaca': unknown key") and "'format'" in x for x in p)
+    assert any(x.startswith(f"{tmp_path / 'no-model'}: model not found") for x in p)
+    assert f"data: '{tmp_path / 'none.jsonl'}' does not exist" in p
+
+    # serve: an adapter made for another base (its shapes do not fit), a port out of range, two API keys.
+    other = FIXTURES / "llama3"
+    bad = tmp_path / "serve.yaml"
+    bad.write_text(f"""# llmtune serve
+model: {other}
+adapters:
+  - mine={demo_adapter}
+port: 70000
+api_key: k
+api_key_file: {tmp_path / 'key'}
+""")
+    r, j = validate(llmtune, bad)
+    assert r.code == 2 and j["command"] == "serve"
+    p = j["problems"]
+    assert any(x.startswith(f"{bad}:5: key 'port' must be <= 65535") for x in p)
+    assert any(x.startswith("give the API key once") for x in p)
+    assert any(x.startswith("adapters[mine]: ") and "adapter made for another base?" in x for x in p)
+    # The same adapter over its own base: ok.
+    good = tmp_path / "serve-ok.yaml"
+    good.write_text(f"# llmtune serve\nmodel: {DEMO}\nadapters:\n  - mine={demo_adapter}\napi_key: k\n")
+    r, j = validate(llmtune, good)
+    assert r.code == 0, r.out
+    assert j["adapters"][0]["modules"] == 28
+
+
+def test_sweep_values_are_checked(llmtune, tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    text = (ROOT / "configs" / "sweep-demo.yaml").read_text().replace("lora.r: [8, 16]", "lora.r: [8, -4]")
+    sweep.write_text(text.replace("output: runs/sweep-demo", f"output: {tmp_path / 'out'}"))
+    r, j = validate(llmtune, sweep, cwd=ROOT)
+    assert r.code == 2
+    assert j["sweep"] == {"axes": 2, "values_checked": 4}
+    assert len(j["problems"]) == 1 and j["problems"][0].startswith("sweep value lora.r=-4 (")
