@@ -104,6 +104,26 @@ bool print_config_if_asked(const config::Config& config, const CommonOptions& op
   return options.print_config;
 }
 
+ConfigArgs split_config_args(const std::vector<std::string>& positionals) {
+  ConfigArgs args;
+  for (const auto& arg : positionals) {
+    // A config file may have '=' in its path (a sweep's run directories are named "lr=1e-3,r=8"):
+    // an existing file wins over reading the argument as key=value.
+    std::error_code ec;
+    const bool is_yaml = (arg.ends_with(".yaml") || arg.ends_with(".yml")) &&
+                         (arg.find('=') == std::string::npos || std::filesystem::is_regular_file(arg, ec));
+    if (is_yaml) {
+      if (args.file) throw UsageError("two config files given ('" + args.file->string() + "' and '" + arg + "'); pass one and use key=value for the rest");
+      args.file = arg;
+    } else if (arg.find('=') != std::string::npos) {
+      args.overrides.push_back(arg);
+    } else {
+      throw UsageError("unexpected argument '" + arg + "': expected a CONFIG.yaml file or key=value");
+    }
+  }
+  return args;
+}
+
 config::Config resolve_config(const config::Schema& schema, const CommonOptions& o, FlagValues extra_flags) {
   // The shared options this command does not use: refused, whether given as a flag or as key=value.
   for (const auto& [used, key, given] : {std::tuple{o.use.device, "device", o.device.has_value()},
@@ -117,21 +137,9 @@ config::Config resolve_config(const config::Schema& schema, const CommonOptions&
                        (*o.use.why_not ? std::string(" (") + o.use.why_not + ")" : std::string()) + "; drop it");
   }
   config::Sources sources;
-  for (const auto& arg : o.positionals) {
-    // A config file may have '=' in its path (a sweep's run directories are named "lr=1e-3,r=8"):
-    // an existing file wins over reading the argument as key=value.
-    std::error_code ec;
-    const bool is_yaml = (arg.ends_with(".yaml") || arg.ends_with(".yml")) &&
-                         (arg.find('=') == std::string::npos || std::filesystem::is_regular_file(arg, ec));
-    if (is_yaml) {
-      if (sources.file) throw UsageError("two config files given ('" + sources.file->string() + "' and '" + arg + "'); pass one and use key=value for the rest");
-      sources.file = arg;
-    } else if (arg.find('=') != std::string::npos) {
-      sources.overrides.push_back(arg);
-    } else {
-      throw UsageError("unexpected argument '" + arg + "': expected a CONFIG.yaml file or key=value");
-    }
-  }
+  ConfigArgs args = split_config_args(o.positionals);
+  sources.file = std::move(args.file);
+  sources.overrides = std::move(args.overrides);
   add_flag_value(sources.flags, "device", o.device);
   add_flag_value(sources.flags, "dtype", o.dtype);
   add_flag_value(sources.flags, "seed", o.seed);

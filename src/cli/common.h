@@ -4,6 +4,7 @@
 
 #include <CLI/App.hpp>
 
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <sstream>
@@ -54,6 +55,14 @@ void add_common_keys(config::Schema& schema);
 std::string check_chat_template(const config::Value& value);
 inline constexpr const char* kChatTemplateHelp =
     "chat template: auto (the tokenizer's), alpaca, chatml, llama3, mistral, zephyr, or a path to a .jinja file";
+
+// The positional arguments split into the config file (a .yaml/.yml argument without '=', or an
+// existing such file: a sweep run's path holds '=') and key=value overrides; UsageError otherwise.
+struct ConfigArgs {
+  std::optional<std::filesystem::path> file;
+  std::vector<std::string> overrides;
+};
+ConfigArgs split_config_args(const std::vector<std::string>& positionals);
 
 // Resolves the command's config from its YAML file, overrides and flags, applies log_level, and
 // returns it. `extra_flags` are (key, value) pairs from command-specific flags.

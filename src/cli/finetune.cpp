@@ -120,21 +120,63 @@ void print_training_summary(const nlohmann::json& summary, bool json) {
                              summary["output"].get<std::string>());
 }
 
-pipelines::FinetuneParams finetune_params(const config::Config& cfg, const config::Schema& schema) {
+pipelines::FinetuneParams read_finetune_params(const config::Config& cfg) {
   pipelines::FinetuneParams p;
   p.model = cfg.get_string("model.path");
   p.model_init = cfg.get_string("model.init");
   p.output = cfg.get_string("output");
   p.method = cfg.get_string("method");
+  p.quantize = cfg.get_string("model.quantize");
+  p.double_quant = cfg.get_bool("model.double_quant");
+  p.quant_blocksize = cfg.get_int("model.quant_blocksize");
+  p.freeze = cfg.get_list("full.freeze");
+
+  p.data.path = cfg.get_string("data.path");
+  p.data.format = cfg.get_string("data.format");
+  p.data.chat_template = cfg.get_string("data.template");
+  p.data.train_on = cfg.get_string("data.train_on");
+  p.data.max_seq_len = cfg.get_int("data.max_seq_len");
+  p.data.truncation = cfg.get_string("data.truncation");
+  p.data.val_fraction = cfg.get_float("data.val_fraction");
+  p.data.val_path = cfg.get_string("data.val_path");
+  p.data.skip_bad_rows = cfg.get_bool("data.skip_bad_rows");
+  p.packing = cfg.get_bool("data.packing");
+
+  p.batch_size = cfg.get_int("train.batch_size");
+  p.grad_accum_steps = cfg.get_int("train.grad_accum_steps");
+  p.epochs = cfg.get_int("train.epochs");
+  p.max_steps = cfg.get_int("train.max_steps");
+  p.lr = cfg.get_float("train.lr");
+  p.lr_scheduler = cfg.get_string("train.lr_scheduler");
+  p.warmup_steps = cfg.get_int("train.warmup_steps");
+  p.warmup_ratio = cfg.get_float("train.warmup_ratio");
+  p.adam.weight_decay = cfg.get_float("train.weight_decay");
+  p.adam.beta1 = cfg.get_float("train.adam_beta1");
+  p.adam.beta2 = cfg.get_float("train.adam_beta2");
+  p.adam.eps = cfg.get_float("train.adam_eps");
+  p.max_grad_norm = cfg.get_float("train.max_grad_norm");
+  p.gradient_checkpointing = cfg.get_bool("train.grad_checkpointing");
+  p.loss_chunk_rows = cfg.get_int("train.loss_chunk_rows");
+  p.eval_every_steps = cfg.get_int("eval.every_steps");
+  p.eval_max_batches = cfg.get_int("eval.max_batches");
+  p.checkpoint_every_steps = cfg.get_int("checkpoint.every_steps");
+  p.checkpoint_keep = cfg.get_int("checkpoint.keep");
+  p.log_every_steps = cfg.get_int("log.every_steps");
+  p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
+  p.data.seed = p.seed;
+  p.device = cfg.get_string("device");
+  p.dtype = cfg.get_string("dtype");
+  return p;
+}
+
+pipelines::FinetuneParams finetune_params(const config::Config& cfg, const config::Schema& schema) {
+  pipelines::FinetuneParams p = read_finetune_params(cfg);
   // QLoRA: LoRA over a 4-bit base, nf4 + double quant (QLoRA's defaults) unless model.* says otherwise;
   // auto is resolved against the model directory (a bitsandbytes checkpoint loads as stored).
-  p.quantize = cfg.get_string("model.quantize");
   if (p.method == "qlora" && p.quantize == "none")
     throw ConfigError("model.quantize: none (" + cfg.origin("model.quantize").describe() +
                       ") but method qlora trains over a 4-bit base: set model.quantize: nf4 or fp4, or method: lora");
   const bool four_bit = p.quantize == "nf4" || p.quantize == "fp4" || (p.quantize == "auto" && p.method == "qlora");
-  p.double_quant = cfg.get_bool("model.double_quant");
-  p.quant_blocksize = cfg.get_int("model.quant_blocksize");
   if (four_bit && p.model_init == "random")
     throw ConfigError((p.method == "qlora" ? "method qlora" : "model.quantize: " + p.quantize) +
                       " quantizes pretrained weights: it does not go with model.init: random");
@@ -161,47 +203,10 @@ pipelines::FinetuneParams finetune_params(const config::Config& cfg, const confi
                           p.method + ": remove it, or set method: " + section);
     }
   }
-  p.freeze = cfg.get_list("full.freeze");
   if (p.model_init == "random" && p.method != "full")
     throw ConfigError("model.init: random needs method: full (an adapter on random weights learns nothing useful)");
-
-  p.data.path = cfg.get_string("data.path");
-  p.data.format = cfg.get_string("data.format");
-  p.data.chat_template = cfg.get_string("data.template");
-  p.data.train_on = cfg.get_string("data.train_on");
-  p.data.max_seq_len = cfg.get_int("data.max_seq_len");
-  p.data.truncation = cfg.get_string("data.truncation");
-  p.data.val_fraction = cfg.get_float("data.val_fraction");
-  p.data.val_path = cfg.get_string("data.val_path");
-  p.data.skip_bad_rows = cfg.get_bool("data.skip_bad_rows");
-  p.packing = cfg.get_bool("data.packing");
   if (p.data.val_fraction > 0 && !p.data.val_path.empty())
     throw ConfigError("data.val_fraction and data.val_path are alternatives: set one");
-
-  p.batch_size = cfg.get_int("train.batch_size");
-  p.grad_accum_steps = cfg.get_int("train.grad_accum_steps");
-  p.epochs = cfg.get_int("train.epochs");
-  p.max_steps = cfg.get_int("train.max_steps");
-  p.lr = cfg.get_float("train.lr");
-  p.lr_scheduler = cfg.get_string("train.lr_scheduler");
-  p.warmup_steps = cfg.get_int("train.warmup_steps");
-  p.warmup_ratio = cfg.get_float("train.warmup_ratio");
-  p.adam.weight_decay = cfg.get_float("train.weight_decay");
-  p.adam.beta1 = cfg.get_float("train.adam_beta1");
-  p.adam.beta2 = cfg.get_float("train.adam_beta2");
-  p.adam.eps = cfg.get_float("train.adam_eps");
-  p.max_grad_norm = cfg.get_float("train.max_grad_norm");
-  p.gradient_checkpointing = cfg.get_bool("train.grad_checkpointing");
-  p.loss_chunk_rows = cfg.get_int("train.loss_chunk_rows");
-  p.eval_every_steps = cfg.get_int("eval.every_steps");
-  p.eval_max_batches = cfg.get_int("eval.max_batches");
-  p.checkpoint_every_steps = cfg.get_int("checkpoint.every_steps");
-  p.checkpoint_keep = cfg.get_int("checkpoint.keep");
-  p.log_every_steps = cfg.get_int("log.every_steps");
-  p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
-  p.data.seed = p.seed;
-  p.device = cfg.get_string("device");
-  p.dtype = cfg.get_string("dtype");
   return p;
 }
 

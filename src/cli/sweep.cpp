@@ -36,16 +36,7 @@ int run(const SweepOptions& o) {
     print_table(pipelines::summarize_runs(*o.summary), o.json);
     return 0;
   }
-  std::optional<std::filesystem::path> file;
-  std::vector<std::string> args;
-  for (const auto& a : o.positionals) {
-    if ((a.ends_with(".yaml") || a.ends_with(".yml")) && a.find('=') == std::string::npos) {
-      if (file) throw UsageError("two sweep files given ('" + file->string() + "' and '" + a + "'); pass one");
-      file = a;
-    } else {
-      args.push_back(a);
-    }
-  }
+  const auto [file, args] = split_config_args(o.positionals);
   if (!file && args.empty()) throw UsageError("give a SWEEP.yaml (and key=value / key=[a,b] arguments), or --summary DIR");
   if (o.parallel < 1) throw UsageError("--parallel: must be >= 1, got " + std::to_string(o.parallel));
 

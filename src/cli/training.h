@@ -19,6 +19,9 @@ namespace llmtune::cli {
 
 config::Schema finetune_schema();
 
+// Every finetune setting as the config holds it, without the cross-key checks (validate reads a
+// config those checks refuse, to check the rest of it).
+pipelines::FinetuneParams read_finetune_params(const config::Config& cfg);
 // Every training key of `cfg` into FinetuneParams, with the checks that span keys (ConfigError
 // naming them). The run-directory flags (--resume, --force) and config_yaml are the caller's.
 pipelines::FinetuneParams finetune_params(const config::Config& cfg, const config::Schema& schema);

@@ -148,15 +148,11 @@ std::pair<std::string, std::string> find_command(const std::optional<std::string
   return {"finetune", "the default (no --command, command: key or '# llmtune <command>' first line)"};
 }
 
-// The fields the checks read, straight from the config, for when the command's cross-key checks
-// refused it (that refusal is already a problem): model, method, data and batch settings.
+// The settings as the config holds them, for when the command's cross-key checks refused it (that
+// refusal is already a problem); an adapter section the method cannot read falls back to LoRA's.
 pipelines::FinetuneParams basic_params(const config::Config& cfg) {
-  pipelines::FinetuneParams p;
-  p.model = cfg.get_string("model.path");
-  p.model_init = cfg.get_string("model.init");
-  p.output = cfg.get_string("output");
-  p.method = cfg.get_string("method");
-  p.quantize = cfg.get_string("model.quantize");
+  pipelines::FinetuneParams p = read_finetune_params(cfg);
+  if (p.data.val_fraction > 0 && !p.data.val_path.empty()) p.data.val_path.clear();
   if (p.method != "full") {
     try {
       p.adapter = peft::find_adapter_method(p.method == "qlora" ? "lora" : p.method)->from_config(cfg);
@@ -164,29 +160,6 @@ pipelines::FinetuneParams basic_params(const config::Config& cfg) {
       p.adapter = peft::find_adapter_method("lora")->from_config(cfg);
     }
   }
-  p.data.path = cfg.get_string("data.path");
-  p.data.format = cfg.get_string("data.format");
-  p.data.chat_template = cfg.get_string("data.template");
-  p.data.train_on = cfg.get_string("data.train_on");
-  p.data.max_seq_len = cfg.get_int("data.max_seq_len");
-  p.data.truncation = cfg.get_string("data.truncation");
-  p.data.val_fraction = cfg.get_float("data.val_fraction");
-  p.data.val_path = cfg.get_string("data.val_path");
-  if (p.data.val_fraction > 0 && !p.data.val_path.empty()) p.data.val_path.clear();
-  p.data.skip_bad_rows = cfg.get_bool("data.skip_bad_rows");
-  p.packing = cfg.get_bool("data.packing");
-  p.batch_size = cfg.get_int("train.batch_size");
-  p.grad_accum_steps = cfg.get_int("train.grad_accum_steps");
-  p.epochs = cfg.get_int("train.epochs");
-  p.max_steps = cfg.get_int("train.max_steps");
-  p.warmup_steps = cfg.get_int("train.warmup_steps");
-  p.warmup_ratio = cfg.get_float("train.warmup_ratio");
-  p.gradient_checkpointing = cfg.get_bool("train.grad_checkpointing");
-  p.loss_chunk_rows = cfg.get_int("train.loss_chunk_rows");
-  p.seed = static_cast<uint64_t>(cfg.get_int("seed"));
-  p.data.seed = p.seed;
-  p.device = cfg.get_string("device");
-  p.dtype = cfg.get_string("dtype");
   return p;
 }
 
@@ -314,16 +287,9 @@ void check_swept_values(const Inputs& in, const std::string& command, const std:
 
 int run_validate(CommonOptions& o, const std::optional<std::string>& command_flag) {
   Inputs in;
-  for (const auto& arg : o.positionals) {
-    if ((arg.ends_with(".yaml") || arg.ends_with(".yml")) && arg.find('=') == std::string::npos) {
-      if (in.file) throw UsageError("two config files given ('" + in.file->string() + "' and '" + arg + "'); pass one and use key=value for the rest");
-      in.file = arg;
-    } else if (arg.find('=') != std::string::npos) {
-      in.overrides.push_back(arg);
-    } else {
-      throw UsageError("unexpected argument '" + arg + "': expected a CONFIG.yaml file or key=value");
-    }
-  }
+  ConfigArgs args = split_config_args(o.positionals);
+  in.file = std::move(args.file);
+  in.overrides = std::move(args.overrides);
   if (in.file) {
     std::ifstream f(*in.file, std::ios::binary);
     if (!f) throw ConfigError(in.file->string() + ": cannot read the config file (does it exist?)");
