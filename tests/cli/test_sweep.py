@@ -1,5 +1,5 @@
 """`llmtune sweep` end to end: the run table equals an expansion computed here with itertools (grid x
-paired groups x command-line axes, and the documented seeded sample); a 2x2 sweep on a tiny model
+paired groups x command-line axes, and the documented seeded sample); a 2x2 sweep on the bundled demo model
 writes a summary (md, jsonl, csv) whose numbers are each run's summary.json / metrics.jsonl and an
 eval_loss.svg with one polyline per run; a run that fails at run time is recorded and the others
 finish; a sweep stopped by SIGINT, then killed with -9, resumes without repeating finished runs; bad
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN
-from test_finetune import MODELS, chat_rows, errors, write_jsonl
+from test_finetune import errors
 
 SVG = "{http://www.w3.org/2000/svg}"
 MASK = (1 << 64) - 1
@@ -29,14 +29,21 @@ def write_sweep(path, text):
     return path
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
 def base_yaml(tmp_path, out, steps=4, extra="", eval_every=2):
-    data = write_jsonl(tmp_path / "d.jsonl", chat_rows(16))
+    """The bundled demo model (as configs/sweep-demo.yaml) on the first 16 rows of its data."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join((ROOT / "demo" / "data" / "train.jsonl").read_text().splitlines(keepends=True)[:16]))
     return f"""command: finetune
 output: {out}
 model:
-  path: {MODELS / 'qwen2'}
+  path: {ROOT / 'demo' / 'model'}
 data:
   path: {data}
+  format: alpaca
+  template: alpaca
   val_fraction: 0.25
 train:
   max_steps: {steps}
