@@ -190,8 +190,10 @@ State open_state(const SweepParams& p) {
         if (it->second.contains(key)) s.run(i)[key] = it->second[key];
     }
     size_t dropped = 0;
-    for (const auto& [name, r] : earlier)
+    for (const auto& entry : earlier) {
+      const std::string& name = entry.first;
       dropped += std::none_of(p.runs.begin(), p.runs.end(), [&](const SweepRun& x) { return x.name == name; });
+    }
     if (dropped) spdlog::info("sweep: {} run(s) of the earlier definition are not part of this one (left on disk, not in the summary)", dropped);
   } else if (fs::exists(d.output) && !fs::is_empty(d.output)) {
     throw UsageError(d.output.string() + " exists and is not a sweep directory (no sweep.json): choose another output");
