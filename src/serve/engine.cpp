@@ -41,8 +41,10 @@ std::string template_source(const std::string& choice, const std::string& adapte
 GenerationJob::Update GenerationJob::wait_update() {
   std::unique_lock lock(mutex);
   changed.wait(lock, [&] { return done || !unread.empty(); });
-  Update u{std::move(unread), done};
+  Update u{std::move(unread), done, {}};
   unread.clear();
+  u.logprobs.assign(token_logprobs.begin() + static_cast<std::ptrdiff_t>(logprobs_read), token_logprobs.end());
+  logprobs_read = token_logprobs.size();
   return u;
 }
 

@@ -47,10 +47,11 @@ struct GenerationJob {
     double logprob;
     std::vector<std::pair<int64_t, double>> top;  // the most likely tokens, best first
   };
-  std::vector<TokenLogprob> token_logprobs;  // one per generated token but stop ids (read once done)
+  std::vector<TokenLogprob> token_logprobs;  // one per generated token but stop ids (appended under mutex)
   struct Update {
     std::string delta;  // text since the last update
     bool done = false;
+    std::vector<TokenLogprob> logprobs;  // the token_logprobs added since the last update
   };
   // Waits until there is new text or the job ended.
   Update wait_update();
@@ -62,6 +63,7 @@ struct GenerationJob {
   std::mutex mutex;
   std::condition_variable changed;
   std::string text, unread;
+  size_t logprobs_read = 0;  // token_logprobs handed out by wait_update
   int64_t completion_tokens = 0;
   bool done = false;
   std::string finish_reason;

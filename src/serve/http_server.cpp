@@ -104,6 +104,8 @@ void serve_generation(const httplib::Request& req, httplib::Response& res, bool 
     size_t choice = 0;
     bool first = true;
     std::unique_ptr<ToolCallStream> tools;  // the current choice's, when tool calls are parsed
+    std::vector<GenerationJob::TokenLogprob> logprobs;  // the current choice's, not yet sent
+    int64_t text_offset = 0;  // completions' text_offset of the next token
   };
   auto at = std::make_shared<Progress>();
   std::vector<JobPtr> jobs = r.jobs;
@@ -129,14 +131,25 @@ void serve_generation(const httplib::Request& req, httplib::Response& res, bool 
             delta += rest;
             if (!calls.empty() && reason == "stop") reason = "tool_calls";
           }
+          // Each chunk carries the log probabilities of the tokens generated since the last one; the
+          // last chunk of a choice carries what is left.
+          at->logprobs.insert(at->logprobs.end(), u.logprobs.begin(), u.logprobs.end());
+          auto take_logprobs = [&]() -> json {
+            if (job.logprobs < 0) return nullptr;
+            json j = logprobs_json(r.chat, at->logprobs, *r.tokenizer, at->text_offset);
+            at->logprobs.clear();
+            return j;
+          };
           if (!delta.empty() || (at->first && r.chat))
-            out += sse(stream_chunk(r, id, created, at->choice, delta, at->first, ""));
+            out += sse(stream_chunk(r, id, created, at->choice, delta, at->first, "", take_logprobs()));
           if (!out.empty()) at->first = false;
           for (size_t i = 0; i < calls.size(); ++i)
             for (const auto& d : tool_call_deltas(calls[i], i)) out += sse(tool_call_chunk(r, id, created, at->choice, d));
           if (u.done) {
-            out += sse(stream_chunk(r, id, created, at->choice, "", at->first && r.chat, reason));
+            out += sse(stream_chunk(r, id, created, at->choice, "", at->first && r.chat, reason,
+                                    at->logprobs.empty() ? json() : take_logprobs()));
             at->first = true;
+            at->text_offset = 0;
             at->tools.reset();
             if (++at->choice == r.jobs.size()) {
               if (r.include_usage) out += sse(usage_chunk(r, id, created));
@@ -228,12 +241,22 @@ void run_serve(const ServeParams& p) {
     }
   } join_watcher{finished, watcher};
 
+  // The port is taken before the model loads, so a port in use is reported at once, not after a
+  // long load; connections made meanwhile wait in the backlog until serving starts.
+  Server server;
+  int port = static_cast<int>(p.port);
+  if (p.port == 0) port = server.bind_to_any_port(p.host);
+  else if (!server.bind_to_port(p.host, port)) port = -1;
+  if (port > 0) server.widen_backlog(SOMAXCONN);
+  if (port <= 0)
+    throw Error("serve: cannot listen on " + p.host + ":" + std::to_string(p.port) + " (" + std::strerror(errno) +
+                "): is the port in use, or the host not an address of this machine? (--port 0 picks a free port)");
+
   Metrics metrics;
   Engine engine(p, metrics);
   Randomness rnd(p.seed);
   const int64_t started = static_cast<int64_t>(std::time(nullptr));
 
-  Server server;
   const auto threads = static_cast<size_t>(p.http_threads);
   server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server.set_payload_max_length(static_cast<size_t>(p.max_body_bytes));
@@ -306,13 +329,6 @@ void run_serve(const ServeParams& p) {
     spdlog::debug("serve: {} {} → {}", req.method, req.path, res.status);
   });
 
-  int port = static_cast<int>(p.port);
-  if (p.port == 0) port = server.bind_to_any_port(p.host);
-  else if (!server.bind_to_port(p.host, port)) port = -1;
-  if (port > 0) server.widen_backlog(SOMAXCONN);
-  if (port <= 0)
-    throw Error("serve: cannot listen on " + p.host + ":" + std::to_string(p.port) + " (" + std::strerror(errno) +
-                "): is the port in use, or the host not an address of this machine? (--port 0 picks a free port)");
   spdlog::info("serve: listening on http://{}:{} ({} model(s): base '{}'{})", p.host, port, engine.models().size(),
                engine.models().front().name, p.api_key.empty() ? "" : ", API key required on /v1/*");
 

@@ -279,8 +279,6 @@ CompletionRequest parse_completion_request(const std::string& text, bool chat, c
   } else if (field(body, "logprobs")) {  // logprobs: how many alternatives
     job.logprobs = integer(body, "logprobs", 0, 0, 20);
   }
-  if (job.logprobs >= 0 && r.stream)
-    throw bad("logprobs", "'logprobs' is not supported with \"stream\": true yet (ask without streaming)");
   const json* choice = field(body, "tool_choice");  // checked above: absent, "auto" or "none"
   if (chat && field(body, "tools") && !(choice && *choice == "none")) {
     r.tool_format = detect_tool_format(r.model->chat_template);
@@ -334,12 +332,15 @@ json token_bytes(const std::string& s) {
   return out;
 }
 
-// OpenAI's choice.logprobs: chat's {"content": [...]} or completions' tokens/token_logprobs/top_logprobs.
-json logprobs_json(const CompletionRequest& r, const GenerationJob& job, const tokenizer::Tokenizer& tok) {
-  if (job.logprobs < 0) return nullptr;
-  if (r.chat) {
+}  // namespace
+
+// OpenAI's choice.logprobs: chat's {"content": [...]} or completions' tokens/token_logprobs/top_logprobs,
+// for some of a choice's tokens (a stream chunk's) whose text starts at `text_offset`, which moves on.
+json logprobs_json(bool chat, const std::vector<GenerationJob::TokenLogprob>& entries, const tokenizer::Tokenizer& tok,
+                   int64_t& text_offset) {
+  if (chat) {
     json content = json::array();
-    for (const auto& t : job.token_logprobs) {
+    for (const auto& t : entries) {
       const std::string text = token_text(tok, t.token);
       json top = json::array();
       for (const auto& [id, lp] : t.top) {
@@ -351,21 +352,18 @@ json logprobs_json(const CompletionRequest& r, const GenerationJob& job, const t
     return {{"content", content}, {"refusal", nullptr}};
   }
   json tokens = json::array(), values = json::array(), top = json::array(), offsets = json::array();
-  int64_t offset = 0;
-  for (const auto& t : job.token_logprobs) {
+  for (const auto& t : entries) {
     const std::string text = token_text(tok, t.token);
     tokens.push_back(text);
     values.push_back(t.logprob);
     json alts = json::object();
     for (const auto& [id, lp] : t.top) alts[token_text(tok, id)] = lp;
     top.push_back(alts);
-    offsets.push_back(offset);
-    offset += static_cast<int64_t>(text.size());
+    offsets.push_back(text_offset);
+    text_offset += static_cast<int64_t>(text.size());
   }
   return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", top}, {"text_offset", offsets}};
 }
-
-}  // namespace
 
 json completion_response(const CompletionRequest& r, const std::string& id, int64_t created) {
   json out = head(r, id, created, false);
@@ -384,7 +382,8 @@ json completion_response(const CompletionRequest& r, const std::string& id, int6
     } else {
       choice["text"] = job.text;
     }
-    choice["logprobs"] = logprobs_json(r, job, *r.tokenizer);
+    int64_t offset = 0;
+    choice["logprobs"] = job.logprobs < 0 ? json() : logprobs_json(r.chat, job.token_logprobs, *r.tokenizer, offset);
     choice["finish_reason"] = finish(reason);
     out["choices"].push_back(std::move(choice));
   }
@@ -393,7 +392,7 @@ json completion_response(const CompletionRequest& r, const std::string& id, int6
 }
 
 json stream_chunk(const CompletionRequest& r, const std::string& id, int64_t created, size_t index, const std::string& delta,
-                  bool first, const std::string& finish_reason) {
+                  bool first, const std::string& finish_reason, json logprobs) {
   json out = head(r, id, created, true);
   json choice = {{"index", index}};
   if (r.chat) {
@@ -402,7 +401,7 @@ json stream_chunk(const CompletionRequest& r, const std::string& id, int64_t cre
     if (!delta.empty() || (first && finish_reason.empty())) d["content"] = delta;
     choice["delta"] = d;
   } else choice["text"] = delta;
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = std::move(logprobs);
   choice["finish_reason"] = finish(finish_reason);
   out["choices"] = json::array({choice});
   if (r.include_usage) out["usage"] = nullptr;

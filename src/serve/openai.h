@@ -51,7 +51,11 @@ CompletionRequest parse_completion_request(const std::string& body, bool chat, c
 // The whole response of a finished job, and the pieces of a stream.
 json completion_response(const CompletionRequest& r, const std::string& id, int64_t created);
 json stream_chunk(const CompletionRequest& r, const std::string& id, int64_t created, size_t index,
-                  const std::string& delta, bool first, const std::string& finish_reason);
+                  const std::string& delta, bool first, const std::string& finish_reason, json logprobs = nullptr);
+// choice.logprobs for some of a choice's tokens (all of them, or a stream chunk's) whose text starts
+// at `text_offset` (completions' text_offset), which moves past them.
+json logprobs_json(bool chat, const std::vector<GenerationJob::TokenLogprob>& entries, const tokenizer::Tokenizer& tok,
+                   int64_t& text_offset);
 // A chat stream chunk carrying one tool_calls delta (see tool_call_deltas).
 json tool_call_chunk(const CompletionRequest& r, const std::string& id, int64_t created, size_t index, const json& call);
 json usage_chunk(const CompletionRequest& r, const std::string& id, int64_t created);

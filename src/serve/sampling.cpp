@@ -7,6 +7,7 @@
 #include <ATen/ops/topk.h>
 
 #include <algorithm>
+#include <mutex>
 
 #include "llmtune/model/generate.h"
 
@@ -50,6 +51,7 @@ int64_t pick_token(const at::Tensor& logits, const std::vector<int64_t>& history
       for (int64_t i = 0; i < values.size(0); ++i)
         entry.top.emplace_back(indices[i].item<int64_t>(), values[i].item<double>());
     }
+    std::lock_guard lock(job.mutex);  // a streaming HTTP thread reads them as they come
     job.token_logprobs.push_back(std::move(entry));
   }
   return token;

@@ -6,6 +6,7 @@ prometheus_client and counts exactly what was served; SIGTERM ends the server wi
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -269,7 +270,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {"model": "base", "prompt": "hi", "top_p": 0}, 400, "top_p"),
     ("/v1/completions", {"model": "base", "prompt": "hi", "presence_penalty": 2.5}, 400, "presence_penalty"),
     ("/v1/completions", {"model": "base", "prompt": "hi", "logprobs": 21}, 400, "logprobs"),
-    ("/v1/completions", {"model": "base", "prompt": "hi", "logprobs": 1, "stream": True}, 400, "logprobs"),
+    ("/v1/completions", {"model": "base", "prompt": "hi", "logprobs": -1, "stream": True}, 400, "logprobs"),
     ("/v1/chat/completions", {"model": "base", "messages": CHAT, "top_logprobs": 2}, 400, "top_logprobs"),
     ("/v1/chat/completions", {"model": "base", "messages": CHAT, "tools": TOOLS, "tool_choice": "required"}, 400, "tool_choice"),
     ("/v1/completions", {"model": "base", "prompt": "hi", "stream_options": {"include_usage": True}}, 400, "stream_options"),
@@ -484,10 +485,16 @@ def test_config_file_and_bad_settings(tmp_path, llmtune):
     assert r.code == 2 and "port" in r.err, r.err
     import socket
 
+    # The port is taken before the model is read: a model whose weights are damaged still gets the
+    # port's error, so a port in use is found before a long load.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(BASE, damaged)
+    (damaged / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        r = llmtune("serve", "--model", BASE, "--port", taken.getsockname()[1])
-    errors = [l for l in r.err_lines if l.startswith("llmtune: error:")]
-    assert r.code == 1 and len(errors) == 1 and "cannot listen on 127.0.0.1:" in errors[0], r.err
+        for model in (BASE, damaged):
+            r = llmtune("serve", "--model", model, "--port", taken.getsockname()[1])
+            errors = [l for l in r.err_lines if l.startswith("llmtune: error:")]
+            assert r.code == 1 and len(errors) == 1 and "cannot listen on 127.0.0.1:" in errors[0], r.err
 

@@ -104,6 +104,26 @@ def test_logprobs_equal_transformers_log_softmax(client, server, tok):
     assert got.text_offset[0] == 0
 
 
+def test_streamed_logprobs_concatenate_to_the_non_streamed_ones(client):
+    """A stream's chunks carry the logprobs of their tokens: joined in order they equal the whole
+    response's (chat content entries; completions' tokens, values, alternatives and text offsets)."""
+    kw = dict(model="base", max_tokens=10, temperature=0)
+    full = client.chat.completions.create(messages=CHAT, logprobs=True, top_logprobs=2, **kw).choices[0].logprobs.content
+    chunks = list(client.chat.completions.create(messages=CHAT, logprobs=True, top_logprobs=2, stream=True, **kw))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert len(full) >= 8 and [e.model_dump() for e in streamed] == [e.model_dump() for e in full]
+    assert sum(1 for c in chunks if c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content) > 1
+
+    full = client.completions.create(prompt=PROMPTS[0], logprobs=3, **kw).choices[0].logprobs
+    chunks = list(client.completions.create(prompt=PROMPTS[0], logprobs=3, stream=True, **kw))
+    parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert len(parts) > 1
+    assert [t for p in parts for t in p.tokens] == full.tokens
+    assert [v for p in parts for v in p.token_logprobs] == full.token_logprobs
+    assert [d for p in parts for d in p.top_logprobs] == full.top_logprobs
+    assert [o for p in parts for o in p.text_offset] == full.text_offset
+
+
 def penalised_greedy(prompt_ids, n, presence, frequency):
     """Greedy decoding with OpenAI's penalties computed directly: logits[t] -= frequency * count(t)
     + presence * (count(t) > 0), counts over the generated tokens."""
