@@ -10,8 +10,10 @@
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 
+#include "llmtune/quant/column_solver.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::pipelines {
@@ -84,7 +86,7 @@ at::Tensor sparsegpt_prune(const at::Tensor& weight, const at::Tensor& hessian, 
   const int64_t rows = weight.size(0), cols = weight.size(1);
   TORCH_CHECK(hessian.dim() == 2 && hessian.size(0) == cols && hessian.size(1) == cols,
               "sparsegpt_prune: the Hessian must be (in, in)");
-  TORCH_CHECK(!target.is_nm() || (cols % target.m == 0 && options.block_size % target.m == 0),
+  TORCH_CHECK(!target.is_nm() || (target.m <= 1024 && cols % target.m == 0 && options.block_size % target.m == 0),
               "sparsegpt_prune: M=", target.m, " must divide the columns (", cols, ") and the block size");
   at::Tensor w = weight.to(at::kFloat).clone();
   at::Tensor h = hessian.to(at::kFloat).clone();
@@ -105,27 +107,34 @@ at::Tensor sparsegpt_prune(const at::Tensor& weight, const at::Tensor& hessian, 
   for (int64_t b0 = 0; b0 < cols; b0 += options.block_size) {
     const int64_t count = std::min(options.block_size, cols - b0);
     at::Tensor w1 = w.narrow(1, b0, count).clone();
-    at::Tensor q1 = at::zeros_like(w1), err1 = at::zeros_like(w1);
     const at::Tensor u1 = u.narrow(0, b0, count).narrow(1, b0, count);
-    const at::Tensor d1 = u1.diagonal();
-    at::Tensor mask1 = at::zeros({rows, count}, w.options().dtype(at::kBool));
+    const at::Tensor d1 = u1.diagonal().cpu().contiguous();
+    const float* dp = d1.data_ptr<float>();
+    // The block's mask: unstructured, the lowest scores of the whole block as it stands at its start;
+    // N:M, chosen in each group of M columns when the loop reaches it (from the updated values).
+    at::Tensor mask1 = at::zeros({rows, count}, at::TensorOptions().dtype(at::kBool));
     if (!target.is_nm()) {
-      at::Tensor score = w1.square() / d1.square().unsqueeze(0);
-      mask1 = mask_lowest_per_tensor(score, target.sparsity);
+      at::Tensor score = w1.square() / u1.diagonal().square().unsqueeze(0);
+      mask1 = mask_lowest_per_tensor(score, target.sparsity).cpu().contiguous();
     }
-    for (int64_t j = 0; j < count; ++j) {
-      if (target.is_nm() && j % target.m == 0) {
-        at::Tensor score = w1.narrow(1, j, target.m).square() / d1.narrow(0, j, target.m).square().unsqueeze(0);
-        mask1.narrow(1, j, target.m).scatter_(1, lowest(score, target.m - target.n), true);
+    bool* mp = mask1.data_ptr<bool>();
+    const int64_t m = target.m, pruned_per_group = target.m - target.n;
+    const at::Tensor err1 = quant::solve_columns(w1, u1, [&](int64_t r, int64_t j, const float* row) {
+      bool* mrow = mp + r * count;
+      if (target.is_nm() && j % m == 0) {
+        // The M − N lowest of row[j..j+M) by w² / d², equal scores in column order (a stable sort).
+        int64_t order[1024];
+        float score[1024];
+        for (int64_t k = 0; k < m; ++k) {
+          order[k] = k;
+          score[k] = (row[j + k] * row[j + k]) / (dp[j + k] * dp[j + k]);
+        }
+        std::stable_sort(order, order + m, [&](int64_t a, int64_t b) { return score[a] < score[b]; });
+        for (int64_t k = 0; k < pruned_per_group; ++k) mrow[j + order[k]] = true;
       }
-      const at::Tensor col = w1.select(1, j);
-      const at::Tensor q = col.masked_fill(mask1.select(1, j), 0.0);
-      q1.select(1, j).copy_(q);
-      const at::Tensor err = (col - q) / d1.narrow(0, j, 1);
-      w1.narrow(1, j, count - j).sub_(err.unsqueeze(1) * u1.narrow(0, j, 1).narrow(1, j, count - j));
-      err1.select(1, j).copy_(err);
-    }
-    w.narrow(1, b0, count).copy_(q1);
+      return mrow[j] ? 0.0f : row[j];
+    });
+    w.narrow(1, b0, count).copy_(w1);
     if (b0 + count < cols)
       w.narrow(1, b0 + count, cols - b0 - count).sub_(err1.matmul(u.narrow(0, b0, count).narrow(1, b0 + count, cols - b0 - count)));
   }

@@ -11,15 +11,18 @@
 #include <ATen/ops/maximum.h>
 #include <ATen/ops/minimum.h>
 #include <ATen/ops/round.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "llmtune/quant/column_solver.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::quant {
@@ -32,11 +35,6 @@ void check_options(const GroupQuantOptions& o, int64_t cols) {
     throw ConfigError(fmt::format("bits: {} is not one of 2, 3, 4, 8", o.bits));
   if (o.group_size != -1 && o.group_size < 1) throw ConfigError(fmt::format("group size: {} (use a positive size or -1)", o.group_size));
   (void)cols;
-}
-
-// q = clamp(round(x / scale) + zero, 0, maxq) for a column x (O,) with per-row scale and zero.
-at::Tensor quantize_column(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero, double maxq) {
-  return at::clamp(at::round(x / scale) + zero, 0.0, maxq);
 }
 
 int64_t group_count(int64_t cols, int64_t group_size) { return group_size == -1 ? 1 : (cols + group_size - 1) / group_size; }
@@ -157,11 +155,11 @@ GroupQuantized gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian
     perm_cpu = perm.cpu().contiguous();
     perm_ptr = perm_cpu.data_ptr<int64_t>();
   }
+  const float maxq_f = static_cast<float>(maxq);
   for (int64_t b0 = 0; b0 < cols; b0 += options.block_size) {
     const int64_t count = std::min(options.block_size, cols - b0);
-    at::Tensor w1 = w.narrow(1, b0, count).clone();
-    at::Tensor err1 = at::zeros_like(w1);
-    const at::Tensor u1 = u.narrow(0, b0, count).narrow(1, b0, count);
+    // The scale and zero each column of the block is quantized with.
+    std::vector<at::Tensor> col_scale, col_zero;
     for (int64_t j = 0; j < count; ++j) {
       const int64_t col = b0 + j;
       if (gs != -1) {
@@ -181,13 +179,23 @@ GroupQuantized gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian
           zero = z.to(at::kFloat);
         }
       }
-      const at::Tensor x = w1.select(1, j);
-      const at::Tensor q = quantize_column(x, scale, zero, maxq);
-      codes.select(1, col).copy_(q);
-      const at::Tensor err = (x - scale * (q - zero)) / u1[j][j];
-      w1.narrow(1, j, count - j).sub_(err.unsqueeze(1) * u1.narrow(0, j, 1).narrow(1, j, count - j));
-      err1.select(1, j).copy_(err);
+      col_scale.push_back(scale);
+      col_zero.push_back(zero);
     }
+    const at::Tensor scales = at::stack(col_scale, 1).cpu().contiguous(), zeros = at::stack(col_zero, 1).cpu().contiguous();
+    const float* sp = scales.data_ptr<float>();
+    const float* zp = zeros.data_ptr<float>();
+    at::Tensor codes1 = at::empty({rows, count}, scales.options());
+    float* cp = codes1.data_ptr<float>();
+    at::Tensor w1 = w.narrow(1, b0, count).clone();
+    const at::Tensor err1 = solve_columns(w1, u.narrow(0, b0, count).narrow(1, b0, count),
+                                          [&](int64_t r, int64_t j, const float* row) {
+                                            const int64_t at = r * count + j;
+                                            const float q = std::min(std::max(std::nearbyint(row[j] / sp[at]) + zp[at], 0.0f), maxq_f);
+                                            cp[at] = q;
+                                            return sp[at] * (q - zp[at]);
+                                          });
+    codes.narrow(1, b0, count).copy_(codes1);
     if (b0 + count < cols)
       w.narrow(1, b0 + count, cols - b0 - count).sub_(err1.matmul(u.narrow(0, b0, count).narrow(1, b0 + count, cols - b0 - count)));
   }
