@@ -123,6 +123,7 @@ void print_gptq_result(const pipelines::QuantizeReport& r, bool json) {
       j["quantized_perplexity"] = r.result_eval->perplexity;
       j["source_loss"] = r.source_eval->loss;
       j["quantized_loss"] = r.result_eval->loss;
+      if (r.rtn_eval) j["rtn_perplexity"] = r.rtn_eval->perplexity, j["rtn_loss"] = r.rtn_eval->loss;
       j["eval_tokens"] = r.result_eval->tokens;
     }
     std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
@@ -133,6 +134,9 @@ void print_gptq_result(const pipelines::QuantizeReport& r, bool json) {
   if (r.source_eval)
     std::cout << fmt::format("perplexity {:.4f} (source) → {:.4f} ({}): {:+.2f}%\n", r.source_eval->perplexity,
                              r.result_eval->perplexity, r.type, 100.0 * (r.result_eval->perplexity / r.source_eval->perplexity - 1.0));
+  if (r.rtn_eval)
+    std::cout << fmt::format("perplexity {:.4f} (rtn, the same bits and groups): {:+.2f}%\n", r.rtn_eval->perplexity,
+                             100.0 * (r.rtn_eval->perplexity / r.source_eval->perplexity - 1.0));
 }
 
 }  // namespace

@@ -141,7 +141,7 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
   const nlohmann::json quantization = loaded_quantization(model);
   if (quantization["type"] != "none")
     spdlog::info("base {} {}: {} linears in {:.2f} MiB instead of {:.2f} MiB in 16 bits; the rest (lm_head, embeddings, "
-                 "norms) {}, compute in {}", bnb ? "loaded as stored (a bitsandbytes checkpoint):" : gptq ? "loaded as stored (a GPTQ checkpoint):" : "quantized to",
+                 "norms) {}, compute in {}", bnb ? "loaded as stored (a bitsandbytes checkpoint):" : gptq ? "loaded as stored:" : "quantized to",
                  describe_quantization(quantization), base.quantized_linears, base.quantized_bytes_held / double(1 << 20),
                  base.quantized_bytes_16bit / double(1 << 20), dtype_name(dtype.dtype), dtype_name(dtype.dtype));
   model.set_gradient_checkpointing(p.gradient_checkpointing);

@@ -92,7 +92,7 @@ nlohmann::json loaded_quantization(model::CausalLM& model) {
   bool other = false;
   for (auto& [path, slot] : model.named_linears()) {
     if (const auto* g = dynamic_cast<const quant::GptqLinear*>(slot->get()))
-      return {{"type", "gptq"}, {"bits", g->quantized().bits}};
+      return {{"type", g->quantized().format}, {"bits", g->quantized().bits}};
     if (const auto* q = dynamic_cast<const quant::FourBitLinear*>(slot->get())) {
       const quant::FourBitState& s = q->quantized().state;
       return {{"type", quant::four_bit_name(s.type)}, {"double_quant", s.nested}, {"blocksize", s.blocksize}};
@@ -108,6 +108,8 @@ std::string describe_quantization(const nlohmann::json& q) {
   if (type == "none") return "none (a 16-bit base)";
   if (type == "int8") return "int8 (LLM.int8)";
   if (type == "gptq") return fmt::format("gptq ({}-bit codes, a GPTQ checkpoint)", q.value("bits", int64_t{4}));
+  if (type == "compressed-tensors")
+    return fmt::format("compressed-tensors ({}-bit codes, a pack-quantized checkpoint)", q.value("bits", int64_t{4}));
   return fmt::format("{} ({}blocks of {})", type, q.value("double_quant", false) ? "double-quantized absmax, " : "",
                      q.value("blocksize", int64_t{0}));
 }
@@ -120,6 +122,7 @@ std::string overrides(const nlohmann::json& q) {
   if (type == "none") return "model.quantize=none method=lora";
   if (type == "int8") return "the same 8-bit checkpoint as model.path";
   if (type == "gptq") return "the same GPTQ checkpoint as model.path";
+  if (type == "compressed-tensors") return "the same compressed-tensors checkpoint as model.path";
   return fmt::format("model.quantize={} model.double_quant={} model.quant_blocksize={}", type,
                      q.value("double_quant", false) ? "true" : "false", q.value("blocksize", int64_t{0}));
 }
@@ -162,6 +165,7 @@ nlohmann::json quantization_summary(const nlohmann::json& record, bool from_chec
                                     at::ScalarType compute_dtype) {
   nlohmann::json q = record;
   if (q["type"] == "gptq") q["source"] = "GPTQ checkpoint";
+  else if (q["type"] == "compressed-tensors") q["source"] = "compressed-tensors checkpoint";
   else if (q["type"] != "none") q["source"] = from_checkpoint ? "bitsandbytes checkpoint" : "quantized while loading";
   q["compute_dtype"] = dtype_name(compute_dtype);
   q["quantized_linears"] = m.quantized_linears;

@@ -41,6 +41,18 @@ at::Tensor pack_rows(const at::Tensor& codes, int64_t bits) {
 
 }  // namespace
 
+namespace {
+
+// A quantized linear's weight as a reader of the written file gets it: the scales rounded to the
+// dtype they are stored in.
+at::Tensor dequantized_as_written(const quant::GroupQuantized& q, at::ScalarType scale_dtype) {
+  quant::GroupQuantized stored = q;
+  stored.scales = q.scales.to(scale_dtype).to(at::kFloat);
+  return stored.dequantized();
+}
+
+}  // namespace
+
 nlohmann::json gptq_quantization_config(const GptqExportOptions& o) {
   const auto& g = o.gptq;
   return {{"quant_method", "gptq"}, {"bits", g.quant.bits}, {"group_size", g.quant.group_size}, {"desc_act", g.act_order},
@@ -162,6 +174,25 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
       throw ConfigError(fmt::format("bits: {}'s shape {}×{} does not pack into 32-bit words of {}-bit codes", path, out, in, q.bits));
   }
 
+  auto checkpoint = io::WeightFiles::open(model_dir);
+  auto scale_dtype_of = [&](const std::string& module) {
+    return ct ? io::dtype_from_safetensors(checkpoint.info(module + ".weight").dtype) : at::kHalf;
+  };
+  if (!params.eval_data.empty() && o.method == "gptq") {
+    // The baseline next to GPTQ: round-to-nearest with the same bits and groups, as it would be
+    // written, evaluated with the source's linears set aside and then put back.
+    std::vector<std::pair<model::LinearPtr*, model::LinearPtr>> source;
+    for (const auto& [path, slot] : model.named_linears()) {
+      if (path == lm_head) continue;
+      source.emplace_back(slot, *slot);
+      const at::Tensor w = (*slot)->dense_weight().to(at::kFloat);
+      *slot = std::make_shared<model::DenseLinear>(dequantized_as_written(quant::rtn_quantize(w, q), scale_dtype_of(path)),
+                                                   (*slot)->bias());
+    }
+    report.rtn_eval = eval_model(e, model, *loaded.tokenizer);
+    for (auto& [slot, original] : source) *slot = std::move(original);
+  }
+
   const auto t_quant = SteadyClock::now();
   at::Tensor calibration_ids;
   if (o.method == "gptq") {
@@ -179,7 +210,6 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
   report.gptq.quantize_seconds = seconds_since(t_quant);
 
   // The directory: quantized linears as qweight/qzeros/scales/g_idx, every other tensor as stored.
-  auto checkpoint = io::WeightFiles::open(model_dir);
   std::vector<std::string> names = checkpoint.names();
   std::sort(names.begin(), names.end(), natural_less);
   std::vector<io::TensorSpec> specs;
@@ -250,16 +280,13 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
   if (!params.eval_data.empty()) {
     // The result as written, in memory: the same dequantized weights (the scales rounded to fp16 for
     // gptq, to the weight's stored dtype for compressed-tensors).
-    for (auto& [path, r] : done) {
-      quant::GroupQuantized half = r.q;
-      const at::ScalarType scale_dtype = ct ? io::dtype_from_safetensors(checkpoint.info(path + ".weight").dtype) : at::kHalf;
-      half.scales = r.q.scales.to(scale_dtype).to(at::kFloat);
-      model.linear(path) = std::make_shared<model::DenseLinear>(half.dequantized(), r.bias);
-    }
+    for (auto& [path, r] : done)
+      model.linear(path) = std::make_shared<model::DenseLinear>(dequantized_as_written(r.q, scale_dtype_of(path)), r.bias);
     report.result_eval = eval_model(e, model, *loaded.tokenizer);
-    spdlog::info("quantize: perplexity {:.4f} (source) → {:.4f} ({}), {:+.2f}%", report.source_eval->perplexity,
+    spdlog::info("quantize: perplexity {:.4f} (source) → {:.4f} ({}), {:+.2f}%{}", report.source_eval->perplexity,
                  report.result_eval->perplexity, report.type,
-                 100.0 * (report.result_eval->perplexity / report.source_eval->perplexity - 1.0));
+                 100.0 * (report.result_eval->perplexity / report.source_eval->perplexity - 1.0),
+                 report.rtn_eval ? fmt::format("; rtn {:.4f}", report.rtn_eval->perplexity) : "");
   }
   staged.commit();
   report.output = params.output;

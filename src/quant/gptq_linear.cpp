@@ -145,6 +145,7 @@ GptqTensor read_compressed_module(const io::WeightFiles& files, const std::strin
     return v;
   };
   GptqTensor t;
+  t.format = "compressed-tensors";
   t.bits = config.bits;
   t.qweight = stored(".weight_packed", {out, in / per}, true).t().contiguous();
   t.scales = stored(".weight_scale", {out, groups}, false).t().contiguous();

@@ -164,7 +164,8 @@ def test_compressed_tensors_base_trains_a_lora_and_merges(llmtune, tmp_path):
     r = llmtune("finetune", "--model", out, "--data", DEMO / "data" / "train.jsonl", "--output", ft, "--max-steps", 4,
                 "lora.r=8", "train.lr=2e-3", "--json", timeout=300)
     assert r.code == 0, r.err
-    assert json.loads(r.out)["quantization"]["type"] == "gptq"
+    q = json.loads(r.out)["quantization"]
+    assert q["type"] == "compressed-tensors" and q["source"] == "compressed-tensors checkpoint" and q["bits"] == BITS, q
     with_adapter = eval_loss(llmtune, out, "--adapter", ft / "adapter")
     merged = tmp_path / "merged"
     r = llmtune("merge", "--model", out, "--adapter", ft / "adapter", "--output", merged, timeout=300)

@@ -94,6 +94,9 @@ def test_gptq_beats_round_to_nearest_on_the_demo(llmtune, tmp_path):
     rtn = quantize(llmtune, tmp_path / "rtn", "--method", "rtn", *common)
     assert gptq["source_perplexity"] == rtn["source_perplexity"]
     assert gptq["source_perplexity"] < gptq["quantized_perplexity"] < rtn["quantized_perplexity"], (gptq, rtn)
+    # The gptq run reports the RTN baseline side by side: equal to the RTN run's own result.
+    assert gptq["rtn_perplexity"] == pytest.approx(rtn["quantized_perplexity"], rel=1e-6), (gptq, rtn)
+    assert "rtn_perplexity" not in rtn
     assert all(l["output_error"] >= 0 and l["damp"] == 0.01 for l in gptq["layers"])
 
 

@@ -40,6 +40,7 @@ struct QuantizeReport {
   GptqExportReport gptq;      // gptq / rtn
   uint64_t source_bytes = 0;  // the source weights (dense, in their stored dtype)
   std::optional<EvalResult> source_eval, result_eval;
+  std::optional<EvalResult> rtn_eval;  // --method gptq with --eval-data: RTN with the same bits and groups, the baseline
   double seconds = 0;
   uint64_t peak_rss_bytes = 0;
 };

@@ -39,6 +39,7 @@ struct GptqTensor {
   at::Tensor g_idx;    // (in,) int32
   int64_t bits = 4;
   int64_t zero_offset = 1;  // added to the stored zeros: 1 for v1, 0 for v2
+  std::string format = "gptq";  // the checkpoint's kind: gptq or compressed-tensors
 };
 
 // The tensors of `module` ("<module>.qweight", .qzeros, .scales, .g_idx) as stored (on the CPU), checked
