@@ -57,7 +57,7 @@ config::Schema quantize_schema() {
          .help = "gptq (calibrated, Frantar et al.) or rtn (round-to-nearest): 2/4/8-bit integer codes in a GPTQ-format "
                  "Hugging Face directory (instead of --type)",
          .choices = {"gptq", "rtn"}});
-  s.add({.name = "bits", .type = Type::Int, .help = "gptq/rtn: bits per weight, 2, 4 or 8 (default 4)"});
+  s.add({.name = "bits", .type = Type::Int, .help = "gptq/rtn: bits per weight, 2, 3, 4 or 8 (default 4)"});
   s.add({.name = "group_size", .type = Type::Int, .help = "gptq/rtn: input columns per scale and zero point, or -1 for one per row (default 128)"});
   s.add({.name = "sym", .type = Type::Bool, .help = "gptq/rtn: symmetric (true, the default) or asymmetric (false) quantizer"});
   s.add({.name = "act_order", .type = Type::Bool, .help = "gptq: columns in descending Hessian diagonal order, with static groups (desc_act)"});
@@ -209,7 +209,7 @@ Command register_quantize(CLI::App& root) {
   app->add_option("--max-seq-len", flags->max_seq_len, "evaluation window / row length in tokens [512]");
   app->add_option("--batch-size", flags->batch_size, "evaluation sequences per forward pass [8]");
   app->add_option("--method", flags->method, "gptq|rtn: integer codes with group scales in a GPTQ-format directory (instead of --type)");
-  app->add_option("--bits", flags->bits, "gptq/rtn: 2, 4 or 8 [4]");
+  app->add_option("--bits", flags->bits, "gptq/rtn: 2, 3, 4 or 8 [4]");
   app->add_option("--group-size", flags->group_size, "gptq/rtn: input columns per scale, or -1 [128]");
   app->add_flag("--sym", flags->sym, "gptq/rtn: symmetric quantizer (the default)");
   app->add_flag("--asym", flags->asym, "gptq/rtn: asymmetric quantizer (a zero point per group)");

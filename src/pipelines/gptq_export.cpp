@@ -4,7 +4,6 @@
 // source and result when asked (the result in memory, from the same dequantized weights).
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/tensor.h>
-#include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -21,26 +20,12 @@
 #include "llmtune/pipelines/load.h"
 #include "llmtune/pipelines/merge.h"
 #include "llmtune/pipelines/quantize.h"
+#include "llmtune/quant/gptq_linear.h"
 #include "llmtune/util/error.h"
 #include "llmtune/util/timing.h"
 
 namespace llmtune::pipelines {
 namespace fs = std::filesystem;
-namespace {
-
-// Codes (rows, n) packed along dim 0 into int32 words of 32/bits values, lowest bits first:
-// word r of column j holds rows (32/bits)·r + k in bits bits·k … bits·k + bits − 1.
-at::Tensor pack_rows(const at::Tensor& codes, int64_t bits) {
-  const int64_t per = 32 / bits, rows = codes.size(0);
-  TORCH_CHECK(rows % per == 0, "pack_rows: ", rows, " rows is not a multiple of ", per);
-  const at::Tensor c = codes.to(at::kLong).reshape({rows / per, per, codes.size(1)});
-  at::Tensor word = at::zeros({rows / per, codes.size(1)}, c.options());
-  for (int64_t k = 0; k < per; ++k) word.bitwise_or_(c.select(1, k).bitwise_left_shift(bits * k));
-  return word.to(at::kInt);  // two's complement: the top bit is the sign of the int32
-}
-
-}  // namespace
-
 namespace {
 
 // A quantized linear's weight as a reader of the written file gets it: the scales rounded to the
@@ -120,8 +105,8 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
   const auto& q = o.gptq.quant;
   std::error_code ec;
   if (o.method != "gptq" && o.method != "rtn") throw ConfigError("method: '" + o.method + "' is not gptq or rtn");
-  if (q.bits != 2 && q.bits != 4 && q.bits != 8)
-    throw ConfigError(fmt::format("bits: {} is not written in the gptq format by llmtune (use 2, 4 or 8)", q.bits));
+  if (q.bits != 2 && q.bits != 3 && q.bits != 4 && q.bits != 8)
+    throw ConfigError(fmt::format("bits: {} is not one of 2, 3, 4, 8", q.bits));
   if (o.format != "gptq" && o.format != "compressed-tensors")
     throw ConfigError("format: '" + o.format + "' is not gptq or compressed-tensors");
   const bool ct = o.format == "compressed-tensors";
@@ -170,7 +155,7 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
     const int64_t in = (*slot)->in_features(), out = (*slot)->out_features();
     if (q.group_size != -1 && in % q.group_size != 0)
       throw ConfigError(fmt::format("group_size: {} does not divide {}'s {} input features; use a divisor or -1", q.group_size, path, in));
-    if (in % (32 / q.bits) != 0 || out % (32 / q.bits) != 0)
+    if (!quant::packs_whole(in, q.bits) || !quant::packs_whole(out, q.bits))
       throw ConfigError(fmt::format("bits: {}'s shape {}×{} does not pack into 32-bit words of {}-bit codes", path, out, in, q.bits));
   }
 
@@ -238,22 +223,22 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
       // for the signed q = u − 2^(bits−1), i.e. u itself; the zero points likewise (asymmetric only).
       const at::ScalarType scale_dtype = io::dtype_from_safetensors(info.dtype);
       specs.push_back({module + ".weight_packed", at::kInt, {out, in * bits / 32}});
-      makers.push_back([&g, bits] { return pack_rows(g.codes.t(), bits).t().contiguous().cpu(); });
+      makers.push_back([&g, bits] { return quant::pack_codes(g.codes, bits, 1).cpu(); });
       specs.push_back({module + ".weight_scale", scale_dtype, {out, groups}});
       makers.push_back([&g, scale_dtype] { return g.scales.to(scale_dtype).contiguous().cpu(); });
       specs.push_back({module + ".weight_shape", at::kLong, {2}});
       makers.push_back([out, in] { return at::tensor(std::vector<int64_t>{out, in}, at::kLong); });
       if (!q.sym) {
         specs.push_back({module + ".weight_zero_point", at::kInt, {out * bits / 32, groups}});
-        makers.push_back([&g, bits] { return pack_rows(g.zeros, bits).cpu(); });
+        makers.push_back([&g, bits] { return quant::pack_codes(g.zeros, bits, 0).cpu(); });
       }
       continue;
     }
     specs.push_back({module + ".qweight", at::kInt, {in * bits / 32, out}});
-    makers.push_back([&g, bits] { return pack_rows(g.codes.t(), bits).cpu(); });
+    makers.push_back([&g, bits] { return quant::pack_codes(g.codes.t(), bits, 0).cpu(); });
     specs.push_back({module + ".qzeros", at::kInt, {groups, out * bits / 32}});
     // v1 ("gptq") checkpoints store z − 1, in the code's bits.
-    makers.push_back([&g, bits] { return pack_rows((g.zeros.to(at::kLong) - 1).bitwise_and((1 << bits) - 1), bits).t().contiguous().cpu(); });
+    makers.push_back([&g, bits] { return quant::pack_codes((g.zeros.to(at::kLong) - 1).bitwise_and((1 << bits) - 1).t(), bits, 1).cpu(); });
     specs.push_back({module + ".scales", at::kHalf, {groups, out}});
     makers.push_back([&g] { return g.scales.t().to(at::kHalf).contiguous().cpu(); });
     specs.push_back({module + ".g_idx", at::kInt, {in}});

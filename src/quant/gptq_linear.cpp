@@ -8,8 +8,12 @@
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 #include <torch/csrc/autograd/custom_function.h>
+
+#include <numeric>
 
 #include "llmtune/io/read_file.h"
 #include "llmtune/util/error.h"
@@ -20,17 +24,6 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// int32 words → codes (int32), 32/bits per word along `dim` (0 or 1), lowest bits first.
-at::Tensor unpack(const at::Tensor& words, int64_t bits, int64_t dim) {
-  const int64_t per = 32 / bits;
-  std::vector<at::Tensor> parts;
-  for (int64_t k = 0; k < per; ++k) parts.push_back(words.bitwise_right_shift(bits * k).bitwise_and((1 << bits) - 1));
-  at::Tensor stacked = at::stack(parts, dim + 1);  // word, then the position within it
-  std::vector<int64_t> shape = words.sizes().vec();
-  shape[static_cast<size_t>(dim)] *= per;
-  return stacked.reshape(shape);
-}
 
 struct GptqMatmul : public torch::autograd::Function<GptqMatmul> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t weight) {
@@ -70,8 +63,8 @@ std::optional<GptqConfig> read_gptq_config(const fs::path& dir) {
     c.group_size = w.value("group_size", int64_t{128});
     c.sym = w.value("symmetric", true);
     c.checkpoint_format = "compressed-tensors";
-    if (c.bits != 2 && c.bits != 4 && c.bits != 8)
-      throw QuantError(fmt::format("{}: num_bits {} is not loaded (2, 4 or 8)", where, c.bits));
+    if (c.bits != 2 && c.bits != 3 && c.bits != 4 && c.bits != 8)
+      throw QuantError(fmt::format("{}: num_bits {} is not loaded (2, 3, 4 or 8)", where, c.bits));
     return c;
   }
   if (method != "gptq") return std::nullopt;
@@ -85,16 +78,65 @@ std::optional<GptqConfig> read_gptq_config(const fs::path& dir) {
   } catch (const nlohmann::json::exception&) {
     throw QuantError(path.string() + ": quantization_config (gptq) has a key of the wrong type (bits, group_size: integers; sym, desc_act: booleans)");
   }
-  if (c.bits != 2 && c.bits != 4 && c.bits != 8)
-    throw QuantError(fmt::format("{}: quantization_config.bits {} is not loaded (2, 4 or 8)", path.string(), c.bits));
+  if (c.bits != 2 && c.bits != 3 && c.bits != 4 && c.bits != 8)
+    throw QuantError(fmt::format("{}: quantization_config.bits {} is not loaded (2, 3, 4 or 8)", path.string(), c.bits));
   if (c.checkpoint_format != "gptq" && c.checkpoint_format != "gptq_v2")
     throw QuantError(path.string() + ": quantization_config.checkpoint_format '" + c.checkpoint_format + "' is not gptq or gptq_v2");
   return c;
 }
 
+namespace {
+
+// A packing unit: the fewest codes that fill whole words (3 bits: 32 codes, 3 words; 4 bits: 8, 1).
+struct PackUnit {
+  int64_t codes, words;
+};
+PackUnit pack_unit(int64_t bits) {
+  TORCH_CHECK(bits >= 1 && bits <= 8, "pack_codes: bits must be 1..8, not ", bits);
+  const int64_t g = std::gcd(bits, int64_t{32});
+  return {32 / g, bits / g};
+}
+
+}  // namespace
+
+at::Tensor pack_codes(const at::Tensor& codes, int64_t bits, int64_t dim) {
+  const PackUnit unit = pack_unit(bits);
+  const at::Tensor c = (dim == 0 ? codes : codes.t()).to(at::kLong);
+  const int64_t n = c.size(0), m = c.size(1);
+  TORCH_CHECK(n % unit.codes == 0, "pack_codes: ", n, " codes of ", bits, " bits do not fill whole 32-bit words");
+  const at::Tensor units = c.reshape({n / unit.codes, unit.codes, m});
+  at::Tensor words = at::zeros({n / unit.codes, unit.words, m}, c.options());
+  for (int64_t k = 0; k < unit.codes; ++k) {
+    const int64_t word = k * bits / 32, shift = k * bits % 32;
+    const at::Tensor v = units.select(1, k);
+    words.select(1, word).bitwise_or_(v.bitwise_left_shift(shift).bitwise_and(0xFFFFFFFFLL));
+    if (shift + bits > 32) words.select(1, word + 1).bitwise_or_(v.bitwise_right_shift(32 - shift));
+  }
+  // Unsigned 32-bit words as int32 (two's complement: the top bit is the sign).
+  at::Tensor out = at::where(words >= (int64_t{1} << 31), words - (int64_t{1} << 32), words).reshape({-1, m}).to(at::kInt);
+  return dim == 0 ? out : out.t().contiguous();
+}
+
+at::Tensor unpack_codes(const at::Tensor& words, int64_t bits, int64_t dim) {
+  const PackUnit unit = pack_unit(bits);
+  const at::Tensor w = (dim == 0 ? words : words.t()).to(at::kLong).bitwise_and(0xFFFFFFFFLL);
+  const int64_t n = w.size(0), m = w.size(1);
+  TORCH_CHECK(n % unit.words == 0, "unpack_codes: ", n, " words do not hold whole ", bits, "-bit codes");
+  const at::Tensor units = w.reshape({n / unit.words, unit.words, m});
+  std::vector<at::Tensor> parts;
+  for (int64_t k = 0; k < unit.codes; ++k) {
+    const int64_t word = k * bits / 32, shift = k * bits % 32;
+    at::Tensor v = units.select(1, word).bitwise_right_shift(shift);
+    if (shift + bits > 32) v = v.bitwise_or(units.select(1, word + 1).bitwise_left_shift(32 - shift));
+    parts.push_back(v.bitwise_and((int64_t{1} << bits) - 1));
+  }
+  const at::Tensor out = at::stack(parts, 1).reshape({-1, m}).to(at::kInt);
+  return dim == 0 ? out : out.t().contiguous();
+}
+
 at::Tensor dequantize_gptq(const GptqTensor& t, at::ScalarType dtype) {
-  const at::Tensor q = unpack(t.qweight, t.bits, 0);                      // (in, out)
-  const at::Tensor z = unpack(t.qzeros, t.bits, 1) + t.zero_offset;      // (groups, out)
+  const at::Tensor q = unpack_codes(t.qweight, t.bits, 0);                      // (in, out)
+  const at::Tensor z = unpack_codes(t.qzeros, t.bits, 1) + t.zero_offset;      // (groups, out)
   const at::Tensor g = t.g_idx.to(at::kLong);
   const at::Tensor scales = t.scales.to(at::kFloat).index_select(0, g);  // (in, out)
   const at::Tensor w = scales * (q - z.index_select(0, g)).to(at::kFloat);
@@ -125,7 +167,6 @@ namespace {
 // (symmetric: none, 2^(bits−1)); scales (out, groups) in the model dtype.
 GptqTensor read_compressed_module(const io::WeightFiles& files, const std::string& module, const GptqConfig& config,
                                   int64_t out, int64_t in, const std::string& source) {
-  const int64_t per = 32 / config.bits;
   const at::Tensor shape = files.tensor(module + ".weight_shape");
   if (shape.numel() != 2) throw QuantError(source + ": '" + module + ".weight_shape' must hold [out, in]");
   const int64_t stored_out = shape[0].item<int64_t>(), stored_in = shape[1].item<int64_t>();
@@ -133,7 +174,7 @@ GptqTensor read_compressed_module(const io::WeightFiles& files, const std::strin
     throw QuantError(fmt::format("{}: '{}.weight_shape' is [{}, {}], the model expects [{}, {}]", source, module, stored_out,
                                  stored_in, out, in));
   out = stored_out, in = stored_in;
-  if (in % per != 0 || out % per != 0)
+  if (!packs_whole(in, config.bits) || !packs_whole(out, config.bits))
     throw QuantError(fmt::format("{}: {} ({}×{}) does not pack into {}-bit words", source, module, out, in, config.bits));
   const int64_t g = config.group_size == -1 ? in : config.group_size;
   const int64_t groups = (in + g - 1) / g;
@@ -147,16 +188,11 @@ GptqTensor read_compressed_module(const io::WeightFiles& files, const std::strin
   GptqTensor t;
   t.format = "compressed-tensors";
   t.bits = config.bits;
-  t.qweight = stored(".weight_packed", {out, in / per}, true).t().contiguous();
+  t.qweight = stored(".weight_packed", {out, in * config.bits / 32}, true).t().contiguous();
   t.scales = stored(".weight_scale", {out, groups}, false).t().contiguous();
   t.g_idx = (at::arange(in, at::kInt) / static_cast<int>(g)).to(at::kInt);
-  const int64_t mid_word = [&] {
-    uint32_t w = 0;
-    for (int64_t k = 0; k < per; ++k) w |= static_cast<uint32_t>(int64_t{1} << (config.bits - 1)) << (config.bits * k);
-    return static_cast<int64_t>(static_cast<int32_t>(w));
-  }();
-  t.qzeros = config.sym ? at::full({groups, out / per}, mid_word, at::kInt)
-                        : stored(".weight_zero_point", {out / per, groups}, true).t().contiguous();
+  t.qzeros = config.sym ? pack_codes(at::full({groups, out}, int64_t{1} << (config.bits - 1), at::kInt), config.bits, 1)
+                        : stored(".weight_zero_point", {out * config.bits / 32, groups}, true).t().contiguous();
   t.zero_offset = 0;
   return t;
 }
@@ -166,11 +202,10 @@ GptqTensor read_compressed_module(const io::WeightFiles& files, const std::strin
 GptqTensor read_gptq_module(const io::WeightFiles& files, const std::string& module, const GptqConfig& config, int64_t out,
                             int64_t in, const std::string& source) {
   if (config.checkpoint_format == "compressed-tensors") return read_compressed_module(files, module, config, out, in, source);
-  const int64_t per = 32 / config.bits;
   if (in < 0 || out < 0) {
     const auto& qw = files.info(module + ".qweight").shape;
     if (qw.size() != 2) throw QuantError(source + ": '" + module + ".qweight' is not a matrix");
-    in = qw[0] * per;
+    in = qw[0] * 32 / config.bits;
     out = qw[1];
   }
   auto stored = [&](const std::string& suffix, at::ScalarType dtype, const std::vector<int64_t>& shape) {
@@ -181,18 +216,18 @@ GptqTensor read_gptq_module(const io::WeightFiles& files, const std::string& mod
                                    c10::str(at::IntArrayRef(shape)), config.bits, out, in));
     return v;
   };
-  if (in % per != 0 || out % per != 0)
+  if (!packs_whole(in, config.bits) || !packs_whole(out, config.bits))
     throw QuantError(fmt::format("{}: {} ({}×{}) does not pack into {}-bit words", source, module, out, in, config.bits));
   GptqTensor t;
   t.bits = config.bits;
-  t.qweight = stored(".qweight", at::kInt, {in / per, out});
+  t.qweight = stored(".qweight", at::kInt, {in * config.bits / 32, out});
   t.g_idx = stored(".g_idx", at::kInt, {in});
   if (in > 0 && t.g_idx.min().item<int64_t>() < 0) throw QuantError(source + ": '" + module + ".g_idx' holds a negative group");
   const int64_t groups = in > 0 ? t.g_idx.max().item<int64_t>() + 1 : 0;
-  t.qzeros = stored(".qzeros", at::kInt, {groups, out / per});
+  t.qzeros = stored(".qzeros", at::kInt, {groups, out * config.bits / 32});
   t.scales = stored(".scales", at::kHalf, {groups, out});
   // The zero-point convention: symmetric zeros are all 2^(bits−1) (v2) or one less (v1), whatever the label.
-  const at::Tensor z = unpack(t.qzeros, t.bits, 1);
+  const at::Tensor z = unpack_codes(t.qzeros, t.bits, 1);
   const int64_t mid = int64_t{1} << (config.bits - 1);
   const bool all_mid = (z == mid).all().item<bool>(), all_below = (z == mid - 1).all().item<bool>();
   t.zero_offset = all_below ? 1 : all_mid ? 0 : (config.checkpoint_format == "gptq_v2" ? 0 : 1);

@@ -31,12 +31,12 @@ def scheme(sym, bits=BITS, group=GROUP):
 
 
 @functools.lru_cache(maxsize=None)
-def package_layout(out_features, in_features, dtype, sym):
+def package_layout(out_features, in_features, dtype, sym, bits=BITS):
     """{tensor suffix: (dtype, shape)} compressed-tensors itself writes for one nn.Linear of this shape and dtype."""
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
     model = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, bias=False, dtype=dtype))
-    config = QuantizationConfig.model_validate({"config_groups": {"group_0": scheme(sym)}, "quantization_status": "frozen"})
+    config = QuantizationConfig.model_validate({"config_groups": {"group_0": scheme(sym, bits)}, "quantization_status": "frozen"})
     apply_quantization_config(model, config, show_progress=False)
     with torch.no_grad():
         model[0].weight_scale.fill_(1.0)  # allocated empty
@@ -67,7 +67,7 @@ def held_out_loss(model, tok):
     return total / count
 
 
-def check_directory(out, sym):
+def check_directory(out, sym, bits=BITS):
     """Asserts the directory is a pack-quantized one transformers loads; returns (quantized modules, exact fp32
     weights, the loss of the model transformers loads)."""
     from compressed_tensors.quantization import QuantizationConfig
@@ -81,7 +81,7 @@ def check_directory(out, sym):
     w = group.weights
     assert "Linear" in group.targets and group.input_activations is None and group.output_activations is None
     assert (w.num_bits, w.type, w.strategy, w.group_size, w.symmetric, w.dynamic, w.actorder) == \
-        (BITS, "int", "group", GROUP, sym, False, None), w
+        (bits, "int", "group", GROUP, sym, False, None), w
     assert group.format in (None, "pack-quantized")
 
     tensors = load_file(str(out / "model.safetensors"))
@@ -89,9 +89,9 @@ def check_directory(out, sym):
     assert modules and all("lm_head" not in m for m in modules)
     for m in modules:
         layout = {k[len(m) + 1:]: (v.dtype, tuple(v.shape)) for k, v in tensors.items() if k.startswith(m + ".")}
-        assert layout == package_layout(*tensors[m + ".weight_shape"].tolist(), MODEL_DTYPE, sym), (m, layout)
+        assert layout == package_layout(*tensors[m + ".weight_shape"].tolist(), MODEL_DTYPE, sym, bits), (m, layout)
         assert (m + ".weight_zero_point" in tensors) == (not sym)
-    weights = {m: dequantize(tensors, m) for m in modules}
+    weights = {m: dequantize(tensors, m, bits) for m in modules}
 
     # Decompressed on CPU at load time (dequantize=True, formerly run_compressed=False; the default leaves them
     # compressed and fails on asymmetric zero points in transformers 5.24 / compressed-tensors 0.20.1).
@@ -103,14 +103,14 @@ def check_directory(out, sym):
     return modules, weights, held_out_loss(model, AutoTokenizer.from_pretrained(str(out)))
 
 
-@pytest.mark.parametrize("sym", [True, False])
-def test_compressed_tensors_directory_loads_in_transformers_to_the_model_llmtune_evaluated(llmtune, tmp_path, sym):
+@pytest.mark.parametrize("sym,bits", [(True, BITS), (False, BITS), (True, 3), (False, 3)])
+def test_compressed_tensors_directory_loads_in_transformers_to_the_model_llmtune_evaluated(llmtune, tmp_path, sym, bits):
     out = tmp_path / "ct"
-    j = quantize(llmtune, out, "--method", "gptq", "--format", "compressed-tensors", "--bits", BITS,
+    j = quantize(llmtune, out, "--method", "gptq", "--format", "compressed-tensors", "--bits", bits,
                  "--group-size", GROUP, "--sym" if sym else "--asym", "--calibration", CALIB,
                  "--calibration-samples", 16, "--seq-len", 128, "--eval-data", HELD_OUT)
     assert not (out / "quantize_config.json").exists()  # that file marks a GPTQ directory
-    modules, _, theirs = check_directory(out, sym)
+    modules, _, theirs = check_directory(out, sym, bits)
     assert len(modules) == len(j["layers"])
     ours = j["quantized_loss"]
     assert abs(ours - theirs) <= 1e-4 * abs(theirs), (ours, theirs)
@@ -119,7 +119,7 @@ def test_compressed_tensors_directory_loads_in_transformers_to_the_model_llmtune
     assert abs(eval_loss(llmtune, out) - ours) <= 1e-6 * ours
 
 
-def write_with_the_package(out, sym):
+def write_with_the_package(out, sym, bits=BITS):
     """The demo model round-to-nearest quantized and saved by compressed-tensors itself (min/max scales)."""
     import shutil
     from compressed_tensors.compressors import ModelCompressor
@@ -127,7 +127,7 @@ def write_with_the_package(out, sym):
     from compressed_tensors.quantization.utils import calculate_qparams
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(str(DEMO / "model"), dtype=MODEL_DTYPE)
-    config = QuantizationConfig.model_validate({"config_groups": {"group_0": scheme(sym)}, "ignore": ["lm_head"],
+    config = QuantizationConfig.model_validate({"config_groups": {"group_0": scheme(sym, bits)}, "ignore": ["lm_head"],
                                                 "quantization_status": "frozen"})
     apply_quantization_config(model, config, show_progress=False)
     for m in model.modules():
@@ -146,15 +146,18 @@ def write_with_the_package(out, sym):
         shutil.copy(f, out / f.name)
 
 
-@pytest.mark.parametrize("sym", [True, False])
-def test_the_checks_pass_on_a_directory_the_package_writes(tmp_path, sym):
-    """The oracle checked against the package's own output: no llmtune involved."""
+@pytest.mark.parametrize("sym,bits", [(True, BITS), (False, BITS), (True, 3), (False, 3)])
+def test_the_checks_pass_on_a_directory_the_package_writes(llmtune, tmp_path, sym, bits):
+    """The oracle checked against the package's own output; then llmtune reads that directory."""
     out = tmp_path / "ref"
-    write_with_the_package(out, sym)
-    _, weights, theirs = check_directory(out, sym)
+    write_with_the_package(out, sym, bits)
+    _, weights, theirs = check_directory(out, sym, bits)
     # The package's bf16 products move the loss by ~1e-5 from the exact fp32 s·(u − z).
     exact = transformers_loss(DEMO / "model", {m: w.numpy() for m, w in weights.items()})
     assert abs(exact - theirs) <= 1e-4 * exact, (exact, theirs)
+    # llmtune dequantizes the package's files to the exact fp32 weights.
+    ours = eval_loss(llmtune, out)
+    assert abs(ours - exact) <= 1e-5 * exact, (ours, exact)
 
 
 def test_compressed_tensors_base_trains_a_lora_and_merges(llmtune, tmp_path):

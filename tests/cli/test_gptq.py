@@ -25,14 +25,17 @@ def quantize(llmtune, out, *args):
 
 
 def unpack(words, bits, axis):
-    """int32 words → codes, 32/bits values per word along `axis`, lowest bits first."""
-    per = 32 // bits
-    u = words.astype(np.uint32)
-    parts = [(u >> np.uint32(bits * k)) & np.uint32((1 << bits) - 1) for k in range(per)]
-    stacked = np.stack(parts, axis=axis + 1)  # word index, then position within the word
-    shape = list(words.shape)
-    shape[axis] *= per
-    return stacked.reshape(shape).astype(np.int64)
+    """int32 words → codes: the words along `axis` read as one little-endian bit stream (word 0's bit 0
+    first), cut into `bits`-bit codes; a code may straddle two words (3 bits: 32 codes in 3 words)."""
+    u = np.moveaxis(words.astype(np.uint32), axis, 0)                       # (words, rest)
+    stream = (u[:, None, :] >> np.arange(32, dtype=np.uint32)[None, :, None]) & np.uint32(1)
+    stream = stream.reshape(-1, u.shape[1]).astype(np.int64)                 # (words·32, rest), bit by bit
+    codes = (stream.reshape(-1, bits, u.shape[1]) << np.arange(bits)[None, :, None]).sum(axis=1)
+    return np.moveaxis(codes, 0, axis)
+
+
+def w_in(tensors, module):
+    return tensors[module + ".g_idx"].shape[0]
 
 
 def dequantize(tensors, module, bits):
@@ -59,16 +62,16 @@ def transformers_loss(model_dir, weights):
     return total / count
 
 
-@pytest.mark.parametrize("sym,act_order", [(True, False), (False, True)])
-def test_gptq_directory_unpacks_to_the_model_llmtune_evaluated(llmtune, tmp_path, sym, act_order):
+@pytest.mark.parametrize("sym,act_order,bits", [(True, False, 4), (False, True, 4), (True, False, 3), (False, True, 3)])
+def test_gptq_directory_unpacks_to_the_model_llmtune_evaluated(llmtune, tmp_path, sym, act_order, bits):
     out = tmp_path / "gptq"
     flags = ["--sym" if sym else "--asym"] + (["--act-order"] if act_order else [])
-    j = quantize(llmtune, out, "--method", "gptq", "--bits", 4, "--group-size", 64, *flags, "--calibration", CALIB,
+    j = quantize(llmtune, out, "--method", "gptq", "--bits", bits, "--group-size", 64, *flags, "--calibration", CALIB,
                  "--calibration-samples", 32, "--seq-len", 128, "--eval-data", HELD_OUT)
     config = json.loads((out / "config.json").read_text())["quantization_config"]
     assert config == json.loads((out / "quantize_config.json").read_text())
     assert (config["quant_method"], config["bits"], config["group_size"], config["sym"], config["desc_act"],
-            config["checkpoint_format"]) == ("gptq", 4, 64, sym, act_order, "gptq")
+            config["checkpoint_format"]) == ("gptq", bits, 64, sym, act_order, "gptq")
     # The packed tensors as numpy arrays (the kept ones are bf16, which numpy lacks).
     tensors = {k: v.numpy() for k, v in load_file(str(out / "model.safetensors")).items() if v.dtype != torch.bfloat16}
     modules = sorted({k.rsplit(".", 1)[0] for k in tensors if k.endswith(".qweight")})
@@ -76,9 +79,12 @@ def test_gptq_directory_unpacks_to_the_model_llmtune_evaluated(llmtune, tmp_path
     weights = {}
     for m in modules:
         assert tensors[m + ".qweight"].dtype == np.int32 and tensors[m + ".scales"].dtype == np.float16
-        w = dequantize(tensors, m, 4)
-        if sym:  # symmetric 4-bit zero points are 8, stored as 7 in every nibble
-            assert (tensors[m + ".qzeros"].astype(np.uint32) == 0x77777777).all()
+        assert tensors[m + ".qweight"].shape[0] * 32 == w_in(tensors, m) * bits
+        w = dequantize(tensors, m, bits)
+        if sym:  # symmetric zero points are 2^(bits-1), stored minus one (4 bits: 7 in every nibble)
+            assert (unpack(tensors[m + ".qzeros"], bits, 1) == (1 << (bits - 1)) - 1).all()
+            if bits == 4:
+                assert (tensors[m + ".qzeros"].astype(np.uint32) == 0x77777777).all()
         assert (tensors[m + ".g_idx"] == np.arange(w.shape[1]) // 64).all()
         weights[m] = w
     ours = j["quantized_loss"]
@@ -102,7 +108,7 @@ def test_gptq_beats_round_to_nearest_on_the_demo(llmtune, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--method", "gptq", "--bits", 5, "--calibration", CALIB], "bits"),
-    (["--method", "gptq", "--bits", 3, "--calibration", CALIB], "bits: 3"),
+    (["--method", "gptq", "--bits", 6, "--calibration", CALIB], "bits: 6"),
     (["--method", "rtn", "--group-size", 100], "group_size: 100 does not divide"),
     (["--method", "gptq"], "calibration: required"),
     (["--method", "gptq", "--calibration", "SHORT", "--seq-len", 64], "short.txt"),
@@ -179,7 +185,7 @@ def test_full_finetune_and_qlora_over_a_gptq_base_are_refused(llmtune, tmp_path)
 
 
 @pytest.mark.parametrize("damage,needle", [
-    ("bits3", "bits 3 is not loaded"),
+    ("bits5", "bits 5 is not loaded"),
     ("format", "checkpoint_format"),
     ("qweight_shape", ".qweight' is"),
     ("scales_dtype", ".scales' is"),
@@ -191,8 +197,8 @@ def test_damaged_gptq_checkpoints_are_one_line_errors(llmtune, tmp_path, damage,
     config = json.loads((out / "config.json").read_text())
     tensors = load_file(str(out / "model.safetensors"))
     key = "model.layers.0.mlp.up_proj"
-    if damage == "bits3":
-        config["quantization_config"]["bits"] = 3
+    if damage == "bits5":
+        config["quantization_config"]["bits"] = 5
     elif damage == "format":
         config["quantization_config"]["checkpoint_format"] = "marlin"
     elif damage == "qweight_shape":

@@ -29,7 +29,7 @@ struct GptqConfig {
 
 // The GPTQ or compressed-tensors (pack-quantized, int weights, group strategy) quantization_config
 // of <dir>/config.json; nullopt when there is none or it is another method. QuantError naming the
-// key when it is malformed or bits is not 2, 4 or 8.
+// key when it is malformed or bits is not 2, 3, 4 or 8.
 std::optional<GptqConfig> read_gptq_config(const std::filesystem::path& dir);
 
 struct GptqTensor {
@@ -49,6 +49,15 @@ GptqTensor read_gptq_module(const io::WeightFiles& files, const std::string& mod
                             int64_t out, int64_t in, const std::string& source);
 // The stored tensor that marks a quantized module: "<module>.qweight" or "<module>.weight_packed".
 std::string packed_suffix(const GptqConfig& config);
+
+// Codes of `bits` bits (1..8) packed densely into int32 words along `dim` (0 or 1), lowest bits first,
+// a code that crosses a word boundary split between the two words (3 bits: 32 codes in 3 words), as
+// GPTQ (qweight, qzeros) and compressed-tensors (pack-quantized) store them. The dimension's length
+// times `bits` must be a multiple of 32 (packs_whole).
+at::Tensor pack_codes(const at::Tensor& codes, int64_t bits, int64_t dim);
+// The inverse: int32 words → codes (int32), the dimension `dim` growing by 32 / bits.
+at::Tensor unpack_codes(const at::Tensor& words, int64_t bits, int64_t dim);
+inline bool packs_whole(int64_t n, int64_t bits) { return (n * bits) % 32 == 0; }
 
 // W (out, in) = scales[g_idx[i], j] · (q[i, j] − z[g_idx[i], j]), in `dtype`.
 at::Tensor dequantize_gptq(const GptqTensor& t, at::ScalarType dtype);
