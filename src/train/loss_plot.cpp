@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <limits>
 
@@ -38,18 +39,23 @@ struct Axis {
 };
 
 Axis nice_axis(double lo, double hi, bool integer) {
-  if (!(hi > lo)) {
-    const double pad = lo == 0 ? 1 : std::abs(lo) * 0.1;
+  // A range within rounding of one value (a single step, or the EMA an ulp off its input) is
+  // widened by 10%; without this the step is ~1e-16 of the values and the ticks never end.
+  const double scale = std::max(std::abs(lo), std::abs(hi));
+  if (!(hi - lo > 1e-9 * scale)) {
+    const double pad = scale == 0 ? 1 : scale * 0.1;
     lo -= pad, hi += pad;
   }
+  if (!std::isfinite(hi - lo)) return Axis{};  // values near the largest double: no scale to draw
   const double raw = (hi - lo) / 5, magnitude = std::pow(10.0, std::floor(std::log10(raw)));
   const double f = raw / magnitude;
   Axis a;
   a.step = (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * magnitude;
   if (integer) a.step = std::max(a.step, 1.0);
-  const double first = std::floor(lo / a.step), last = std::ceil(hi / a.step);
-  a.lo = first * a.step, a.hi = last * a.step;
-  for (double k = first; k <= last; ++k) a.ticks.push_back(std::abs(k) < 0.5 ? 0.0 : k * a.step);
+  // At most about seven ticks: the range is at least 1e-9 of the values, so the indices stay exact.
+  const int64_t first = static_cast<int64_t>(std::floor(lo / a.step)), last = static_cast<int64_t>(std::ceil(hi / a.step));
+  a.lo = static_cast<double>(first) * a.step, a.hi = static_cast<double>(last) * a.step;
+  for (int64_t k = first; k <= last; ++k) a.ticks.push_back(k == 0 ? 0.0 : static_cast<double>(k) * a.step);
   return a;
 }
 

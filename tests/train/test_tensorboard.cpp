@@ -3,6 +3,7 @@
 // (tests/cli/test_tracking.py reads the files with tensorboard itself.)
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 
 #include "io/io_test_util.h"
@@ -59,6 +60,19 @@ TEST(LossPlot, DegenerateSeriesGiveFiniteCoordinates) {
   size_t polylines = 0;
   for (size_t at = svg.find("<polyline"); at != std::string::npos; at = svg.find("<polyline", at + 1)) ++polylines;
   EXPECT_EQ(polylines, 3u);  // train loss, its EMA, lr: no eval loss without evaluations
+}
+
+// One step of a real run: its EMA, divided by 1 - 0.9, lands an ulp above the loss. The tick loop
+// once stepped by ~1e-16 of the values from index ~1e16 (where k + 1 == k) until memory ran out.
+TEST(LossPlot, ValuesAnUlpApartGiveAFewTicks) {
+  LossPlot plot("run");
+  plot.add({{"step", 1}, {"loss", 10.941129684448242}, {"lr", 0.0002}});
+  const std::string svg = plot.svg();
+  EXPECT_LT(svg.size(), 16000u);
+  EXPECT_EQ(svg.find("nan"), std::string::npos);
+  const std::string far = svg_line_chart({"t", "x", "y", "y2"}, {{"a", "#000", {{1, 1.0}, {2, std::nextafter(1.0, 2.0)}}},
+                                                                  {"b", "#000", {{1, 1e308}, {2, -1e308}}, true}});
+  EXPECT_LT(far.size(), 16000u);
 }
 
 }  // namespace
