@@ -45,3 +45,22 @@ target_link_libraries(llmtune_utf8proc INTERFACE "${UTF8PROC_LIBRARY}")
 if(LLMTUNE_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()
+
+# The llmtune binary's allocator. A training step allocates and frees activations of a few MB each;
+# glibc's malloc (its mmap threshold rising to 32 MB) keeps them in fragmented heaps, and a QLoRA
+# step on CPU peaked 50-60% above what it held. jemalloc (Debian's libjemalloc-dev) reuses them:
+# see src/cli/allocator.cpp for its settings. Never with the sanitizers, which bring their own.
+set(LLMTUNE_WITH_JEMALLOC OFF)
+if(NOT LLMTUNE_ALLOCATOR STREQUAL "system" AND NOT LLMTUNE_ASAN AND NOT LLMTUNE_FUZZ)
+  find_library(JEMALLOC_LIBRARY jemalloc)
+  if(JEMALLOC_LIBRARY)
+    set(LLMTUNE_WITH_JEMALLOC ON)
+    message(STATUS "llmtune: the binary allocates with jemalloc (${JEMALLOC_LIBRARY})")
+  elseif(LLMTUNE_ALLOCATOR STREQUAL "jemalloc")
+    message(FATAL_ERROR "LLMTUNE_ALLOCATOR=jemalloc but libjemalloc was not found: install libjemalloc-dev "
+                        "(scripts/setup.sh does) or configure with -DLLMTUNE_ALLOCATOR=system")
+  else()
+    message(WARNING "llmtune: libjemalloc not found, the binary uses the system malloc (training on the CPU "
+                    "then peaks higher); install libjemalloc-dev (scripts/setup.sh does)")
+  endif()
+endif()

@@ -23,6 +23,7 @@ packages=(
   libpcre2-dev libpcre2-8-0
   libutf8proc-dev libutf8proc2
   libcpp-httplib-dev libcpp-httplib0.11 libssl-dev libssl3 zlib1g-dev libbrotli-dev libbrotli1
+  libjemalloc-dev libjemalloc2
 )
 
 debs="$LLMTUNE_DEPS_DIR/debs"

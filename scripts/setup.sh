@@ -20,6 +20,7 @@ apt_packages=(
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libyaml-cpp-dev libgtest-dev libpcre2-dev libutf8proc-dev
   libcpp-httplib-dev  # llmtune serve's HTTP server
+  libjemalloc-dev  # the llmtune binary's allocator (cmake/LlmtuneDeps.cmake)
   clang libclang-rt-dev  # the sanitizer build and libFuzzer (scripts/test-asan.sh, scripts/fuzz.sh)
 )
 # The reference implementations the tests compare with, and what the build links.

@@ -2,6 +2,9 @@
 #include "llmtune/pipelines/env.h"
 
 #include <ATen/Context.h>
+#include <dlfcn.h>
+#include <sys/types.h>
+
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <torch/headeronly/version.h>
@@ -35,6 +38,23 @@ std::pair<bool, std::string> four_bit_cuda_kernels() {
   return {false, "not compiled in (no CUDA kernels in this build); 4-bit layers run through the ATen path on every device"};
 }
 
+// The process's malloc: jemalloc when the binary was linked with it (it then exports mallctl),
+// with the settings src/cli/allocator.cpp gives it; else the C library's.
+std::string allocator_in_use() {
+  using Mallctl = int (*)(const char*, void*, size_t*, void*, size_t);
+  auto mallctl = reinterpret_cast<Mallctl>(::dlsym(RTLD_DEFAULT, "mallctl"));
+  if (!mallctl) return "system malloc";
+  const char* version = nullptr;
+  size_t size = sizeof version;
+  ssize_t decay = 0;
+  size_t decay_size = sizeof decay;
+  std::string out = "jemalloc";
+  if (mallctl("version", &version, &size, nullptr, 0) == 0 && version) out += std::string(" ") + version;
+  if (mallctl("opt.dirty_decay_ms", &decay, &decay_size, nullptr, 0) == 0)
+    out += decay < 0 ? " (freed pages kept)" : fmt::format(" (freed pages returned after {} ms)", decay);
+  return out;
+}
+
 std::string gib(int64_t bytes) { return fmt::format("{:.1f} GiB", static_cast<double>(bytes) / (1 << 30)); }
 
 }  // namespace
@@ -57,6 +77,7 @@ EnvReport collect_env(const EnvParams& params) {
   r.mps_available = at::hasMPS();
   r.quant_formats = {"nf4", "fp4", "int8"};
   std::tie(r.four_bit_cuda_kernels, r.four_bit_cuda_reason) = four_bit_cuda_kernels();
+  r.allocator = allocator_in_use();
   r.cpu_threads = at::get_num_threads();
   r.cpu_interop_threads = at::get_num_interop_threads();
   DeviceChoice device = choose_device(params.device);
@@ -93,6 +114,7 @@ std::string env_report_json(const EnvReport& r) {
                        {"devices", "cpu, cuda, mps"},
                        {"four_bit_cuda_kernels", r.four_bit_cuda_kernels},
                        {"four_bit_cuda_kernels_reason", r.four_bit_cuda_reason}};
+  j["allocator"] = r.allocator;
   j["cpu_threads"] = r.cpu_threads;
   j["cpu_interop_threads"] = r.cpu_interop_threads;
   j["default_device"] = r.device;
@@ -117,6 +139,7 @@ std::string env_report_text(const EnvReport& r) {
   for (const auto& f : r.quant_formats) formats += (formats.empty() ? "" : "/") + f;
   line("quantization", "bitsandbytes-compatible " + formats + " on every device (CPU, CUDA, MPS)");
   line("4-bit kernels", r.four_bit_cuda_reason);
+  line("allocator", r.allocator);
   line("CPU threads", fmt::format("{} intra-op, {} inter-op", r.cpu_threads, r.cpu_interop_threads));
   line("device", r.device + "  (" + r.device_reason + ")");
   line("dtype", r.dtype + "  (" + r.dtype_reason + ")");

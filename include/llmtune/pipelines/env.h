@@ -36,6 +36,7 @@ struct EnvReport {
   std::vector<std::string> quant_formats;
   bool four_bit_cuda_kernels = false;
   std::string four_bit_cuda_reason;
+  std::string allocator;  // "jemalloc 5.3.0-0-g54eaed1d (...)" or "system malloc"
   int cpu_threads = 0;
   int cpu_interop_threads = 0;
   std::string device, device_reason;  // what the request resolves to, and why
