@@ -18,6 +18,7 @@
 #include <cmath>
 
 #include "llmtune/model/rope.h"
+#include "llmtune/ops/gated_act.h"
 #include "llmtune/ops/rms_norm.h"
 #include "llmtune/ops/runtime.h"
 #include "llmtune/util/error.h"
@@ -119,7 +120,8 @@ at::Tensor CausalLM::decoder_layer(const DecoderLayer& layer, int64_t index, con
   auto act = [&](const at::Tensor& a) { return c.hidden_act == "silu" ? at::silu(a) : at::gelu(a, "tanh"); };
   if (c.gated_mlp) {
     project(layer, n, {Proj::Gate, Proj::Up}, proj);
-    project(layer, act(P(Proj::Gate)) * P(Proj::Up), {Proj::Down}, proj);
+    const auto gate_act = c.hidden_act == "silu" ? ops::GateActivation::Silu : ops::GateActivation::GeluTanh;
+    project(layer, ops::gated_activation(P(Proj::Gate), P(Proj::Up), gate_act), {Proj::Down}, proj);
   } else {
     project(layer, n, {Proj::Up}, proj);
     project(layer, act(P(Proj::Up)), {Proj::Down}, proj);
