@@ -112,12 +112,15 @@ def test_streamed_logprobs_concatenate_to_the_non_streamed_ones(client):
     chunks = list(client.chat.completions.create(messages=CHAT, logprobs=True, top_logprobs=2, stream=True, **kw))
     streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert len(full) >= 8 and [e.model_dump() for e in streamed] == [e.model_dump() for e in full]
-    assert sum(1 for c in chunks if c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content) > 1
+    # Each chunk that brings text brings its tokens' logprobs (how many tokens a chunk holds depends
+    # on how fast the client reads: a busy machine coalesces several steps into one chunk).
+    texts = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert texts and all(c.choices[0].logprobs and c.choices[0].logprobs.content for c in texts)
 
     full = client.completions.create(prompt=PROMPTS[0], logprobs=3, **kw).choices[0].logprobs
     chunks = list(client.completions.create(prompt=PROMPTS[0], logprobs=3, stream=True, **kw))
     parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
-    assert len(parts) > 1
+    assert all(c.choices[0].logprobs and c.choices[0].logprobs.tokens for c in chunks if c.choices and c.choices[0].text)
     assert [t for p in parts for t in p.tokens] == full.tokens
     assert [v for p in parts for v in p.token_logprobs] == full.token_logprobs
     assert [d for p in parts for d in p.top_logprobs] == full.top_logprobs
