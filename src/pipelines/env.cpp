@@ -2,11 +2,10 @@
 #include "llmtune/pipelines/env.h"
 
 #include <ATen/Context.h>
-#include <dlfcn.h>
-#include <sys/types.h>
-
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <fmt/format.h>
+#include <sys/types.h>
 #include <torch/headeronly/version.h>
 
 #include <nlohmann/json.hpp>

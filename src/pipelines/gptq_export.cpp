@@ -105,7 +105,7 @@ QuantizeReport run_gptq_quantize(const QuantizeParams& params) {
   const auto& q = o.gptq.quant;
   std::error_code ec;
   if (o.method != "gptq" && o.method != "rtn") throw ConfigError("method: '" + o.method + "' is not gptq or rtn");
-  if (q.bits != 2 && q.bits != 3 && q.bits != 4 && q.bits != 8)
+  if (!quant::supported_bits(q.bits))
     throw ConfigError(fmt::format("bits: {} is not one of 2, 3, 4, 8", q.bits));
   if (o.format != "gptq" && o.format != "compressed-tensors")
     throw ConfigError("format: '" + o.format + "' is not gptq or compressed-tensors");

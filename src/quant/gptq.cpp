@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "llmtune/quant/column_solver.h"
+#include "llmtune/quant/gptq_linear.h"
 #include "llmtune/util/error.h"
 
 namespace llmtune::quant {
@@ -31,7 +32,7 @@ namespace {
 double max_code(const GroupQuantOptions& o) { return std::ldexp(1.0, static_cast<int>(o.bits)) - 1.0; }
 
 void check_options(const GroupQuantOptions& o, int64_t cols) {
-  if (o.bits != 2 && o.bits != 3 && o.bits != 4 && o.bits != 8)
+  if (!supported_bits(o.bits))
     throw ConfigError(fmt::format("bits: {} is not one of 2, 3, 4, 8", o.bits));
   if (o.group_size != -1 && o.group_size < 1) throw ConfigError(fmt::format("group size: {} (use a positive size or -1)", o.group_size));
   (void)cols;

@@ -63,7 +63,7 @@ std::optional<GptqConfig> read_gptq_config(const fs::path& dir) {
     c.group_size = w.value("group_size", int64_t{128});
     c.sym = w.value("symmetric", true);
     c.checkpoint_format = "compressed-tensors";
-    if (c.bits != 2 && c.bits != 3 && c.bits != 4 && c.bits != 8)
+    if (!supported_bits(c.bits))
       throw QuantError(fmt::format("{}: num_bits {} is not loaded (2, 3, 4 or 8)", where, c.bits));
     return c;
   }
@@ -78,7 +78,7 @@ std::optional<GptqConfig> read_gptq_config(const fs::path& dir) {
   } catch (const nlohmann::json::exception&) {
     throw QuantError(path.string() + ": quantization_config (gptq) has a key of the wrong type (bits, group_size: integers; sym, desc_act: booleans)");
   }
-  if (c.bits != 2 && c.bits != 3 && c.bits != 4 && c.bits != 8)
+  if (!supported_bits(c.bits))
     throw QuantError(fmt::format("{}: quantization_config.bits {} is not loaded (2, 3, 4 or 8)", path.string(), c.bits));
   if (c.checkpoint_format != "gptq" && c.checkpoint_format != "gptq_v2")
     throw QuantError(path.string() + ": quantization_config.checkpoint_format '" + c.checkpoint_format + "' is not gptq or gptq_v2");

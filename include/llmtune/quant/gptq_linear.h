@@ -58,6 +58,8 @@ at::Tensor pack_codes(const at::Tensor& codes, int64_t bits, int64_t dim);
 // The inverse: int32 words → codes (int32), the dimension `dim` growing by 32 / bits.
 at::Tensor unpack_codes(const at::Tensor& words, int64_t bits, int64_t dim);
 inline bool packs_whole(int64_t n, int64_t bits) { return (n * bits) % 32 == 0; }
+// The code widths llmtune quantizes to, writes and reads: 2, 3, 4 or 8 bits.
+inline bool supported_bits(int64_t bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }
 
 // W (out, in) = scales[g_idx[i], j] · (q[i, j] − z[g_idx[i], j]), in `dtype`.
 at::Tensor dequantize_gptq(const GptqTensor& t, at::ScalarType dtype);
