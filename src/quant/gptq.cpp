@@ -76,7 +76,7 @@ GroupQuantized rtn_quantize(const at::Tensor& weight, const GroupQuantOptions& o
   check_options(o, cols);
   const int64_t groups = group_count(cols, o.group_size), width = o.group_size == -1 ? cols : o.group_size;
   GroupQuantized out;
-  out.codes = at::empty({rows, cols}, w.options().dtype(at::kInt));
+  out.codes = at::empty({rows, cols}, w.options().dtype(at::kByte));
   out.scales = at::empty({rows, groups}, w.options());
   out.zeros = at::empty({rows, groups}, w.options().dtype(at::kInt));
   for (int64_t g = 0; g < groups; ++g) {
@@ -201,7 +201,7 @@ GroupQuantized gptq_quantize(const at::Tensor& weight, const at::Tensor& hessian
       w.narrow(1, b0 + count, cols - b0 - count).sub_(err1.matmul(u.narrow(0, b0, count).narrow(1, b0 + count, cols - b0 - count)));
   }
   if (perm.defined()) codes = codes.index_select(1, at::argsort(perm));
-  out.codes = codes.to(at::kInt);
+  out.codes = codes.to(at::kByte);
   out.g_idx = group_index(cols, gs, w.options());
   return out;
 }

@@ -7,6 +7,7 @@
 #include <ATen/ops/equal.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/randn.h>
+#include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -144,6 +145,47 @@ TEST(Calibration, RecordingLinearStatistics) {
   EXPECT_TRUE(at::allclose(rec.hessian(), x.t().matmul(x) * (2.0 / 5)));
   EXPECT_EQ(rec.sequences(), 5);
   EXPECT_EQ(rec.tokens(), 20);
+}
+
+// Wide inputs: XᵀX made block by block above the diagonal, then mirrored, is the whole product.
+TEST(Calibration, BlockedGramIsTheWholeProduct) {
+  at::manual_seed(6);
+  for (const int64_t n : {1024, 1100, 1536}) {
+    const at::Tensor a = at::randn({64, n}), b = at::randn({40, n});
+    at::Tensor xtx = at::zeros({n, n});
+    model::accumulate_gram(xtx, a);
+    model::accumulate_gram(xtx, b);
+    const at::Tensor x = at::cat({a, b});
+    EXPECT_TRUE(at::allclose(model::symmetric_gram(xtx), x.t().matmul(x), 1e-4, 1e-3)) << n;
+  }
+}
+
+// Linears fed the same tensor (q/k/v) share one accumulation; a different input (o_proj's) gets its
+// own; a recorder fed one tensor twice counts it twice.
+TEST(Calibration, RecordersOfOneInputShareTheirStatistics) {
+  at::manual_seed(7);
+  auto shared = std::make_shared<model::SharedInputs>();
+  auto lin = [] { return std::make_shared<model::DenseLinear>(at::randn({3, 6})); };
+  model::RecordingLinear q(lin(), {.sq_norms = true, .hessian = true}, shared), k(lin(), {.sq_norms = true, .hessian = true}, shared),
+      o(lin(), {.sq_norms = true, .hessian = true}, shared);
+  const at::Tensor x1 = at::randn({2, 4, 6}), x2 = at::randn({1, 4, 6}), y1 = at::randn({2, 4, 6}), y2 = at::randn({1, 4, 6});
+  for (const auto& [x, y] : {std::pair{x1, y1}, std::pair{x2, y2}}) {
+    q.forward(x);
+    EXPECT_TRUE(at::allclose(k.forward(x), k.inner()->forward(x)));
+    o.forward(y);
+  }
+  const at::Tensor x = at::cat({x1.reshape({-1, 6}), x2.reshape({-1, 6})}), y = at::cat({y1.reshape({-1, 6}), y2.reshape({-1, 6})});
+  for (const auto* r : {&q, &k}) {
+    EXPECT_TRUE(at::allclose(r->hessian(), x.t().matmul(x) * (2.0 / 3)));
+    EXPECT_TRUE(at::allclose(r->sq_norms(), (x * x).sum(0)));
+    EXPECT_EQ(r->sequences(), 3);
+  }
+  EXPECT_TRUE(at::allclose(o.hessian(), y.t().matmul(y) * (2.0 / 3)));
+  model::RecordingLinear twice(lin(), {.sq_norms = true, .hessian = false});
+  twice.forward(x1);
+  twice.forward(x1);
+  EXPECT_TRUE(at::allclose(twice.sq_norms(), 2 * (x1 * x1).sum({0, 1})));
+  EXPECT_EQ(twice.sequences(), 4);
 }
 
 }  // namespace

@@ -54,7 +54,7 @@ TEST_P(GptqFamily, EqualsTheLayerwiseReference) {
     codes += q.codes.numel();
     differ += (q.codes != ref[3 * i]).sum().item<int64_t>();
     // One step at most: a value within rounding of a boundary went the other way.
-    EXPECT_LE((q.codes - ref[3 * i]).abs().max().item<int64_t>(), 1) << ours[i].path;
+    EXPECT_LE((q.codes.to(at::kLong) - ref[3 * i]).abs().max().item<int64_t>(), 1) << ours[i].path;
     EXPECT_LE(testing::max_abs_diff(q.scales, ref[3 * i + 1]), 1e-4 * ref[3 * i + 1].abs().max().item<double>()) << ours[i].path;
     EXPECT_LE((q.zeros - ref[3 * i + 2]).abs().max().item<int64_t>(), 1) << ours[i].path;
   }

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,10 +24,31 @@ struct InputStatsWanted {
   bool hessian = false;   // H = 2/n · Σ x xᵀ, n counting sequences (SparseGPT's and GPTQ's convention)
 };
 
-// Forwards to the wrapped linear and records statistics of what it was given.
+// The statistics of one stream of inputs. Linears that read the same tensor (q/k/v from the same
+// normed hidden states, gate/up) share one: XᵀX of a (tokens × 5632) input is the largest cost of a
+// calibration pass, and is made once per input, not once per reader.
+struct InputStats {
+  at::Tensor sq_norms, xtx;  // sums over every token; xtx holds its upper block triangle only (see hessian())
+  int64_t tokens = 0, sequences = 0;
+  int64_t inputs = 0;  // distinct inputs accumulated
+  at::Tensor last;     // the last of them, held so that its identity is not reused by a new tensor
+};
+
+// The InputStats of one decoder layer's recorders: a recorder's first input binds it to the stats of
+// a recorder that read the same tensor before it, or to new ones.
+class SharedInputs {
+ public:
+  std::shared_ptr<InputStats> bind(const at::Tensor& x);
+
+ private:
+  std::vector<std::shared_ptr<InputStats>> stats_;
+};
+
+// Forwards to the wrapped linear and records statistics of what it was given. With `shared`,
+// statistics are shared with the other recorders of the same SharedInputs that read the same tensors.
 class RecordingLinear : public Linear {
  public:
-  RecordingLinear(LinearPtr inner, InputStatsWanted wanted);
+  RecordingLinear(LinearPtr inner, InputStatsWanted wanted, std::shared_ptr<SharedInputs> shared = nullptr);
   at::Tensor forward(const at::Tensor& x) const override;  // x: (N, T, I) or (..., I)
   int64_t in_features() const override { return inner_->in_features(); }
   int64_t out_features() const override { return inner_->out_features(); }
@@ -35,18 +57,25 @@ class RecordingLinear : public Linear {
   at::Tensor bias() const override { return inner_->bias(); }
 
   const LinearPtr& inner() const { return inner_; }
-  const at::Tensor& sq_norms() const { return sq_norms_; }  // (I,) fp32; undefined when not wanted
+  // (I,) fp32; undefined when not wanted or nothing was seen
+  at::Tensor sq_norms() const { return stats_ ? stats_->sq_norms : at::Tensor(); }
   // (I, I) fp32: 2/n Σ x xᵀ over the n sequences seen (a batch of shape (N, T, I) counts N).
   at::Tensor hessian() const;
-  int64_t tokens() const { return tokens_; }
-  int64_t sequences() const { return sequences_; }
+  int64_t tokens() const { return stats_ ? stats_->tokens : 0; }
+  int64_t sequences() const { return stats_ ? stats_->sequences : 0; }
 
  private:
   LinearPtr inner_;
   InputStatsWanted wanted_;
-  mutable at::Tensor sq_norms_, xtx_;  // sums over every token
-  mutable int64_t tokens_ = 0, sequences_ = 0;
+  std::shared_ptr<SharedInputs> shared_;
+  mutable std::shared_ptr<InputStats> stats_;  // bound at the first forward
+  mutable int64_t seen_ = 0;                   // distinct inputs this recorder has read
 };
+
+// xtx += xᵀx for x (tokens, I) in fp32, computing only the blocks on and above the diagonal when I is
+// large (about 55% of the products at I = 5632); symmetric_gram(xtx) gives the whole matrix.
+void accumulate_gram(at::Tensor& xtx, const at::Tensor& x);
+at::Tensor symmetric_gram(const at::Tensor& xtx);
 
 // One linear of the layer being calibrated: its module path, its slot (holding a RecordingLinear
 // while the layer's statistics are gathered) and those statistics.

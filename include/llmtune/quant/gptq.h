@@ -32,7 +32,7 @@ struct GptqOptions {
 };
 
 struct GroupQuantized {
-  at::Tensor codes;    // (O, I) int32 in [0, 2^bits − 1], in the weight's column order
+  at::Tensor codes;    // (O, I) uint8 in [0, 2^bits − 1], in the weight's column order (a byte a weight: a 1B model's codes are 1.1 GB, not 4.4)
   at::Tensor scales;   // (O, G) fp32, G = ceil(I / group_size) (1 when group_size is -1)
   at::Tensor zeros;    // (O, G) int32
   at::Tensor g_idx;    // (I,) int32: the group of each input column
