@@ -268,6 +268,29 @@ def test_layer_pruned_model_recovers_with_a_short_finetune(llmtune, tmp_path, ca
     losses = [json.loads(l)["loss"] for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(l)]
     assert len(losses) >= 2 and losses[-1] < losses[0], losses
 
+    # The end of the chain: the recovery adapter merged into the pruned model, as PEFT merges it, and
+    # exported to GGUF for llama.cpp.
+    import peft
+    import transformers as tf
+    from safetensors.torch import load_file
+    merged, gg = tmp_path / "merged", tmp_path / "merged.gguf"
+    r = llmtune("merge", "--adapter", run / "adapter", "--model", out, "--output", merged, "--dtype", "fp32",
+                "--gguf", gg, "--gguf-type", "f16")
+    assert r.code == 0, r.err
+    base = tf.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ref = peft.PeftModel.from_pretrained(base, run / "adapter").merge_and_unload().state_dict()
+    ours = {}
+    for f in merged.glob("*.safetensors"):
+        ours.update(load_file(f))
+    for name, t in ours.items():
+        assert torch.allclose(t, ref[name], rtol=1e-5, atol=1e-6), name
+    assert set(ours) <= set(ref) and any("q_proj" in n for n in ours)
+    pruned = load_file(next(out.glob("*.safetensors")))
+    assert any(not torch.equal(t, pruned[n]) for n, t in ours.items() if "_proj" in n)  # the adapter did something
+    r = llmtune("infer", "--model", gg, "--prompt", "the cat", "--raw", "--max-new-tokens", "4", "--json")
+    assert r.code == 0, r.err
+    assert len(json.loads(r.out)["token_ids"]) == 4
+
 
 @pytest.mark.parametrize("extra, message", [
     (["--method", "layers", "--remove-layers", "2", "--calibration", "CALIB"], "leaves none"),
