@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of llmtune's parsers (tests/fuzz/README.md) with libFuzzer under
-# AddressSanitizer + UBSan, in the sanitizer build of scripts/test-asan.sh (built when needed).
+# AddressSanitizer + UBSan, in the sanitizer build of scripts/test-asan.sh (built when needed), or
+# under UBSan alone at -O2 (LLMTUNE_FUZZ_SANITIZERS=undefined: 3-10x the executions a second, for
+# long campaigns; memory errors then show only when they crash).
 #   scripts/fuzz.sh TARGET SECONDS [libFuzzer flags...]   one target
 #   scripts/fuzz.sh all SECONDS [libFuzzer flags...]      every target, SECONDS each
 # Targets: safetensors gguf dataset tokenizer chat_template config adapter_config.
@@ -9,7 +11,9 @@
 # inputs. An input that crashes, hangs or runs out of memory is copied to
 # tests/fuzz/regressions/TARGET/ (replayed by the tests from then on) and the script fails.
 # Environment:
-#   LLMTUNE_ASAN_BUILD_DIR  the sanitizer build (default: build-asan/)
+#   LLMTUNE_FUZZ_SANITIZERS address,undefined (default) or undefined
+#   LLMTUNE_ASAN_BUILD_DIR  the sanitizer build (default: build-asan/, or build-fuzz-ubsan/ for
+#                           LLMTUNE_FUZZ_SANITIZERS=undefined)
 #   LLMTUNE_FUZZ_JOBS       targets fuzzed at once by `all` (default 1; each uses one core)
 #   LLMTUNE_FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 60: a
 #                           template that runs to its step budget takes ~20 s under ASan)
@@ -33,10 +37,16 @@ else
   selected=("$which")
 fi
 
-build_dir=${LLMTUNE_ASAN_BUILD_DIR:-$LLMTUNE_ROOT/build-asan}
+sanitizers=${LLMTUNE_FUZZ_SANITIZERS:-address,undefined}
+case "$sanitizers" in
+  address,undefined) default_dir=build-asan ;;
+  undefined) default_dir=build-fuzz-ubsan ;;
+  *) die "LLMTUNE_FUZZ_SANITIZERS must be address,undefined or undefined, not '$sanitizers'" ;;
+esac
+build_dir=${LLMTUNE_ASAN_BUILD_DIR:-$LLMTUNE_ROOT/$default_dir}
 export LLMTUNE_ASAN_BUILD_DIR=$build_dir
 if [[ "${LLMTUNE_FUZZ_NO_BUILD:-0}" != 1 ]]; then
-  LLMTUNE_ASAN_TARGETS="${selected[*]/#/fuzz_}" bash "$here/test-asan.sh" --build-only
+  LLMTUNE_SANITIZERS=$sanitizers LLMTUNE_ASAN_TARGETS="${selected[*]/#/fuzz_}" bash "$here/test-asan.sh" --build-only
 fi
 
 # Seeds derived from the fixtures (when a build made them) and shipped files, regenerated each run.
@@ -83,7 +93,7 @@ fuzz_one() {
         "fix it, give the file a descriptive name and commit it"
     found=1
   done
-  printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$seconds" "${execs:-0}" "$([[ $found == 0 && $rc == 0 ]] && echo ok || echo FOUND)" >>"$stats"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$seconds" "${execs:-0}" "$([[ $found == 0 && $rc == 0 ]] && echo ok || echo FOUND)" "$sanitizers" >>"$stats"
   if ((found || rc)); then
     grep -E 'ERROR|SUMMARY|runtime error|==[0-9]+==' "$log_file" | head -n 8 >&2 || true
     log "$t: FAILED after ${execs:-?} executions (exit $rc; log: $log_file)"

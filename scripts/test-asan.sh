@@ -8,6 +8,8 @@
 #   LLMTUNE_ASAN_BUILD_DIR  build directory (default: build-asan/)
 #   LLMTUNE_ASAN_FILTER     replaces the gtest filter below
 #   LLMTUNE_ASAN_TARGETS    replaces the targets built (default: llmtune_tests and every fuzz_*)
+#   LLMTUNE_SANITIZERS      address,undefined (default) or undefined: UBSan alone at -O2, the fast
+#                           fuzzing build of `LLMTUNE_FUZZ_SANITIZERS=undefined scripts/fuzz.sh`
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$here/common.sh"
@@ -20,10 +22,12 @@ build_only=0
 if [[ "${1:-}" == --build-only ]]; then build_only=1; shift; fi
 
 build_dir=${LLMTUNE_ASAN_BUILD_DIR:-$LLMTUNE_ROOT/build-asan}
+sanitizers=${LLMTUNE_SANITIZERS:-address,undefined}
 # libFuzzer needs clang; a directory configured earlier with another compiler (or without
 # LLMTUNE_FUZZ) is configured afresh. ccache keeps what it can.
-if [[ -f "$build_dir/CMakeCache.txt" ]] && ! grep -q '^LLMTUNE_FUZZ:BOOL=ON' "$build_dir/CMakeCache.txt"; then
-  log "reconfiguring $build_dir for clang + libFuzzer"
+if [[ -f "$build_dir/CMakeCache.txt" ]] && { ! grep -q '^LLMTUNE_FUZZ:BOOL=ON' "$build_dir/CMakeCache.txt" ||
+     ! grep -qx "LLMTUNE_SANITIZERS:STRING=$sanitizers" "$build_dir/CMakeCache.txt"; }; then
+  log "reconfiguring $build_dir for clang + libFuzzer ($sanitizers)"
   rm -rf "$build_dir/CMakeCache.txt" "$build_dir/CMakeFiles" "$build_dir/build.ninja"
 fi
 command -v clang++ >/dev/null || die "clang++ is missing: run scripts/setup.sh (it installs clang and libclang-rt-dev)"
@@ -37,9 +41,9 @@ fi
 start=$(date +%s)
 # CUDA kernels are not parsers and nvcc does not take the sanitizer flags: leave them out.
 CC=clang CXX=clang++ LLMTUNE_BUILD_DIR="$build_dir" \
-  LLMTUNE_CMAKE_ARGS="-DLLMTUNE_FUZZ=ON -DLLMTUNE_ASAN=ON -DLLMTUNE_CUDA=OFF ${LLMTUNE_CMAKE_ARGS:-}" \
+  LLMTUNE_CMAKE_ARGS="-DLLMTUNE_FUZZ=ON -DLLMTUNE_ASAN=ON -DLLMTUNE_SANITIZERS=$sanitizers -DLLMTUNE_CUDA=OFF ${LLMTUNE_CMAKE_ARGS:-}" \
   bash "$here/build.sh" "${targets[@]}" "$@"
-log "sanitizer build (${LLMTUNE_ASAN_TARGETS:-llmtune_tests and fuzz targets}) done in $(( $(date +%s) - start ))s"
+log "sanitizer build ($sanitizers: ${LLMTUNE_ASAN_TARGETS:-llmtune_tests and fuzz targets}) done in $(( $(date +%s) - start ))s"
 ((build_only)) && exit 0
 
 # libtorch is not instrumented: its one-time allocations would read as leaks, and the CUDA
