@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <filesystem>
 #include <sstream>
@@ -129,6 +130,19 @@ TEST(Config, UnknownKeyNamesLineAndSuggestsNearest) {
   std::string s = error_of("qlora:\n  r: 4\n  alpha: 8\n");
   EXPECT_EQ(std::count(s.begin(), s.end(), '\n'), 0) << s;
   EXPECT_NE(s.find("unknown section 'qlora'"), std::string::npos) << s;
+}
+
+TEST(Config, SuggestionsAreTheNearestKeyWithinAThirdOfTheName) {
+  // Distances are computed only up to the suggestion limit (max(2, length / 3)): the nearest key
+  // within it still wins, ties to the first key of the schema, and a key one edit beyond is not named.
+  EXPECT_NE(error_of("train:\n  max_stepz_x: 1\n").find("did you mean 'train.max_steps'"), std::string::npos);
+  EXPECT_NE(error_of("train:\n  wxy: 1\n").find("did you mean 'train.lr'"), std::string::npos);  // 3 edits, limit 3
+  EXPECT_EQ(error_of("train:\n  wxyz: 1\n").find("did you mean"), std::string::npos);           // 4 edits, limit 3
+  // A key of a megabyte is named (shortened) without a suggestion, in milliseconds.
+  const auto start = std::chrono::steady_clock::now();
+  std::string e = error_of(std::string(1 << 20, 'k') + ": 1\n");
+  EXPECT_EQ(e.find("did you mean"), std::string::npos);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
 }
 
 TEST(Config, UnknownOverrideKeyIsNamed) {
