@@ -53,6 +53,48 @@ void add_common_keys(config::Schema& schema) {
               .choices = {"trace", "debug", "info", "warn", "error", "off"}});
 }
 
+void add_quantize_on_load_keys(config::Schema& s, const std::string& prefix, const std::string& blocksize_key) {
+  using config::Type;
+  s.add({.name = prefix + "quantize", .type = Type::String, .default_value = std::string("none"),
+         .help = "quantize a 16-bit model's linears (all but lm_head) while it loads: nf4, fp4 (4 bits) or int8 (LLM.int8); none",
+         .choices = {"none", "nf4", "fp4", "int8"}});
+  s.add({.name = prefix + "double_quant", .type = Type::Bool, .default_value = false,
+         .help = "with " + prefix + "quantize nf4/fp4: quantize the block absmax too (bnb_4bit_use_double_quant)"});
+  s.add({.name = prefix + blocksize_key, .type = Type::Int, .default_value = int64_t{64},
+         .help = "with " + prefix + "quantize nf4/fp4: weights per absmax block, a power of two", .min = 32, .max = 4096,
+         .check = [](const config::Value& v) {
+           const int64_t b = std::get<int64_t>(v);
+           return b & (b - 1) ? std::to_string(b) + " is not a power of two" : std::string();
+         }});
+}
+
+pipelines::QuantizeOnLoad quantize_on_load(const config::Config& cfg, const std::string& prefix,
+                                           const std::string& blocksize_key) {
+  pipelines::QuantizeOnLoad q;
+  q.type = cfg.get_string(prefix + "quantize");
+  q.double_quant = cfg.get_bool(prefix + "double_quant");
+  q.blocksize = cfg.get_int(prefix + blocksize_key);
+  if (q.type == "nf4" || q.type == "fp4") return q;
+  for (const std::string key : {prefix + "double_quant", prefix + blocksize_key})
+    if (key == prefix + "double_quant" ? q.double_quant : cfg.origin(key).kind != config::Origin::Kind::Default)
+      throw ConfigError(key + ": applies to " + prefix + "quantize nf4 or fp4, not " + q.type + " (" +
+                        cfg.origin(key).describe() + "): remove it, or choose a 4-bit type");
+  return q;
+}
+
+void add_quantize_on_load_flags(CLI::App* app, LoadQuantizeFlags& flags) {
+  app->add_option("--quantize", flags.quantize,
+                  "quantize a 16-bit model while it loads: nf4|fp4|int8|none (bitsandbytes' formats; lm_head stays dense) [none]");
+  app->add_flag("--double-quant", flags.double_quant, "with --quantize nf4/fp4: quantize the block absmax too");
+  app->add_option("--blocksize", flags.blocksize, "with --quantize nf4/fp4: weights per absmax block, a power of two in [32, 4096] [64]");
+}
+
+void add_quantize_on_load_values(FlagValues& values, const LoadQuantizeFlags& flags) {
+  add_flag_value(values, "quantize", flags.quantize);
+  add_flag_value(values, "double_quant", flags.double_quant);
+  add_flag_value(values, "blocksize", flags.blocksize);
+}
+
 std::string check_chat_template(const config::Value& value) {
   const std::string& name = std::get<std::string>(value);
   if (name == "auto") return "";

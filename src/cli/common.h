@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "llmtune/pipelines/quantize_on_load.h"
 #include "llmtune/util/config.h"
 
 namespace llmtune::cli {
@@ -55,6 +56,22 @@ void add_common_keys(config::Schema& schema);
 std::string check_chat_template(const config::Value& value);
 inline constexpr const char* kChatTemplateHelp =
     "chat template: auto (the tokenizer's), alpaca, chatml, llama3, mistral, zephyr, or a path to a .jinja file";
+
+// Quantizing a 16-bit model while it loads: the keys `<prefix>quantize` (none|nf4|fp4|int8),
+// `<prefix>double_quant` and `<prefix><blocksize_key>` (eval/infer/serve: "", "blocksize"; distill's
+// teacher: "teacher.", "quant_blocksize"). quantize_on_load reads them; the 4-bit options given with
+// none or int8 are refused (ConfigError naming the key), not ignored.
+void add_quantize_on_load_keys(config::Schema& schema, const std::string& prefix, const std::string& blocksize_key);
+pipelines::QuantizeOnLoad quantize_on_load(const config::Config& cfg, const std::string& prefix,
+                                           const std::string& blocksize_key);
+// The flags of the top-level keys: --quantize, --double-quant, --blocksize.
+struct LoadQuantizeFlags {
+  std::optional<std::string> quantize;
+  std::optional<int64_t> blocksize;
+  bool double_quant = false;
+};
+void add_quantize_on_load_flags(CLI::App* app, LoadQuantizeFlags& flags);
+void add_quantize_on_load_values(FlagValues& values, const LoadQuantizeFlags& flags);
 
 // The positional arguments split into the config file (a .yaml/.yml argument without '=', or an
 // existing such file: a sweep run's path holds '=') and key=value overrides; UsageError otherwise.

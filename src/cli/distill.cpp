@@ -33,9 +33,7 @@ config::Schema distill_schema() {
          .help = "the teacher's device (cpu, cuda, cuda:1, mps); auto: the student's"});
   s.add({.name = "teacher.dtype", .type = Type::String, .default_value = std::string("auto"),
          .help = "the teacher's compute dtype; auto: the student's", .choices = {"auto", "fp32", "bf16", "fp16"}});
-  s.add({.name = "teacher.quantize", .type = Type::String, .default_value = std::string("none"),
-         .help = "load the teacher's linears quantized: nf4, fp4 (4 bits) or int8 (LLM.int8); none",
-         .choices = {"none", "nf4", "fp4", "int8"}});
+  add_quantize_on_load_keys(s, "teacher.", "quant_blocksize");
   s.add({.name = "teacher.cache", .type = Type::String, .default_value = std::string(""),
          .help = "train from a teacher cache built by --cache-teacher instead of running the teacher"});
   s.add({.name = "distill.loss", .type = Type::String, .default_value = std::string("forward_kl"),
@@ -63,7 +61,7 @@ std::shared_ptr<pipelines::DistillParams> distill_params(const config::Config& c
   d->teacher_adapter = cfg.get_string("teacher.adapter");
   d->teacher_device = cfg.get_string("teacher.device");
   d->teacher_dtype = cfg.get_string("teacher.dtype");
-  d->teacher_quantize = cfg.get_string("teacher.quantize");
+  d->teacher_quantize = quantize_on_load(cfg, "teacher.", "quant_blocksize");
   d->cache = cfg.get_string("teacher.cache");
   d->loss.divergence = train::divergence_from_name(cfg.get_string("distill.loss"));
   d->loss.beta = cfg.get_float("distill.beta");

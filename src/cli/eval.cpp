@@ -18,9 +18,10 @@ namespace {
 const CommonUse kEvalUse{.seed = false, .why_not = "eval scores every token, it draws nothing at random"};
 
 struct EvalFlags {
-  std::optional<std::string> model, adapter, data, format, chat_template, quantize;
+  std::optional<std::string> model, adapter, data, format, chat_template;
   std::optional<int64_t> max_seq_len, batch_size;
   bool refuse_non_finite = false;
+  LoadQuantizeFlags quantize;
 };
 
 }  // namespace
@@ -40,8 +41,7 @@ config::Schema eval_schema() {
          .check = check_chat_template});
   s.add({.name = "max_seq_len", .type = Type::Int, .default_value = int64_t{2048}, .help = "window / row length in tokens", .min = 2});
   s.add({.name = "batch_size", .type = Type::Int, .default_value = int64_t{8}, .help = "sequences per forward pass", .min = 1});
-  s.add({.name = "quantize", .type = Type::String, .default_value = std::string("none"),
-         .help = "quantize a 16-bit model's linears (all but lm_head) while it loads", .choices = {"none", "nf4", "fp4", "int8"}});
+  add_quantize_on_load_keys(s, "", "blocksize");
   s.add({.name = "refuse_non_finite", .type = Type::Bool, .default_value = false, .help = "refuse weights or adapter tensors holding NaN or infinite values (default: a warning naming them)"});
   return s;
 }
@@ -57,7 +57,7 @@ pipelines::EvalParams eval_params(const config::Config& cfg) {
   p.max_seq_len = cfg.get_int("max_seq_len");
   p.batch_size = cfg.get_int("batch_size");
   p.refuse_non_finite = cfg.get_bool("refuse_non_finite");
-  p.quantize = cfg.get_string("quantize");
+  p.quantize = quantize_on_load(cfg, "", "blocksize");
   p.device = cfg.get_string("device");
   p.dtype = cfg.get_string("dtype");
   return p;
@@ -76,7 +76,7 @@ Command register_eval(CLI::App& root) {
                   "chat template for instruction/chat rows: auto|alpaca|chatml|llama3|mistral|zephyr|FILE.jinja");
   app->add_option("--max-seq-len", flags->max_seq_len, "window (.txt) or truncation (.jsonl) length in tokens [2048]");
   app->add_option("--batch-size", flags->batch_size, "sequences per forward pass [8]");
-  app->add_option("--quantize", flags->quantize, "quantize a 16-bit model while it loads: nf4|fp4|int8|none (bitsandbytes' formats; lm_head stays dense) [none]");
+  add_quantize_on_load_flags(app, flags->quantize);
   app->add_flag("--refuse-non-finite", flags->refuse_non_finite, "refuse weights or adapter tensors holding NaN or infinite values (default: a warning naming them)");
   return {app, [options, flags] {
             FlagValues extra;
@@ -88,7 +88,7 @@ Command register_eval(CLI::App& root) {
             add_flag_value(extra, "max_seq_len", flags->max_seq_len);
             add_flag_value(extra, "batch_size", flags->batch_size);
             add_flag_value(extra, "refuse_non_finite", flags->refuse_non_finite);
-            add_flag_value(extra, "quantize", flags->quantize);
+            add_quantize_on_load_values(extra, flags->quantize);
             config::Config cfg = resolve_config(eval_schema(), *options, extra);
             if (print_config_if_asked(cfg, *options)) return 0;
             const pipelines::EvalParams p = eval_params(cfg);

@@ -23,8 +23,7 @@ config::Schema infer_schema() {
   s.add({.name = "output", .type = Type::String, .help = "JSONL output for prompts_file"});
   s.add({.name = "chat", .type = Type::Bool, .default_value = false, .help = "interactive chat"});
   s.add({.name = "raw", .type = Type::Bool, .default_value = false, .help = "no chat template"});
-  s.add({.name = "quantize", .type = Type::String, .default_value = std::string("none"),
-         .help = "quantize a 16-bit model's linears (all but lm_head) while it loads", .choices = {"none", "nf4", "fp4", "int8"}});
+  add_quantize_on_load_keys(s, "", "blocksize");
   s.add({.name = "refuse_non_finite", .type = Type::Bool, .default_value = false, .help = "refuse weights or adapter tensors holding NaN or infinite values (default: a warning naming them)"});
   s.add({.name = "system", .type = Type::String, .help = "system prompt"});
   s.add({.name = "max_new_tokens", .type = Type::Int, .default_value = int64_t{256}, .help = "tokens to generate at most", .min = 1});
@@ -38,11 +37,12 @@ config::Schema infer_schema() {
 }
 
 struct InferFlags {
-  std::optional<std::string> model, adapter, prompt, prompts_file, output, system, quantize;
+  std::optional<std::string> model, adapter, prompt, prompts_file, output, system;
   std::optional<int64_t> max_new_tokens, top_k;
   std::optional<double> temperature, top_p, min_p, repetition_penalty;
   std::vector<std::string> stop;
   bool chat = false, raw = false, refuse_non_finite = false;
+  LoadQuantizeFlags quantize;
 };
 
 }  // namespace
@@ -59,7 +59,7 @@ Command register_infer(CLI::App& root) {
   app->add_option("--output", f->output, "JSONL written for --prompts-file");
   app->add_flag("--chat", f->chat, "interactive chat on stdin (/reset, /exit)");
   app->add_flag("--raw", f->raw, "no chat template: the prompt as is, with the tokenizer's BOS");
-  app->add_option("--quantize", f->quantize, "quantize a 16-bit model while it loads: nf4|fp4|int8|none (bitsandbytes' formats; lm_head stays dense) [none]");
+  add_quantize_on_load_flags(app, f->quantize);
   app->add_flag("--refuse-non-finite", f->refuse_non_finite, "refuse weights or adapter tensors holding NaN or infinite values (default: a warning naming them)");
   app->add_option("--system", f->system, "system prompt for chat-templated prompts");
   app->add_option("--max-new-tokens", f->max_new_tokens, "tokens to generate at most [256]");
@@ -78,7 +78,7 @@ Command register_infer(CLI::App& root) {
             put("prompts_file", f->prompts_file);
             put("output", f->output);
             put("system", f->system);
-            put("quantize", f->quantize);
+            add_quantize_on_load_values(extra, f->quantize);
             put("max_new_tokens", f->max_new_tokens);
             put("top_k", f->top_k);
             put("temperature", f->temperature);
@@ -105,7 +105,7 @@ Command register_infer(CLI::App& root) {
             p.chat = cfg.get_bool("chat");
             p.raw = cfg.get_bool("raw");
             p.refuse_non_finite = cfg.get_bool("refuse_non_finite");
-            p.quantize = cfg.get_string("quantize");
+            p.quantize = quantize_on_load(cfg, "", "blocksize");
             p.stop = cfg.get_list("stop");
             p.sampling.max_new_tokens = cfg.get_int("max_new_tokens");
             p.sampling.temperature = cfg.get_float("temperature");

@@ -52,8 +52,7 @@ config::Schema serve_schema() {
   s.add({.name = "http_threads", .type = Type::Int, .default_value = int64_t{128},
          .help = "connections served at once (an open stream holds one); keep it above max_concurrency + max_queue "
                  "so that a full queue answers 429 rather than leaving connections waiting", .min = 1, .max = 4096});
-  s.add({.name = "quantize", .type = Type::String, .default_value = std::string("none"),
-         .help = "quantize a 16-bit model's linears (all but lm_head) while it loads", .choices = {"none", "nf4", "fp4", "int8"}});
+  add_quantize_on_load_keys(s, "", "blocksize");
   s.add({.name = "refuse_non_finite", .type = Type::Bool, .default_value = false,
          .help = "refuse weights or adapter tensors holding NaN or infinite values (default: a warning naming them)"});
   return s;
@@ -62,7 +61,8 @@ config::Schema serve_schema() {
 namespace {
 
 struct ServeFlags {
-  std::optional<std::string> model, model_name, chat_template, host, api_key, api_key_file, quantize;
+  std::optional<std::string> model, model_name, chat_template, host, api_key, api_key_file;
+  LoadQuantizeFlags quantize;
   std::optional<int64_t> port, max_tokens_limit, max_concurrency, max_queue, max_body_bytes, timeout_s, http_threads;
   std::vector<std::string> adapters;
   bool refuse_non_finite = false;
@@ -109,7 +109,7 @@ serve::ServeParams serve_params(const config::Config& cfg) {
   p.max_body_bytes = cfg.get_int("max_body_bytes");
   p.timeout_s = cfg.get_int("timeout_s");
   p.http_threads = cfg.get_int("http_threads");
-  p.quantize = cfg.get_string("quantize");
+  p.quantize = quantize_on_load(cfg, "", "blocksize");
   p.refuse_non_finite = cfg.get_bool("refuse_non_finite");
   p.device = cfg.get_string("device");
   p.dtype = cfg.get_string("dtype");
@@ -137,7 +137,7 @@ Command register_serve(CLI::App& root) {
   app->add_option("--max-body-bytes", f->max_body_bytes, "largest request body; beyond it 413 [1048576]");
   app->add_option("--timeout", f->timeout_s, "socket read/write timeout in seconds [60]");
   app->add_option("--http-threads", f->http_threads, "connections served at once [128]");
-  app->add_option("--quantize", f->quantize, "quantize a 16-bit model while it loads: nf4|fp4|int8|none [none]");
+  add_quantize_on_load_flags(app, f->quantize);
   app->add_flag("--refuse-non-finite", f->refuse_non_finite, "refuse weights or adapter tensors holding NaN or infinite values");
   return {app, [options, f] {
             FlagValues extra;
@@ -155,7 +155,7 @@ Command register_serve(CLI::App& root) {
             put("max_body_bytes", f->max_body_bytes);
             put("timeout_s", f->timeout_s, "--timeout");
             put("http_threads", f->http_threads);
-            put("quantize", f->quantize);
+            add_quantize_on_load_values(extra, f->quantize);
             add_flag_value(extra, "refuse_non_finite", f->refuse_non_finite);
             if (!f->adapters.empty()) {
               nlohmann::json list = f->adapters;

@@ -99,8 +99,9 @@ double teacher_memory_bytes(const DistillParams& p, at::ScalarType student_dtype
   const double params = teacher_parameters(path);
   double per_weight = static_cast<double>(c10::elementSize(choose_dtype(teacher_dtype_name(p, student_dtype), teacher_device).dtype));
   const auto bnb = path.ends_with(".gguf") ? std::nullopt : quant::read_bnb_config(path);
-  if (p.teacher_quantize == "nf4" || p.teacher_quantize == "fp4" || (bnb && bnb->load_in_4bit)) per_weight = 0.5;
-  else if (p.teacher_quantize == "int8" || bnb) per_weight = 1.0;
+  const std::string& quantize = p.teacher_quantize.type;
+  if (quantize == "nf4" || quantize == "fp4" || (bnb && bnb->load_in_4bit)) per_weight = 0.5;
+  else if (quantize == "int8" || bnb) per_weight = 1.0;
   const double bytes = params * per_weight;
   ops::check_fits(bytes, teacher_device,
                   fmt::format("the teacher {} ({:.3g} parameters, {:.3g} GB as loaded)", path, params, bytes / 1e9),
@@ -135,7 +136,10 @@ Distiller::Distiller(const DistillParams& p, const tokenizer::Tokenizer& student
   if (!p.teacher.empty() && (!p.cache.empty() || load_teacher_even_with_cache)) {
     Fnv f;
     f.add(dtype);
-    f.add(p.teacher_quantize);
+    f.add(p.teacher_quantize.type);
+    // (Added only when set: a cache built before these options existed keeps its fingerprint.)
+    if (p.teacher_quantize.double_quant || p.teacher_quantize.blocksize != 64)
+      f.add(fmt::format("double_quant={} blocksize={}", p.teacher_quantize.double_quant, p.teacher_quantize.blocksize));
     add_model_files(f, resolve_teacher(p.teacher));
     if (!p.teacher_adapter.empty()) add_model_files(f, p.teacher_adapter);
     teacher_hash_ = f.hex();

@@ -42,8 +42,9 @@ namespace {
 
 // The linear factory for a Hugging Face directory: its stored bitsandbytes format, a quantization
 // asked for on the command line, or dense. `what` gets a description for the log.
-model::LinearFactory choose_linear_factory(const std::filesystem::path& dir, c10::Device device, const std::string& quantize,
-                                           std::string* what) {
+model::LinearFactory choose_linear_factory(const std::filesystem::path& dir, c10::Device device,
+                                           const QuantizeOnLoad& options, std::string* what) {
+  const std::string& quantize = options.type;
   if (const auto gptq = quant::read_gptq_config(dir)) {
     if (quantize != "none")
       throw UsageError(dir.string() + " is already a GPTQ checkpoint (config.json quantization_config); drop --quantize " + quantize);
@@ -62,14 +63,21 @@ model::LinearFactory choose_linear_factory(const std::filesystem::path& dir, c10
   }
   if (quantize == "none") return model::make_dense_linear;
   if (quantize == "int8") {
+    if (options.double_quant || options.blocksize != 64)
+      throw UsageError("--double-quant and --blocksize apply to --quantize nf4 or fp4, not int8 (LLM.int8 scales each row)");
     *what = "quantized to int8 (LLM.int8) while loading";
     return quant::int8_linear_factory();
   }
   if (quantize != "nf4" && quantize != "fp4") throw UsageError("--quantize must be nf4, fp4, int8 or none, got '" + quantize + "'");
-  *what = "quantized to " + quantize + " (blocksize 64) while loading";
-  quant::FourBitOptions options;
-  options.type = quant::four_bit_from_name(quantize);
-  return quant::four_bit_linear_factory(options);
+  if (options.blocksize < 32 || options.blocksize > 4096 || (options.blocksize & (options.blocksize - 1)))
+    throw UsageError("--blocksize must be a power of two in [32, 4096], got " + std::to_string(options.blocksize));
+  *what = fmt::format("quantized to {} (blocksize {}{}) while loading", quantize, options.blocksize,
+                      options.double_quant ? ", double quant" : "");
+  quant::FourBitOptions four_bit;
+  four_bit.type = quant::four_bit_from_name(quantize);
+  four_bit.blocksize = options.blocksize;
+  four_bit.double_quant = options.double_quant;
+  return quant::four_bit_linear_factory(four_bit);
 }
 
 // "N of M linears 4-bit/int8, X MiB packed": said once after a quantized load.
@@ -92,11 +100,11 @@ void log_quantized(const std::string& command, model::CausalLM& model, const std
 
 LoadedModel load_model(const std::string& command, const std::string& model, const std::string& adapter,
                        const std::string& device, const std::string& dtype, bool refuse_non_finite,
-                       const std::string& quantize) {
+                       const QuantizeOnLoad& quantize) {
   LoadedModel m;
   // A .gguf file (ours or llama.cpp's) instead of a model directory: `dir` is then the file.
   const bool gguf = model.ends_with(".gguf");
-  if (gguf && quantize != "none")
+  if (gguf && quantize.type != "none")
     throw UsageError(model + ": --quantize applies to Hugging Face model directories; a GGUF file keeps its own quantization");
   if (gguf && !std::filesystem::is_regular_file(model))
     throw ModelLoadError(model + ": no such GGUF file");

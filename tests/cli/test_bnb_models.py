@@ -116,6 +116,77 @@ def test_eval_quantize_flag_equals_transformers_quantizing_on_load(llmtune, tmp_
     assert abs(ours["loss"] - want) <= 1e-4 * abs(want)
 
 
+def bnb_flat_weight(w, kind, blocksize, double_quant):
+    """w quantized by bitsandbytes' quantize_4bit (its codes and absmax), dequantized by flat blocks of
+    `blocksize` elements: the layout its files hold and its CUDA kernels read. (Its CPU dequantizer
+    takes blocks per row instead, which is wrong when a row is shorter than a block: 64-wide rows in
+    blocks of 128 come back up to 1.5 off.) Double quant: the absmax minus its mean, quantized in
+    blocks of 256 to the nearest value of bitsandbytes' signed dynamic map (its CPU kernel takes the
+    neighbouring code for ~0.1% of values next to a midpoint; its PyTorch path, like llmtune, the
+    nearest), plus the mean."""
+    import bitsandbytes.functional as F
+
+    packed, state = F.quantize_4bit(w, blocksize=blocksize, quant_type=kind)
+    b = packed.view(-1)
+    values = F.get_4bit_type(kind, device="cpu")[torch.stack([(b >> 4).long(), (b & 15).long()], 1).reshape(-1)]
+    absmax = state.absmax.float()
+    if double_quant:
+        offset = absmax.mean()
+        x, dynamic = absmax - offset, F.create_dynamic_map(signed=True)
+        nested = torch.empty_like(x)
+        for i in range(0, len(x), 256):
+            block = x[i:i + 256]
+            scale = block.abs().max()
+            nested[i:i + 256] = dynamic[(block.unsqueeze(1) / scale - dynamic).abs().argmin(1)] * scale
+        absmax = nested + offset
+    return (values[:w.numel()].reshape(-1, blocksize) * absmax.unsqueeze(1)).reshape(w.shape)
+
+
+@pytest.mark.parametrize("kind, blocksize, double_quant",
+                         [("nf4", 64, True), ("fp4", 64, True), ("nf4", 128, False), ("fp4", 256, True), ("nf4", 32, True)])
+def test_eval_quantize_blocksize_and_double_quant_equal_bitsandbytes(llmtune, tmp_path, kind, blocksize, double_quant):
+    """--blocksize and --double-quant on load, against the fp32 model whose decoder linears hold
+    bitsandbytes' quantization of their weights (bnb_flat_weight; lm_head dense, as on load).
+    transformers' BitsAndBytesConfig has no block size, and on CPU it dequantizes per row."""
+    import transformers as tf
+
+    dq = ["--double-quant"] if double_quant else []
+    ours, r = run_eval(llmtune, tmp_path, SRC, "--quantize", kind, "--blocksize", blocksize, *dq)
+    assert f"blocksize {blocksize}" in r.err and ("double quant" in r.err) == double_quant
+    model = tf.AutoModelForCausalLM.from_pretrained(SRC, dtype=torch.float32)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                module.weight.copy_(bnb_flat_weight(module.weight.data, kind, blocksize, double_quant))
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids in token_rows():
+            t = torch.tensor([ids])
+            total += torch.nn.functional.cross_entropy(model(t).logits[0, :-1], t[0, 1:], reduction="sum").item()
+            count += len(ids) - 1
+    assert ours["tokens"] == count
+    assert abs(ours["loss"] - total / count) <= 1e-5 * abs(total / count)
+    # Each option takes effect: without it the loss is another one.
+    plain, _ = run_eval(llmtune, tmp_path, SRC, "--quantize", kind)
+    assert plain["loss"] != ours["loss"]
+
+
+@pytest.mark.parametrize("command, extra, message", [
+    ("eval", ["--quantize", "int8", "--double-quant"], "double_quant: applies to quantize nf4 or fp4, not int8"),
+    ("eval", ["--blocksize", "128"], "blocksize: applies to quantize nf4 or fp4, not none"),
+    ("infer", ["--quantize", "nf4", "--blocksize", "100"], "100 is not a power of two"),
+    ("infer", ["--quantize", "fp4", "--blocksize", "8192"], "blocksize"),
+    ("infer", ["--quantize", "int8", "blocksize=64"], "blocksize: applies to quantize nf4 or fp4, not int8"),
+])
+def test_four_bit_load_options_without_a_four_bit_type_are_refused(llmtune, tmp_path, command, extra, message):
+    data = tmp_path / "eval.jsonl"
+    data.write_text(json.dumps({"text": "x y z"}) + "\n")
+    args = ["--data", data] if command == "eval" else ["--prompt", "x", "--raw"]
+    line = one_line_error(llmtune(command, "--model", SRC, *args, *extra), 2)
+    assert message in line, line
+
+
 def greedy_reference(model, kind, ids, n):
     """Greedy continuation recomputing the whole sequence each step (no cache)."""
     ids = ids.clone()

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "llmtune/pipelines/quantize_on_load.h"
 #include "llmtune/train/distill_loss.h"
 
 namespace llmtune::pipelines {
@@ -19,7 +20,7 @@ struct DistillParams {
   std::string teacher_adapter;          // teacher.adapter: a PEFT adapter applied to the teacher ("": none)
   std::string teacher_device = "auto";  // auto: the student's device
   std::string teacher_dtype = "auto";   // auto: the student's compute dtype
-  std::string teacher_quantize = "none";  // none | nf4 | fp4 | int8: quantized while it loads
+  QuantizeOnLoad teacher_quantize;  // none | nf4 | fp4 | int8: quantized while it loads
   std::filesystem::path cache;          // teacher.cache: a cache built by --cache-teacher ("": online)
   train::DistillLossOptions loss;       // loss.vocab is found at run time
   bool truncate_vocab = false;          // distill.vocab: truncate (only the shared, identical prefix compared)

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "llmtune/model/causal_lm.h"
+#include "llmtune/pipelines/quantize_on_load.h"
 #include "llmtune/tokenizer/tokenizer.h"
 
 namespace llmtune::pipelines {
@@ -22,7 +23,7 @@ struct EvalParams {
   std::string device = "auto";
   std::string dtype = "auto";
   bool refuse_non_finite = false;  // NaN/inf weights: an error instead of a warning
-  std::string quantize = "none";    // nf4 | fp4 | int8: quantize a 16-bit model while it loads
+  QuantizeOnLoad quantize;          // nf4 | fp4 | int8: quantize a 16-bit model while it loads
 };
 
 struct EvalResult {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "llmtune/model/generate.h"
+#include "llmtune/pipelines/quantize_on_load.h"
 
 namespace llmtune::pipelines {
 
@@ -25,7 +26,7 @@ struct InferParams {
   std::string device = "auto";
   std::string dtype = "auto";
   bool refuse_non_finite = false;  // NaN/inf weights: an error instead of a warning
-  std::string quantize = "none";    // nf4 | fp4 | int8: quantize a 16-bit model while it loads
+  QuantizeOnLoad quantize;          // nf4 | fp4 | int8: quantize a 16-bit model while it loads
   bool json = false;  // one JSON object per prompt on stdout instead of streamed text
 };
 

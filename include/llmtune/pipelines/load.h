@@ -11,6 +11,7 @@
 #include "llmtune/model/causal_lm.h"
 #include "llmtune/tokenizer/tokenizer.h"
 #include "llmtune/ops/runtime.h"  // choose_dtype
+#include "llmtune/pipelines/quantize_on_load.h"
 #include "llmtune/util/device.h"
 
 namespace llmtune::pipelines {
@@ -33,10 +34,10 @@ int64_t check_finite(const std::vector<std::pair<std::string, const at::Tensor*>
 // file (load_gguf_model; `dir` is then that file). adapter: "" for none.
 // The base weights and the adapter are checked with check_finite (refused when refuse_non_finite).
 // A directory whose config.json holds a bitsandbytes quantization_config loads its 4-bit / 8-bit
-// linears as stored. `quantize` ("none", "nf4", "fp4", "int8") quantizes a 16-bit directory's
+// linears as stored. `quantize` (type "nf4", "fp4" or "int8") quantizes a 16-bit directory's
 // linears (all but lm_head) while they are read; UsageError on a .gguf or an already quantized one.
 LoadedModel load_model(const std::string& command, const std::string& model, const std::string& adapter,
                        const std::string& device, const std::string& dtype, bool refuse_non_finite = false,
-                       const std::string& quantize = "none");
+                       const QuantizeOnLoad& quantize = {});
 
 }  // namespace llmtune::pipelines

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "llmtune/pipelines/quantize_on_load.h"
+
 namespace llmtune::serve {
 
 struct AdapterSpec {
@@ -31,7 +33,7 @@ struct ServeParams {
   int64_t http_threads = 128;        // connections handled at once (an open stream holds one)
   std::string device = "auto";
   std::string dtype = "auto";
-  std::string quantize = "none";
+  pipelines::QuantizeOnLoad quantize;  // nf4 | fp4 | int8: quantize a 16-bit model while it loads
   bool refuse_non_finite = false;
   uint64_t seed = 42;  // seeds the generator that gives a seed to requests without one
   // Called once the socket listens, with the bound port (the one chosen when port is 0).
