@@ -127,6 +127,13 @@ LoadedModel load_model(const std::string& command, const std::string& model, con
   {
     std::vector<std::pair<std::string, const at::Tensor*>> weights;
     for (const auto& [name, slot] : m.model->named_weights()) weights.emplace_back(name, slot);
+    // A quantized linear lists no weight above: its float state (4-bit absmax, int8 SCB, GPTQ
+    // scales, bias) is checked instead, since a NaN absmax makes every output of its layer NaN.
+    std::vector<std::pair<std::string, at::Tensor>> states;
+    for (const auto& [path, slot] : m.model->named_linears())
+      if ((*slot)->parameter_slots().empty())
+        for (const at::Tensor& t : (*slot)->tensors()) states.emplace_back(path + " (quantized state)", t);
+    for (const auto& [name, t] : states) weights.emplace_back(name, &t);
     check_finite(weights, m.dir.string(), refuse_non_finite);
   }
   if (!adapter.empty()) {

@@ -248,6 +248,27 @@ def test_unknown_quantize_type_is_a_usage_error(llmtune):
     assert "quantize" in line
 
 
+@pytest.mark.parametrize("kind, tensor", [("nf4", "model.layers.0.self_attn.q_proj.weight.absmax"),
+                                          ("int8", "model.layers.1.mlp.up_proj.SCB")])
+def test_non_finite_quantization_state_is_named(llmtune, tmp_path, saved, kind, tensor):
+    """A NaN absmax (or SCB) makes its layer's every output NaN: a warning naming the module, or with
+    --refuse-non-finite a one-line error, as for a NaN weight."""
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "nan"
+    shutil.copytree(saved(kind), d)
+    t = load_file(d / "model.safetensors")
+    t[tensor] = t[tensor].clone()
+    t[tensor][1] = float("nan")
+    save_file(t, d / "model.safetensors", metadata={"format": "pt"})
+    module = tensor.rsplit(".", 2)[0] if kind == "nf4" else tensor.rsplit(".", 1)[0]
+    _, r = run_eval(llmtune, tmp_path, d)
+    assert f"'{module} (quantized state)' (1 of" in r.err, r.err
+    data = tmp_path / "eval.jsonl"
+    line = one_line_error(llmtune("eval", "--model", d, "--data", data, "--refuse-non-finite"), 1)
+    assert "hold NaN or infinite values" in line and module in line
+
+
 def test_damaged_bnb_directories_are_one_line_errors(llmtune, tmp_path, saved):
     from safetensors.torch import load_file, save_file
 
