@@ -24,6 +24,7 @@
 #include "llmtune/io/safetensors.h"
 #include "llmtune/model/causal_lm.h"
 #include "llmtune/ops/runtime.h"
+#include "llmtune/pipelines/load.h"
 #include "llmtune/quant/bnb_checkpoint.h"
 #include "llmtune/quant/bnb_linear.h"
 #include "llmtune/quant/gptq_linear.h"
@@ -137,6 +138,8 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
         {.type = quant::four_bit_from_name(quantize), .blocksize = p.quant_blocksize, .double_quant = p.double_quant});
   model::CausalLM model = p.model_init == "random" ? model::CausalLM::init_random(model_dir, device.device, dtype.dtype, p.seed)
                                                    : model::CausalLM::load(model_dir, device.device, dtype.dtype, linear);
+  // A base holding NaN or inf trains to a NaN loss at step 1: say which tensors, before that.
+  const int64_t base_non_finite = p.model_init == "random" ? 0 : check_model_finite(model, model_dir.string(), /*refuse=*/false);
   const BaseMemory base = base_memory(model);
   const nlohmann::json quantization = loaded_quantization(model);
   if (quantization["type"] != "none")
@@ -326,6 +329,10 @@ nlohmann::json run_finetune_impl(const FinetuneParams& p, RunProgress& progress_
                          : !std::isfinite(loss_sum) || (p.max_grad_norm > 0 && !std::isfinite(grad_norm))) {
       const std::optional<fs::path> last = train::latest_checkpoint(p.output / "checkpoints");
       auto number = [](double v) { return std::isnan(v) ? std::string("NaN") : std::isinf(v) ? (v > 0 ? "inf" : "-inf") : fmt::format("{:g}", v); };
+      if (base_non_finite > 0)
+        throw Error(fmt::format("step {}: the loss is {}: {} tensor(s) of the base model {} hold NaN or infinite values "
+                                "(named in the warning above); no learning rate fixes that: repair or replace the model",
+                                step + 1, number(loss_sum), base_non_finite, model_dir.string()));
       throw Error(fmt::format("step {}: the loss is {} (gradient norm {}): training diverged, this step was not applied; {} "
                               "lower train.lr (now {:g}) or raise train.warmup_steps",
                               step + 1, number(loss_sum), number(grad_norm),

@@ -38,6 +38,19 @@ int64_t check_finite(const std::vector<std::pair<std::string, const at::Tensor*>
   return affected;
 }
 
+int64_t check_model_finite(model::CausalLM& model, const std::string& source, bool refuse) {
+  std::vector<std::pair<std::string, const at::Tensor*>> weights;
+  for (const auto& [name, slot] : model.named_weights()) weights.emplace_back(name, slot);
+  // A quantized linear lists no weight above: its float state (4-bit absmax, int8 SCB, GPTQ
+  // scales, bias) is checked instead, since a NaN absmax makes every output of its layer NaN.
+  std::vector<std::pair<std::string, at::Tensor>> states;
+  for (const auto& [path, slot] : model.named_linears())
+    if ((*slot)->parameter_slots().empty())
+      for (const at::Tensor& t : (*slot)->tensors()) states.emplace_back(path + " (quantized state)", t);
+  for (const auto& [name, t] : states) weights.emplace_back(name, &t);
+  return check_finite(weights, source, refuse);
+}
+
 namespace {
 
 // The linear factory for a Hugging Face directory: its stored bitsandbytes format, a quantization
@@ -125,16 +138,7 @@ LoadedModel load_model(const std::string& command, const std::string& model, con
     if (!what.empty()) log_quantized(command, *m.model, what);
   }
   {
-    std::vector<std::pair<std::string, const at::Tensor*>> weights;
-    for (const auto& [name, slot] : m.model->named_weights()) weights.emplace_back(name, slot);
-    // A quantized linear lists no weight above: its float state (4-bit absmax, int8 SCB, GPTQ
-    // scales, bias) is checked instead, since a NaN absmax makes every output of its layer NaN.
-    std::vector<std::pair<std::string, at::Tensor>> states;
-    for (const auto& [path, slot] : m.model->named_linears())
-      if ((*slot)->parameter_slots().empty())
-        for (const at::Tensor& t : (*slot)->tensors()) states.emplace_back(path + " (quantized state)", t);
-    for (const auto& [name, t] : states) weights.emplace_back(name, &t);
-    check_finite(weights, m.dir.string(), refuse_non_finite);
+    check_model_finite(*m.model, m.dir.string(), refuse_non_finite);
   }
   if (!adapter.empty()) {
     const std::filesystem::path dir = peft::resolve_adapter_dir(adapter);

@@ -252,6 +252,21 @@ def test_non_finite_adapters_are_refused_on_request_and_named_by_merge(llmtune, 
     assert any("NaN or infinite" in l and name in l for l in r.err_lines), r.err
 
 
+def test_a_base_holding_nan_is_named_before_training_and_blamed_for_the_nan_loss(llmtune, data, tmp_path):
+    from safetensors.torch import load_file, save_file
+    base = tmp_path / "base"
+    shutil.copytree(MODEL, base)
+    tensors = load_file(str(base / "model.safetensors"))
+    name = "model.layers.1.mlp.up_proj.weight"
+    tensors[name][2, 3] = float("nan")
+    save_file(tensors, str(base / "model.safetensors"), metadata={"format": "pt"})
+    r = llmtune("finetune", "--model", base, "--data", data, "--output", tmp_path / "run", "--max-steps", 2, "--device", "cpu")
+    assert r.code == 1, r.err
+    warnings = [l for l in r.err_lines if "NaN or infinite" in l and "warning:" in l]
+    assert len(warnings) == 1 and f"'{name}' (1 of" in warnings[0], r.err
+    assert len(errors(r)) == 1 and "of the base model" in errors(r)[0] and "train.lr" not in errors(r)[0], r.err
+
+
 def test_examples_beyond_the_context_are_warned_about(llmtune, tmp_path):
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"text": " ".join(["word"] * 600)}) + "\n")

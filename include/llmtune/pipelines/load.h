@@ -29,6 +29,9 @@ struct LoadedModel {
 // or throws ModelLoadError with the same line when `refuse`. Returns how many tensors are affected.
 int64_t check_finite(const std::vector<std::pair<std::string, const at::Tensor*>>& tensors, const std::string& source,
                      bool refuse);
+// check_finite over a loaded model's weights and its quantized linears' float state (absmax, SCB,
+// GPTQ scales, biases), each of those named "<module> (quantized state)".
+int64_t check_model_finite(model::CausalLM& model, const std::string& source, bool refuse);
 
 // `command` names the job in the log line. `model`: a model directory, a hub repo id, or a .gguf
 // file (load_gguf_model; `dir` is then that file). adapter: "" for none.
