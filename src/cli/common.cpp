@@ -75,10 +75,12 @@ pipelines::QuantizeOnLoad quantize_on_load(const config::Config& cfg, const std:
   q.double_quant = cfg.get_bool(prefix + "double_quant");
   q.blocksize = cfg.get_int(prefix + blocksize_key);
   if (q.type == "nf4" || q.type == "fp4") return q;
-  for (const std::string key : {prefix + "double_quant", prefix + blocksize_key})
-    if (key == prefix + "double_quant" ? q.double_quant : cfg.origin(key).kind != config::Origin::Kind::Default)
-      throw ConfigError(key + ": applies to " + prefix + "quantize nf4 or fp4, not " + q.type + " (" +
-                        cfg.origin(key).describe() + "): remove it, or choose a 4-bit type");
+  auto refuse = [&](const std::string& key) {
+    throw ConfigError(key + ": applies to " + prefix + "quantize nf4 or fp4, not " + q.type + " (" +
+                      cfg.origin(key).describe() + "): remove it, or choose a 4-bit type");
+  };
+  if (q.double_quant) refuse(prefix + "double_quant");
+  if (cfg.origin(prefix + blocksize_key).kind != config::Origin::Kind::Default) refuse(prefix + blocksize_key);
   return q;
 }
 
