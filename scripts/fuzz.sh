@@ -78,6 +78,9 @@ fuzz_one() {
   [[ -d "$regressions" ]] && dirs+=("$regressions")
   local rc=0
   "$bin" "${args[@]}" "$@" "${dirs[@]}" >"$log_file" 2>&1 || rc=$?
+  # Stopped by SIGINT/SIGTERM (libFuzzer exits 72 after its final stats): its executions count, no finding.
+  local interrupted=0
+  if ((rc == 72)) && grep -q 'libFuzzer: run interrupted' "$log_file"; then interrupted=1; rc=0; fi
   local execs
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log_file" | tail -1)
   local found=0
@@ -93,13 +96,13 @@ fuzz_one() {
         "fix it, give the file a descriptive name and commit it"
     found=1
   done
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$seconds" "${execs:-0}" "$([[ $found == 0 && $rc == 0 ]] && echo ok || echo FOUND)" "$sanitizers" >>"$stats"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$seconds" "${execs:-0}" "$( ((found || rc)) && echo FOUND || { ((interrupted)) && echo interrupted || echo ok; })" "$sanitizers" >>"$stats"
   if ((found || rc)); then
     grep -E 'ERROR|SUMMARY|runtime error|==[0-9]+==' "$log_file" | head -n 8 >&2 || true
     log "$t: FAILED after ${execs:-?} executions (exit $rc; log: $log_file)"
     return 1
   fi
-  log "$t: ${execs:-0} executions in ${seconds}s, corpus $(find "$corpus" -type f | wc -l) files, nothing found"
+  log "$t: ${execs:-0} executions in $( ((interrupted)) && echo "under ${seconds}s (interrupted)" || echo "${seconds}s"), corpus $(find "$corpus" -type f | wc -l) files, nothing found"
 }
 
 start=$(date +%s)
