@@ -76,14 +76,10 @@ model::LinearFactory choose_linear_factory(const std::filesystem::path& dir, c10
   }
   if (quantize == "none") return model::make_dense_linear;
   if (quantize == "int8") {
-    if (options.double_quant || options.blocksize != 64)
-      throw UsageError("--double-quant and --blocksize apply to --quantize nf4 or fp4, not int8 (LLM.int8 scales each row)");
     *what = "quantized to int8 (LLM.int8) while loading";
     return quant::int8_linear_factory();
   }
   if (quantize != "nf4" && quantize != "fp4") throw UsageError("--quantize must be nf4, fp4, int8 or none, got '" + quantize + "'");
-  if (options.blocksize < 32 || options.blocksize > 4096 || (options.blocksize & (options.blocksize - 1)))
-    throw UsageError("--blocksize must be a power of two in [32, 4096], got " + std::to_string(options.blocksize));
   *what = fmt::format("quantized to {} (blocksize {}{}) while loading", quantize, options.blocksize,
                       options.double_quant ? ", double quant" : "");
   quant::FourBitOptions four_bit;
