@@ -11,6 +11,7 @@ namespace llmtune::tokenizer {
 struct ChatTemplate::Impl {
   jinja::Body body;
   bool has_generation = false;
+  TemplateLimits limits;
 };
 
 namespace {
@@ -37,7 +38,11 @@ jinja::Value context_value(const nlohmann::ordered_json& context) {
 
 }  // namespace
 
-ChatTemplate::ChatTemplate(const std::string& source) : impl_(std::make_unique<Impl>()) {
+ChatTemplate::ChatTemplate(const std::string& source, TemplateLimits limits) : impl_(std::make_unique<Impl>()) {
+  if (limits.max_steps < 1 || limits.max_bytes < 1)
+    throw TemplateError("chat template limits must be positive (max_steps " + std::to_string(limits.max_steps) +
+                        ", max_bytes " + std::to_string(limits.max_bytes) + ")");
+  impl_->limits = limits;
   impl_->body = jinja::parse(source);
   impl_->has_generation = contains_generation(impl_->body);
 }
@@ -47,11 +52,11 @@ ChatTemplate::ChatTemplate(ChatTemplate&&) noexcept = default;
 ChatTemplate& ChatTemplate::operator=(ChatTemplate&&) noexcept = default;
 
 std::string ChatTemplate::render(const nlohmann::ordered_json& context) const {
-  return jinja::render(impl_->body, context_value(context)).text;
+  return jinja::render(impl_->body, context_value(context), impl_->limits).text;
 }
 
 RenderedChat ChatTemplate::render_with_spans(const nlohmann::ordered_json& context) const {
-  jinja::RenderResult r = jinja::render(impl_->body, context_value(context));
+  jinja::RenderResult r = jinja::render(impl_->body, context_value(context), impl_->limits);
   return {std::move(r.text), std::move(r.generation_spans)};
 }
 

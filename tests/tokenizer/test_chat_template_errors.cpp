@@ -25,6 +25,16 @@ std::string error_of(const std::string& source, bool render = false, const order
   }
 }
 
+// The message of the TemplateError that rendering `source` under `limits` throws.
+std::string error_of_with(TemplateLimits limits, const std::string& source) {
+  try {
+    ChatTemplate(source, limits).render(ordered_json::object());
+    return "rendered without error";
+  } catch (const TemplateError& e) {
+    return e.what();
+  }
+}
+
 void expect_error(const std::string& message, int line, const std::string& fragment) {
   EXPECT_EQ(message.rfind("chat template line " + std::to_string(line) + ": ", 0), 0u) << message;
   EXPECT_NE(message.find(fragment), std::string::npos) << message;
@@ -116,6 +126,26 @@ TEST(ChatTemplateErrors, DeepNestingFailsCleanly) {
   // Moderate nesting still works.
   EXPECT_EQ(ChatTemplate("{{ " + std::string(50, '(') + "1" + std::string(50, ')') + " }}").render(ordered_json::object()),
             "1");
+}
+
+TEST(ChatTemplateErrors, RendersStopAtTheirLimits) {
+  // 100 iterations of one output statement: ~200 steps and 100 bytes of output.
+  const std::string loop = "{% for i in range(100) %}x{% endfor %}";
+  EXPECT_EQ(ChatTemplate(loop).render(ordered_json::object()), std::string(100, 'x'));
+  expect_error(error_of_with({.max_steps = 50}, loop), 1, "ran past its budget of 50 evaluation steps");
+  EXPECT_EQ(ChatTemplate(loop, {.max_steps = 1000}).render(ordered_json::object()), std::string(100, 'x'));
+  expect_error(error_of_with({.max_bytes = 99}, loop), 1, "built output over 99 bytes");
+  EXPECT_EQ(ChatTemplate(loop, {.max_bytes = 100}).render(ordered_json::object()), std::string(100, 'x'));
+  // Strings are checked as they are built, before they reach the output; repetition before it allocates.
+  expect_error(error_of_with({.max_bytes = 1000}, "{% set s = 'ab' * 600 %}"), 1, "string repetition too large");
+  expect_error(error_of_with({.max_bytes = size_t{1} << 20},
+                             "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"),
+               1, "built a string over 1 MiB");
+  // The defaults, as the messages give them.
+  expect_error(error_of("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", true), 1,
+               "ran past its budget of 2,000,000 evaluation steps");
+  EXPECT_THROW(ChatTemplate("x", {.max_steps = 0}), TemplateError);
+  EXPECT_THROW(ChatTemplate("x", {.max_bytes = 0}), TemplateError);
 }
 
 TEST(ChatTemplateErrors, ContextMustBeAnObject) {

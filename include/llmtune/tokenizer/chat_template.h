@@ -8,6 +8,8 @@
 // a plain nlohmann::json converts implicitly but arrives with its keys sorted.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -23,10 +25,23 @@ struct RenderedChat {
   std::vector<std::pair<size_t, size_t>> generation_spans;
 };
 
+// Budgets of one render. A template arrives with any downloaded model, so its loops, strings and
+// output are bounded. The defaults are far above what real chat templates need: the shipped
+// Llama 3.1, Qwen2.5, Mistral v0.3 and Gemma templates take a few thousand steps per
+// conversation and a 1,000-turn conversation well under a million; a step costs up to ~1.5 us,
+// so the default also bounds a render to a few seconds.
+struct TemplateLimits {
+  // Evaluation steps: each loop iteration, statement and expression.
+  int64_t max_steps = 2'000'000;
+  // Bytes in any one string the template builds, and in its output.
+  size_t max_bytes = size_t{64} << 20;
+};
+
 class ChatTemplate {
  public:
-  // Parses `source`; throws TemplateError for syntax errors and unsupported constructs.
-  explicit ChatTemplate(const std::string& source);
+  // Parses `source`; throws TemplateError for syntax errors and unsupported constructs. Renders
+  // past `limits` throw TemplateError.
+  explicit ChatTemplate(const std::string& source, TemplateLimits limits = {});
   ~ChatTemplate();
   ChatTemplate(ChatTemplate&&) noexcept;
   ChatTemplate& operator=(ChatTemplate&&) noexcept;

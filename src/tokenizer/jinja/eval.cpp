@@ -37,12 +37,29 @@ int64_t int_op(char op, int64_t a, int64_t b) {
   return r;
 }
 
+// 2000000 -> "2,000,000", for the budget messages.
+std::string with_commas(int64_t n) {
+  std::string digits = std::to_string(n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0 && digits[i - 1] != '-') out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+std::string byte_size(size_t bytes) {
+  constexpr size_t kMiB = size_t{1} << 20;
+  return bytes % kMiB == 0 ? std::to_string(bytes / kMiB) + " MiB" : with_commas(static_cast<int64_t>(bytes)) + " bytes";
+}
+
 bool is_intlike(const Value& v) { return v.kind() == Value::Kind::Int || v.kind() == Value::Kind::Bool; }
 
-Value repeat(const Value& seq, int64_t n) {
+// `max_bytes`: TemplateLimits::max_bytes, checked before the string is built.
+Value repeat(const Value& seq, int64_t n, size_t max_bytes) {
   if (n < 0) n = 0;
   if (seq.is_string()) {
-    if (seq.as_string().size() * static_cast<size_t>(n) > (64u << 20)) throw EvalError("string repetition too large");
+    if (!seq.as_string().empty() && static_cast<size_t>(n) > max_bytes / seq.as_string().size())
+      throw EvalError("string repetition too large");
     std::string out;
     for (int64_t i = 0; i < n; ++i) out += seq.as_string();
     return Value(out);
@@ -53,7 +70,7 @@ Value repeat(const Value& seq, int64_t n) {
   return seq.kind() == Value::Kind::Tuple ? Value::tuple(std::move(out)) : Value::list(std::move(out));
 }
 
-Value arithmetic(const std::string& op, const Value& a, const Value& b) {
+Value arithmetic(const std::string& op, const Value& a, const Value& b, size_t max_bytes) {
   if (op == "~") return Value(to_str(a) + to_str(b));
   if (op == "+") {
     if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
@@ -66,8 +83,8 @@ Value arithmetic(const std::string& op, const Value& a, const Value& b) {
       throw EvalError("can only concatenate str (not \"" + type_name(b) + "\") to str", "convert with |string or use ~");
   }
   if (op == "*") {
-    if ((a.is_string() || a.is_sequence()) && is_intlike(b)) return repeat(a, b.as_int());
-    if (is_intlike(a) && (b.is_string() || b.is_sequence())) return repeat(b, a.as_int());
+    if ((a.is_string() || a.is_sequence()) && is_intlike(b)) return repeat(a, b.as_int(), max_bytes);
+    if (is_intlike(a) && (b.is_string() || b.is_sequence())) return repeat(b, a.as_int(), max_bytes);
   }
   if (!a.is_number() || !b.is_number()) bad_operands(op, a, b);
   bool ints = is_intlike(a) && is_intlike(b);
@@ -148,7 +165,8 @@ std::optional<int64_t> slice_bound(const Value& v) {
 
 class Evaluator {
  public:
-  Evaluator(const Value& context, RenderResult& result) : result_(result) {
+  Evaluator(const Value& context, RenderResult& result, const TemplateLimits& limits)
+      : result_(result), limits_(limits) {
     scopes_.push_back(make_globals());
     Value frame = Value::dict();
     for (const auto& [k, v] : context.dict_ref().entries) frame.dict_ref().set(k, v);
@@ -174,20 +192,15 @@ class Evaluator {
     return Flow::Normal;
   }
 
-  // Budgets per render. A template arrives with any downloaded model, so its loops, strings and
-  // output are bounded: the shipped templates need a few thousand steps per conversation, and a
-  // 1,000-turn conversation well under a million. A step (an iteration, a statement or an
-  // expression) costs up to ~1.5 us, so the budget also bounds a render to a few seconds.
-  static constexpr int64_t kMaxSteps = 2'000'000;
-  static constexpr size_t kMaxBytes = size_t{64} << 20;
+  // The budgets of TemplateLimits, per render.
   void tick() {
-    if (++steps_ > kMaxSteps)
-      throw EvalError("the template ran past its budget of 2,000,000 evaluation steps",
+    if (++steps_ > limits_.max_steps)
+      throw EvalError("the template ran past its budget of " + with_commas(limits_.max_steps) + " evaluation steps",
                       "a loop that runs too long, e.g. nested range() loops; the template is refused");
   }
   void check_size(size_t bytes, const char* what) const {
-    if (bytes > kMaxBytes)
-      throw EvalError(std::string("the template built ") + what + " over 64 MiB",
+    if (bytes > limits_.max_bytes)
+      throw EvalError(std::string("the template built ") + what + " over " + byte_size(limits_.max_bytes),
                       "a string that keeps doubling, or output without bound; the template is refused");
   }
 
@@ -411,7 +424,7 @@ class Evaluator {
         if (e.name == "or") return a.truthy() ? a : eval(*e.children[1]);
         Value b = eval(*e.children[1]);
         line_ = e.line;
-        return arithmetic(e.name, a, b);
+        return arithmetic(e.name, a, b, limits_.max_bytes);
       }
       case Expr::Kind::Compare: {
         Value left = eval(*e.children[0]);
@@ -454,6 +467,7 @@ class Evaluator {
   }
 
   RenderResult& result_;
+  const TemplateLimits& limits_;
   std::vector<Value> scopes_;
   int line_ = 1;
   int64_t steps_ = 0;
@@ -461,9 +475,9 @@ class Evaluator {
 
 }  // namespace
 
-RenderResult render(const Body& body, const Value& context) {
+RenderResult render(const Body& body, const Value& context, const TemplateLimits& limits) {
   RenderResult result;
-  Evaluator(context, result).run(body);
+  Evaluator(context, result, limits).run(body);
   return result;
 }
 

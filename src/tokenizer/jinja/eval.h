@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ast.h"
+#include "llmtune/tokenizer/chat_template.h"
 
 namespace llmtune::tokenizer::jinja {
 
@@ -16,7 +17,8 @@ struct RenderResult {
   std::vector<std::pair<size_t, size_t>> generation_spans;
 };
 
-// `context` is a Dict value of template variables. Errors are TemplateErrors with the line.
-RenderResult render(const Body& body, const Value& context);
+// `context` is a Dict value of template variables. Errors are TemplateErrors with the line,
+// also when the render passes `limits`.
+RenderResult render(const Body& body, const Value& context, const TemplateLimits& limits);
 
 }  // namespace llmtune::tokenizer::jinja
