@@ -314,7 +314,8 @@ model::LinearFactory bnb_checkpoint_linear_factory(const BnbConfig& config, cons
         s.nested_absmax = s.nested_absmax.to(device);
         s.nested_code = s.nested_code.to(device);
       }
-      return std::make_shared<FourBitLinear>(std::move(q), std::move(bias));
+      // bnb_4bit_compute_dtype applies as transformers applies it (Linear4bit's compute_dtype).
+      return std::make_shared<FourBitLinear>(std::move(q), std::move(bias), config.compute_dtype);
     }
     Int8Tensor q = read_int8(files, stored, r.path, source);
     if (q.weight.sizes() != at::IntArrayRef(expected))

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 
 #include "llmtune/util/error.h"
 
@@ -43,16 +44,19 @@ at::Tensor transient_weight(const FourBitTensor& q, at::ScalarType dtype) {
 // y = x Wᵀ with W dequantized on the fly; dx = dy W, W dequantized again. The packed codes are
 // constants: no gradient flows to them. `weight` outlives the graph (the model owns it).
 struct FourBitMatmul : public torch::autograd::Function<FourBitMatmul> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t weight) {
+  // `bias` (frozen, in x's dtype) is added in the same product, rounded once, as bitsandbytes'
+  // matmul_4bit adds it. An optional, not a Tensor, so that autograd gives it no edge.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t weight,
+                            const std::optional<at::Tensor>& bias) {
     const auto* q = reinterpret_cast<const FourBitTensor*>(static_cast<intptr_t>(weight));
     ctx->saved_data["weight"] = weight;
-    return at::linear(x, transient_weight(*q, x.scalar_type()));
+    return at::linear(x, transient_weight(*q, x.scalar_type()), bias);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto* q = reinterpret_cast<const FourBitTensor*>(static_cast<intptr_t>(ctx->saved_data["weight"].toInt()));
     const at::Tensor& g = grad_outputs[0];
-    return {at::matmul(g, transient_weight(*q, g.scalar_type())), at::Tensor()};
+    return {at::matmul(g, transient_weight(*q, g.scalar_type())), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -64,11 +68,17 @@ bool skipped(const std::string& path, const std::vector<std::string>& skip) {
 
 }  // namespace
 
-FourBitLinear::FourBitLinear(FourBitTensor weight, at::Tensor bias) : weight_(std::move(weight)), bias_(std::move(bias)) {
+FourBitLinear::FourBitLinear(FourBitTensor weight, at::Tensor bias, at::ScalarType compute_dtype)
+    : weight_(std::move(weight)), bias_(std::move(bias)), compute_dtype_(compute_dtype) {
   if (weight_.state.shape.size() != 2) throw QuantError("a 4-bit linear needs a 2-D weight");
+  if (compute_dtype_ != at::ScalarType::Undefined && !at::isFloatingType(compute_dtype_))
+    throw QuantError("a 4-bit linear's compute dtype must be a floating type");
 }
 
-at::Tensor FourBitLinear::forward(const at::Tensor& x) const {
+at::Tensor FourBitLinear::forward(const at::Tensor& input) const {
+  const bool cast = compute_dtype_ != at::ScalarType::Undefined && input.scalar_type() != compute_dtype_;
+  const at::Tensor x = cast ? input.to(compute_dtype_) : input;
+  const at::Tensor bias = !bias_.defined() || bias_.scalar_type() == x.scalar_type() ? bias_ : bias_.to(x.scalar_type());
   at::Tensor y;
   const bool recording = at::GradMode::is_enabled() && x.requires_grad();
   if (!recording && x.dim() >= 1 && x.size(-1) == in_features() && x.numel() == in_features() &&
@@ -77,11 +87,12 @@ at::Tensor FourBitLinear::forward(const at::Tensor& x) const {
     std::vector<int64_t> shape = x.sizes().vec();
     shape.back() = out_features();
     y = ops::four_bit_gemv(four_bit_blocks(weight_), x.reshape({-1}), out_features()).view(shape);
+    if (bias.defined()) y = y + bias;  // as bitsandbytes' gemv path adds it
   } else {
-    y = FourBitMatmul::apply(x, static_cast<int64_t>(reinterpret_cast<intptr_t>(&weight_)));
+    y = FourBitMatmul::apply(x, static_cast<int64_t>(reinterpret_cast<intptr_t>(&weight_)),
+                             bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
   }
-  if (!bias_.defined()) return y;
-  return y + (bias_.scalar_type() == y.scalar_type() ? bias_ : bias_.to(y.scalar_type()));
+  return cast ? y.to(input.scalar_type()) : y;
 }
 
 std::vector<at::Tensor> FourBitLinear::tensors() const {

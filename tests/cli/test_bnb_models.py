@@ -72,7 +72,7 @@ def reference_loss(model, kind, rows):
     total, count = 0.0, 0
     for ids in rows:
         t = torch.tensor([ids])
-        logits = reference_logits(model, kind, t)[0, :-1]
+        logits = reference_logits(model, kind, t)[0, :-1].float()
         total += torch.nn.functional.cross_entropy(logits, t[0, 1:], reduction="sum").item()
         count += len(ids) - 1
     return total / count, count
@@ -105,6 +105,45 @@ def test_eval_on_a_saved_bnb_directory_equals_transformers(llmtune, tmp_path, sa
     want, count = reference_loss(model, kind, token_rows())
     assert ours["tokens"] == count
     assert abs(ours["loss"] - want) <= 1e-4 * abs(want)
+
+
+def test_eval_applies_the_saved_compute_dtype_as_transformers_does(llmtune, tmp_path):
+    """bnb_4bit_compute_dtype: Linear4bit casts its input to it, multiplies in it (bias included) and
+    casts back, so a checkpoint saved with bf16 compute evaluates differently from the same codes with
+    fp32 compute. (An fp16 compute dtype moves this loss by ~1e-5, too little to tell apart here; a
+    bf16 model is not a usable reference: transformers loads this checkpoint in fp32 whatever dtype
+    it is asked for.)"""
+    import transformers as tf
+
+    compute, model_dtype = "bf16", "fp32"
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    config = tf.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype[compute])
+    directory = tmp_path / f"nf4-{compute}"
+    tf.AutoModelForCausalLM.from_pretrained(SRC, quantization_config=config, dtype=torch.float32,
+                                            device_map="cpu").save_pretrained(directory)
+    for f in SRC.iterdir():
+        if f.name.startswith("tokenizer"):
+            shutil.copy(f, directory / f.name)
+    assert json.loads((directory / "config.json").read_text())["quantization_config"]["bnb_4bit_compute_dtype"] == \
+        str(torch_dtype[compute]).removeprefix("torch.")
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    r = llmtune("eval", "--model", directory, "--data", data, "--max-seq-len", 24, "--batch-size", 1, "--dtype", model_dtype,
+                "--device", "cpu", "--json")
+    assert r.code == 0, r.err
+    ours = json.loads(r.out)["loss"]
+
+    def loss_with(compute_dtype):
+        model = tf.AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype[model_dtype], device_map="cpu")
+        for m in model.modules():
+            if hasattr(m, "compute_dtype") and hasattr(m.weight, "quant_state"):
+                m.compute_dtype = compute_dtype
+        return reference_loss(model, "nf4", token_rows())[0]
+
+    want = loss_with(torch_dtype[compute])
+    other = loss_with(torch_dtype[model_dtype])  # the product in the model's dtype, as before this was applied
+    assert abs(want - other) > 1e-4 * abs(want), "the compute dtype must matter for this test to mean anything"
+    assert abs(ours - want) <= 0.1 * abs(want - other), (ours, want, other)
 
 
 @pytest.mark.parametrize("kind", ["nf4", "fp4", "int8"])

@@ -1,5 +1,5 @@
 // A frozen 4-bit base linear (NF4/FP4, bitsandbytes' format) behind model::Linear: it holds only the
-// packed codes and absmax; forward dequantizes into the activations' dtype and multiplies, and the
+// packed codes and absmax; forward dequantizes into the compute dtype and multiplies, and the
 // gradient to the input dequantizes again instead of keeping the dense weight for backward (as
 // bitsandbytes' Linear4bit does). LoRA/DoRA wrap it like a dense linear (dense_weight dequantizes).
 #pragma once
@@ -14,7 +14,11 @@ namespace llmtune::quant {
 
 class FourBitLinear : public model::Linear {
  public:
-  FourBitLinear(FourBitTensor weight, at::Tensor bias = {});
+  // `compute_dtype`: the dtype of the product (bitsandbytes' compute_dtype, a checkpoint's
+  // bnb_4bit_compute_dtype): the input is cast to it, the weight dequantized into it, the bias added
+  // in it, and the output cast back to the input's dtype, as Linear4bit.forward does. Undefined
+  // computes in the input's dtype.
+  FourBitLinear(FourBitTensor weight, at::Tensor bias = {}, at::ScalarType compute_dtype = at::ScalarType::Undefined);
   at::Tensor forward(const at::Tensor& x) const override;
   int64_t in_features() const override { return weight_.state.shape[1]; }
   int64_t out_features() const override { return weight_.state.shape[0]; }
@@ -26,6 +30,7 @@ class FourBitLinear : public model::Linear {
  private:
   FourBitTensor weight_;
   at::Tensor bias_;
+  at::ScalarType compute_dtype_;
 };
 
 struct FourBitOptions {
