@@ -183,6 +183,33 @@ TEST(ChatTemplateModels, TinyLlamaZephyr) { check_family("tinyllama-chat"); }
 TEST(ChatTemplateModels, GemmaInstruct) { check_family("gemma-it"); }
 TEST(ChatTemplateModels, SmolLM2Instruct) { check_family("smollm2-instruct"); }
 
+// The render budgets against what the shipped templates need: every conversation above (tools
+// included) renders within a hundredth of the default step budget, and a 1,000-turn conversation
+// within the defaults, so the budgets stop runaway templates without ever refusing a real one.
+TEST(ChatTemplateModels, ShippedTemplatesNeedAHundredthOfTheBudget) {
+  const TemplateLimits defaults;
+  const TemplateLimits hundredth{.max_steps = defaults.max_steps / 100, .max_bytes = defaults.max_bytes / 100};
+  ordered_json long_chat = ordered_json::array();
+  for (int i = 0; i < 1000; ++i)
+    long_chat.push_back(msg(i % 2 == 0 ? "user" : "assistant", "Turn " + std::to_string(i) + ": a sentence of ordinary length."));
+  long_chat.push_back(msg("user", "And the last question?"));
+  for (const Family& f : families()) {
+    SCOPED_TRACE(f.name);
+    const ChatTemplate small(testing::read_chat_template(f.name), hundredth);
+    int rendered = 0;
+    for (const ModelCase& c : model_cases()) {
+      if (c.template_name != f.name || !testing::oracle_result(c.handle).ok) continue;
+      SCOPED_TRACE(c.label);
+      EXPECT_NO_THROW(small.render(chat_template_context(c.messages, c.add_generation_prompt, c.bos, c.eos, c.extra)));
+      ++rendered;
+    }
+    EXPECT_GE(rendered, 8);
+    const ChatTemplate full(testing::read_chat_template(f.name));
+    const std::string out = full.render(chat_template_context(long_chat, true, f.bos, f.eos));
+    EXPECT_NE(out.find("Turn 999: a sentence"), std::string::npos);
+  }
+}
+
 // The Mistral alternation rule surfaces as a one-line TemplateError carrying the template's text.
 TEST(ChatTemplateModels, MistralAlternationMessage) {
   ordered_json ctx = chat_template_context(ordered_json::array({msg("user", "a"), msg("user", "b")}), false, "<s>", "</s>");
