@@ -1,6 +1,7 @@
 // The BPE model of tokenizer.json: rank-ordered merges (both serialized forms), ignore_merges,
 // byte_fallback, unk_token/fuse_unk, continuing_subword_prefix / end_of_word_suffix, and a cache
 // of per-word results. The merge loop is tokenizers' Word::merge_all (lowest rank, then leftmost).
+#include <algorithm>
 #include <cstdio>
 #include <mutex>
 #include <queue>
@@ -45,6 +46,12 @@ class BpeModel : public Model {
         throw TokenizerError(file + ": model.vocab[\"" + token + "\"] is not a valid id");
       vocab_.emplace(token, id.get<int32_t>());
       max_id = std::max(max_id, id.get<int32_t>());
+    }
+    if (max_id >= static_cast<int64_t>(vocab_.size()) + kMaxVocabIdGap) {
+      const auto top = std::find_if(vocab_.begin(), vocab_.end(), [&](const auto& e) { return e.second == max_id; });
+      throw TokenizerError(file + ": model.vocab[" + shown(json(top->first)) + "] has id " + std::to_string(max_id) +
+                           ", far past the vocabulary's " + std::to_string(vocab_.size()) +
+                           " entries: ids must run from 0 without large gaps");
     }
     id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string());
     for (const auto& [token, id] : vocab_) id_to_token_[static_cast<size_t>(id)] = token;

@@ -42,6 +42,11 @@ class PreTokenizer {
   virtual void pre_tokenize(std::vector<Split>& splits) const = 0;
 };
 
+// How far past its number of entries a vocabulary's ids may reach. tokenizers writes ids 0..n-1
+// (added tokens right after); an id far beyond would make every id-indexed table (id -> token,
+// the loops over all ids in distill and serve) as large as the id, so such a file is refused.
+constexpr int64_t kMaxVocabIdGap = int64_t{1} << 20;
+
 class Model {
  public:
   virtual ~Model() = default;

@@ -126,7 +126,12 @@ void load_tokenizer_json(Pipeline& p, const fs::path& path, const json& config) 
   for (const auto& a : added) {
     AddedToken t = parse_added_token_entry(a, file);
     if (!a.contains("id") || !a["id"].is_number_integer()) throw TokenizerError(file + ": added token without an id");
-    t.id = a["id"].get<int32_t>();
+    const int64_t id = a["id"].is_number_unsigned() && a["id"].get<uint64_t>() > INT64_MAX ? -1 : a["id"].get<int64_t>();
+    if (id < 0 || id >= p.model->size() + kMaxVocabIdGap)
+      throw TokenizerError(file + ": added token " + json(t.content).dump(-1, ' ', false, json::error_handler_t::replace) +
+                           " has id " + a["id"].dump() +
+                           (id < 0 ? ", below 0" : ", far past the model's " + std::to_string(p.model->size()) + " tokens"));
+    t.id = static_cast<int32_t>(id);
     p.added.add(std::move(t));
   }
 }

@@ -135,6 +135,24 @@ def test_deeply_nested_tokenizer_json_is_refused(llmtune, tmp_path):
     assert_clean_failure(r, "tokenizer.json")
 
 
+@pytest.mark.parametrize("where", ["model.vocab", "added_tokens"])
+def test_vocabulary_id_far_past_its_entries_is_refused(llmtune, tmp_path, where):
+    """Found by fuzzing: one id of 506,500,234 in a 4 KB tokenizer.json made the id -> token table
+    that large (gigabytes)."""
+    model = tmp_path / "model"
+    shutil.copytree(MODELS / "qwen2", model)
+    tok = json.loads((model / "tokenizer.json").read_text())
+    if where == "model.vocab":
+        tok["model"]["vocab"]["far-away"] = 506_500_234
+    else:
+        tok["added_tokens"].append({"id": 2**31 - 1, "content": "<far>", "single_word": False, "lstrip": False,
+                                    "rstrip": False, "normalized": False, "special": True})
+    (model / "tokenizer.json").write_text(json.dumps(tok))
+    r = llmtune("tokenize", "--model", model, "--text", "hello", timeout=60)
+    assert_clean_failure(r, ("tokenizer.json", "far past"))
+    assert r.seconds < 30
+
+
 @pytest.mark.parametrize("template,needle", [
     ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "budget"),
     ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
