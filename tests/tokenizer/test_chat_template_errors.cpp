@@ -141,6 +141,11 @@ TEST(ChatTemplateErrors, RendersStopAtTheirLimits) {
   expect_error(error_of_with({.max_bytes = size_t{1} << 20},
                              "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"),
                1, "built a string over 1 MiB");
+  // Found by fuzzing: an empty string or list repeated 10**15 times looped 10**15 times.
+  EXPECT_EQ(ChatTemplate("{{ '' * 1000000000000000 }}{{ ([] * 1000000000000000) | length }}").render(ordered_json::object()), "0");
+  EXPECT_EQ(ChatTemplate("{{ ('ab' * 0) ~ ([1] * -5) | length }}").render(ordered_json::object()), "0");
+  expect_error(error_of("{{ [1, 2] * 4611686018427387904 }}", true), 1, "list repetition too large");
+  expect_error(error_of("{{ {'a': 1} | tojson(indent=1000000000000000) }}", true), 1, "tojson indent is longer than 1024");
   // The defaults, as the messages give them.
   expect_error(error_of("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", true), 1,
                "ran past its budget of 2,000,000 evaluation steps");

@@ -54,19 +54,25 @@ std::string byte_size(size_t bytes) {
 
 bool is_intlike(const Value& v) { return v.kind() == Value::Kind::Int || v.kind() == Value::Kind::Bool; }
 
-// `max_bytes`: TemplateLimits::max_bytes, checked before the string is built.
+// `max_bytes`: TemplateLimits::max_bytes, checked before the string is built. An empty sequence
+// repeats to itself at once: `'' * 10**15` must not loop 10**15 times.
 Value repeat(const Value& seq, int64_t n, size_t max_bytes) {
+  constexpr size_t kMaxItems = size_t{1} << 20;
   if (n < 0) n = 0;
   if (seq.is_string()) {
-    if (!seq.as_string().empty() && static_cast<size_t>(n) > max_bytes / seq.as_string().size())
-      throw EvalError("string repetition too large");
+    const size_t len = seq.as_string().size();
+    if (len == 0 || n == 0) return Value(std::string());
+    if (static_cast<size_t>(n) > max_bytes / len) throw EvalError("string repetition too large");
     std::string out;
+    out.reserve(len * static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) out += seq.as_string();
     return Value(out);
   }
-  if (seq.items().size() * static_cast<size_t>(n) > (1u << 20)) throw EvalError("list repetition too large");
+  const size_t len = seq.items().size();
+  if (len > 0 && static_cast<size_t>(n) > kMaxItems / len) throw EvalError("list repetition too large");
   List out;
-  for (int64_t i = 0; i < n; ++i) out.insert(out.end(), seq.items().begin(), seq.items().end());
+  if (len > 0)
+    for (int64_t i = 0; i < n; ++i) out.insert(out.end(), seq.items().begin(), seq.items().end());
   return seq.kind() == Value::Kind::Tuple ? Value::tuple(std::move(out)) : Value::list(std::move(out));
 }
 

@@ -73,10 +73,15 @@ Value to_json_filter(const Value& v, const Args& args) {
     throw EvalError("tojson(ensure_ascii=True) is not supported", "HF renders with ensure_ascii=False");
   if (const Value* ind = args.get(99, "indent"); ind && !ind->is_none()) {
     fmt.pretty = true;
-    if (ind->is_string())
+    // The indent repeats on every line at every depth, so its length is bounded before anything
+    // is built (real templates indent by 2 or 4).
+    constexpr int64_t kMaxIndent = 1024;
+    if (ind->is_string() && static_cast<int64_t>(ind->as_string().size()) <= kMaxIndent)
       fmt.indent_str = ind->as_string();
-    else if (ind->kind() == Value::Kind::Int)
+    else if (ind->kind() == Value::Kind::Int && ind->as_int() <= kMaxIndent)
       fmt.indent_str = std::string(static_cast<size_t>(std::max<int64_t>(0, ind->as_int())), ' ');
+    else if (ind->is_string() || ind->kind() == Value::Kind::Int)
+      throw EvalError("tojson indent is longer than 1024 characters");
     else
       throw EvalError("tojson indent must be an integer or a string, got " + type_name(*ind));
     fmt.item_sep = ",";
