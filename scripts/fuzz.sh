@@ -15,8 +15,9 @@
 #   LLMTUNE_ASAN_BUILD_DIR  the sanitizer build (default: build-asan/, or build-fuzz-ubsan/ for
 #                           LLMTUNE_FUZZ_SANITIZERS=undefined)
 #   LLMTUNE_FUZZ_JOBS       targets fuzzed at once by `all` (default 1; each uses one core)
-#   LLMTUNE_FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 60: a
-#                           template that runs to its step budget takes ~20 s under ASan)
+#   LLMTUNE_FUZZ_TIMEOUT    seconds one input may take before it counts as a hang (default 60; the
+#                           chat_template target renders under 1/500 of the template budgets, so
+#                           a runaway template stops in well under a second even under ASan)
 #   LLMTUNE_FUZZ_NO_BUILD=1 use the binaries as they are
 #   LLMTUNE_FUZZ_STRICT=1   also stop at exceptions other than llmtune's errors (raw library messages)
 set -euo pipefail

@@ -45,8 +45,11 @@ Tokenizer::Encoding PipelineTokenizer::encode_with_offsets(std::string_view text
   auto add_fixed = [&](const std::vector<int32_t>& ids, size_t at) {
     for (int32_t id : ids) enc.ids.push_back(id), enc.offsets.emplace_back(at, at);
   };
-  // Widen [b, e) to whole characters of `text`.
+  // Widen [b, e) to whole characters of `text`. Bytes a normalizer inserted at the very end (an
+  // empty Replace match there) carry the offset text.size(), so a range is clamped to the text first.
   auto widen = [&](size_t b, size_t e) {
+    e = std::min(e, text.size());
+    b = std::min(b, e);
     while (b > 0 && b < text.size() && (static_cast<unsigned char>(text[b]) & 0xC0) == 0x80) --b;
     while (e < text.size() && (static_cast<unsigned char>(text[e]) & 0xC0) == 0x80) ++e;
     return std::make_pair(b, e);
@@ -73,7 +76,7 @@ Tokenizer::Encoding PipelineTokenizer::encode_with_offsets(std::string_view text
         pos = e;
         std::pair<size_t, size_t> range{text.size(), text.size()};
         if (b < e && !s.src.empty()) range = widen(s.src[b], s.src[e - 1] + 1);
-        else if (b < s.src.size()) range = {s.src[b], s.src[b]};
+        else if (b < s.src.size()) range = {std::min<size_t>(s.src[b], text.size()), std::min<size_t>(s.src[b], text.size())};
         enc.ids.push_back(word_ids[i]);
         enc.offsets.push_back(range);
       }

@@ -2,6 +2,8 @@
 // short string with the result. The input is tokenizer.json, optionally followed by a NUL byte
 // and a tokenizer_config.json (which picks the LlamaTokenizer path, names special tokens, adds
 // tokens and a chat template), as a model directory holds them.
+#include <cstdio>
+
 #include "fuzz_util.h"
 #include "llmtune/tokenizer/tokenizer.h"
 
@@ -24,8 +26,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string text = "Hello, world! It's 2024 \xC3\x85ngstr\xC3\xB6m <s></s> <|im_start|> \xE2\x96\x81x  \n\n\tend";
     const std::vector<int32_t> ids = tok->encode(text);
     const auto enc = tok->encode_with_offsets(text, /*add_special_tokens=*/false);
-    for (const auto& [begin, end] : enc.offsets)
-      if (begin > end || end > text.size()) std::abort();  // offsets must lie inside the text
+    for (size_t i = 0; i < enc.offsets.size(); ++i) {
+      const auto [begin, end] = enc.offsets[i];
+      if (begin > end || end > text.size()) {  // offsets must lie inside the text
+        std::fprintf(stderr, "fuzz_tokenizer: token %zu (id %d) has offsets [%zu, %zu) in a text of %zu bytes\n", i,
+                     enc.ids[i], begin, end, text.size());
+        std::abort();
+      }
+    }
     (void)tok->decode(ids);
     (void)tok->decode(ids, /*skip_special_tokens=*/true);
     const int32_t n = tok->vocab_size();
